@@ -1,0 +1,260 @@
+"""The one checkpoint format, and loading weights into a model (ours or torchvision's).
+
+A checkpoint is a plain dict saved with ``torch.save`` and read back with
+``torch.load(weights_only=True)``, so loading never runs code from the file::
+
+    {"format": "inceptionctl.checkpoint", "format_version": 1, "inceptionctl_version": "0.1.0",
+     "recipe": {...resolved recipe...}, "classes": [...], "preprocessing": {...},
+     "state_dict": {...}, "ema_state_dict": {...} | None, "meta": {...}, "train_state": {...} | None}
+
+When an EMA (Polyak) copy is present, it is what inference, export and ``load_weights`` use.
+Foreign weights: a torchvision ``googlenet`` state dict (``googlenet-1378be20.pth``), with or
+without its aux-head keys, loads into a model built from the ``googlenet-bn`` recipe.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InceptionError
+from .files import atomic_path
+from .recipe import Recipe, recipe_from_data
+
+FORMAT = "inceptionctl.checkpoint"
+FORMAT_VERSION = 1
+
+
+def preprocessing(recipe: Recipe) -> dict[str, Any]:
+    """What an image must go through before the model: the facts every artifact carries."""
+    d = recipe.data
+    return {"input_size": d.input_size, "resize": d.resize, "mean": list(d.mean),
+            "std": list(d.std), "interpolation": d.interpolation, "channels": recipe.model.in_channels,
+            "eval_size": recipe.eval.size, "eval_scales": list(recipe.eval.scales)}
+
+
+def class_names(recipe: Recipe) -> list[str]:
+    """Class names from the recipe, or '0'..'N-1' when it names none."""
+    if recipe.data.classes is not None:
+        return list(recipe.data.classes)
+    return [str(i) for i in range(recipe.model.num_classes)]
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, recipe: Recipe, *,
+                    ema_state_dict: dict[str, torch.Tensor] | None = None,
+                    meta: dict[str, Any] | None = None,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically and return its path."""
+    from . import __version__
+
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "inceptionctl_version": __version__,
+        "recipe": recipe.to_dict(),
+        "classes": class_names(recipe),
+        "preprocessing": preprocessing(recipe),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "ema_state_dict": ({k: v.detach().cpu() for k, v in ema_state_dict.items()}
+                           if ema_state_dict is not None else None),
+        "meta": dict(meta or {}),
+        "train_state": train_state,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def read_weights_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` with weights only; every failure is one clear InceptionError."""
+    path = Path(path)
+    if not path.exists():
+        raise InceptionError(f"{path}: no such file")
+    if path.is_dir():
+        raise InceptionError(f"{path}: is a folder, expected a weights file")
+    if path.stat().st_size == 0:
+        raise InceptionError(f"{path}: empty file, not a weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to parse the file is the file's fault, not ours
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InceptionError(f"{path}: cannot be read as weights (only plain tensors are "
+                             f"loaded, never code): {first[:160]}") from None
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Our checkpoint as a dict; a clear error when the file is something else."""
+    obj = read_weights_file(path)
+    if not is_checkpoint(obj):
+        raise InceptionError(f"{path}: not an inceptionctl checkpoint (for foreign weights "
+                             f"such as a torchvision state dict, name the architecture with "
+                             f"--recipe)")
+    if obj.get("format_version", 0) > FORMAT_VERSION:
+        raise InceptionError(f"{path}: checkpoint format {obj['format_version']} is newer "
+                             f"than this inceptionctl understands ({FORMAT_VERSION})")
+    return obj
+
+
+def checkpoint_recipe(ckpt: dict[str, Any], source: str, overrides: Any = None) -> Recipe:
+    return recipe_from_data(ckpt["recipe"], source=f"{source} (embedded recipe)",
+                            overrides=overrides)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: our checkpoint (EMA copy first) or a bare state dict."""
+    if is_checkpoint(obj):
+        sd = obj.get("ema_state_dict") or obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        sd = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        sd = obj["model"]
+    else:
+        sd = obj
+    if not isinstance(sd, dict) or not sd or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise InceptionError(f"{path}: holds no state dict (expected a mapping of parameter "
+                             f"names to tensors)")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def to_model_keys(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename torchvision's flat keys (``conv1.``, ``inception3a.``, ``aux1.``) to ours.
+
+    Our GoogLeNet keeps torchvision's submodule names inside ``stem``/``blocks``/``aux``
+    containers, so the mapping is a prefix chosen by the first name of each key.
+    """
+    prefixes: dict[str, str] = {}
+    for container in ("stem", "blocks", "aux"):
+        sub = getattr(model, container, None)
+        if sub is not None:
+            for name, _ in sub.named_children():
+                prefixes[name] = f"{container}."
+    out = {}
+    for key, value in sd.items():
+        head = key.split(".", 1)[0]
+        out[prefixes.get(head, "") + key if head in prefixes else key] = value
+    return out
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did: the keys it loaded and those it left as initialised."""
+
+    source: str
+    loaded: int = 0
+    reset: list[str] = field(default_factory=list)
+    aux_initialised: bool = False
+    ignored_aux: list[str] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.reset:
+            out.append(f"new head (re-initialised): {', '.join(self.reset)}")
+        if self.aux_initialised:
+            out.append("the file has no aux-head weights: aux heads left as initialised")
+        if self.ignored_aux:
+            out.append(f"ignored {len(self.ignored_aux)} aux-head tensors the model has no "
+                       f"head for")
+        return out
+
+
+def _short(items: list[str], n: int = 3) -> str:
+    text = ", ".join(items[:n])
+    return text + (f", ... {len(items) - n} more" if len(items) > n else "")
+
+
+def _is_aux(key: str) -> bool:
+    return key.startswith("aux.")
+
+
+def _is_head(key: str) -> bool:
+    return key.startswith("fc.") or (key.startswith("aux.") and ".fc2." in key)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, reset_head: bool = False,
+                 strict: bool = True) -> LoadReport:
+    """Load our checkpoint or a torchvision GoogLeNet state dict into ``model``.
+
+    Strict by default: any missing, unexpected or shape-mismatched tensor is an error that lists
+    them. Aux-head tensors are optional on both sides (they only matter for training).
+    ``reset_head=True`` keeps the model's own (fresh) classifier where the file's has another
+    number of classes, for fine-tuning.
+    """
+    path = Path(path)
+    sd = to_model_keys(model, _unwrap_state_dict(read_weights_file(path), path))
+    own = model.state_dict()
+    report = LoadReport(str(path))
+
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = sorted((k for k in sd if k in own and sd[k].shape != own[k].shape),
+                        key=lambda k: (_is_aux(k), k))  # the main head first in messages
+
+    # Aux heads: optional in the file (left initialised), ignored when the model has none.
+    if missing and all(_is_aux(k) for k in missing) and not any(_is_aux(k) for k in sd):
+        report.aux_initialised = True
+        missing = []
+    report.ignored_aux = [k for k in unexpected if _is_aux(k)]
+    unexpected = [k for k in unexpected if not _is_aux(k)]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+
+    if reset_head:
+        report.reset = sorted({k.rsplit(".", 1)[0] for k in mismatched if _is_head(k)})
+        mismatched = [k for k in mismatched if not _is_head(k)]
+    if strict and (missing or unexpected or mismatched):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({_short(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
+        if mismatched:
+            shapes = [f"{k} {list(sd[k].shape)} vs model {list(own[k].shape)}" for k in mismatched]
+            parts.append(f"{len(mismatched)} of another shape ({_short(shapes, 2)})")
+        hint = ""
+        if mismatched and all(_is_head(k) for k in mismatched):
+            hint = "; pass --reset-head (reset_head=True) to fine-tune to another class count"
+        raise InceptionError(f"{path}: weights do not fit this model: {'; '.join(parts)}{hint}")
+
+    usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    for k, v in usable.items():
+        if own[k].is_floating_point() != v.is_floating_point():
+            raise InceptionError(f"{path}: {k} has dtype {v.dtype}, the model expects "
+                                 f"{own[k].dtype}")
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    return report
+
+
+def load_model(path: str | os.PathLike, recipe: Recipe | None = None,
+               overrides: Any = None) -> tuple[nn.Module, Recipe, dict[str, Any]]:
+    """Build and load the model an artifact describes: ``(model in eval mode, recipe, info)``.
+
+    Our checkpoints carry their recipe; a foreign state dict needs ``recipe``.
+    """
+    from .model import build_model
+
+    path = Path(path)
+    obj = read_weights_file(path)
+    info: dict[str, Any] = {"path": str(path)}
+    if is_checkpoint(obj):
+        if recipe is None:
+            recipe = checkpoint_recipe(obj, str(path), overrides)
+        info.update(meta=obj.get("meta", {}), classes=obj.get("classes"),
+                    ema=obj.get("ema_state_dict") is not None)
+    elif recipe is None:
+        raise InceptionError(f"{path}: foreign weights carry no architecture; name it with "
+                             f"--recipe (e.g. --recipe googlenet-bn for torchvision's googlenet)")
+    model = build_model(recipe)
+    info["load"] = load_weights(model, path)
+    model.eval()
+    return model, recipe, info

@@ -1,0 +1,211 @@
+"""GoogLeNet built from a recipe: stem, Inception modules, auxiliary heads, classifier.
+
+The contract is the same in eager, scripted, traced and exported forms:
+
+* ``model(x)`` returns the main logits ``[N, num_classes]``, in training and in eval mode.
+  Aux heads never run here, so export and inference see logits only.
+* ``model.forward_train(x)`` returns ``(logits, [aux_logits, ...])``, one aux tensor per head in
+  network order; this is what training calls (wrapped by :class:`TrainStep` under DDP).
+
+Submodule names follow torchvision (``conv1``, ``inception3a.branch2.1``, ``aux1.fc1``, ``fc``)
+inside three containers (``stem``, ``blocks``, ``aux``), so foreign weights map key for key.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+from .recipe import InceptionWidths, ModelSpec, PoolSpec, Recipe, stage_pool_name, trace_shapes
+
+
+def make_pool(spec: PoolSpec, ceil_mode: bool) -> nn.Module:
+    """A pooling layer from its spec: fixed window, or adaptive when ``output_size`` is set."""
+    if spec.output_size is not None:
+        size = spec.output_size
+        return nn.AdaptiveMaxPool2d(size) if spec.type == "max" else nn.AdaptiveAvgPool2d(size)
+    assert spec.kernel is not None
+    stride = spec.stride or spec.kernel
+    if spec.type == "max":
+        return nn.MaxPool2d(spec.kernel, stride, spec.padding, ceil_mode=ceil_mode)
+    return nn.AvgPool2d(spec.kernel, stride, spec.padding)
+
+
+class ConvBlock(nn.Module):
+    """Conv, then batch norm when the recipe says so, then ReLU (every conv in the paper has one)."""
+
+    def __init__(self, spec: ModelSpec, cin: int, cout: int, kernel: int, stride: int = 1,
+                 padding: int = 0):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=spec.conv_bias)
+        self.bn: nn.Module = (nn.BatchNorm2d(cout, eps=spec.bn_eps) if spec.norm == "batchnorm"
+                              else nn.Identity())
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class Inception(nn.Module):
+    """Four branches over the same input, concatenated on channels (Table 1's six widths)."""
+
+    def __init__(self, spec: ModelSpec, cin: int, widths: InceptionWidths):
+        super().__init__()
+        w = spec.width
+        k5 = spec.branch5x5_kernel
+        self.branch1 = ConvBlock(spec, cin, w(widths.n1x1), 1)
+        self.branch2 = nn.Sequential(ConvBlock(spec, cin, w(widths.n3x3_reduce), 1),
+                                     ConvBlock(spec, w(widths.n3x3_reduce), w(widths.n3x3), 3,
+                                               padding=1))
+        self.branch3 = nn.Sequential(ConvBlock(spec, cin, w(widths.n5x5_reduce), 1),
+                                     ConvBlock(spec, w(widths.n5x5_reduce), w(widths.n5x5), k5,
+                                               padding=k5 // 2))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True),
+                                     ConvBlock(spec, cin, w(widths.pool_proj), 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class AuxHead(nn.Module):
+    """Auxiliary classifier: pool, 1x1 conv, FC + ReLU, dropout, linear."""
+
+    def __init__(self, spec: ModelSpec, after: str, cin: int, map_size: int, num_classes: int):
+        super().__init__()
+        aux = spec.aux
+        self.after = after
+        self.pool = make_pool(aux.pool, ceil_mode=False)
+        pooled = aux.pool.output_size if aux.pool.output_size is not None else \
+            (map_size + 2 * aux.pool.padding - aux.pool.kernel) // (aux.pool.stride or aux.pool.kernel) + 1
+        self.conv = ConvBlock(spec, cin, spec.width(aux.conv), 1)
+        self.fc1 = nn.Linear(spec.width(aux.conv) * pooled * pooled, spec.width(aux.fc))
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(aux.dropout)
+        self.fc2 = nn.Linear(spec.width(aux.fc), num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.flatten(self.conv(self.pool(x)), 1)
+        return self.fc2(self.dropout(self.relu(self.fc1(x))))
+
+
+class GoogLeNet(nn.Module):
+    """GoogLeNet / Inception v1 from a :class:`~inceptionctl.recipe.Recipe`."""
+
+    def __init__(self, recipe: Recipe):
+        super().__init__()
+        self.recipe = recipe
+        spec = recipe.model
+        shapes = {fm.name: fm for fm in trace_shapes(spec, recipe.data.input_size)}
+
+        stem: OrderedDict[str, nn.Module] = OrderedDict()
+        channels = spec.in_channels
+        lrn_index = 0
+        for layer in spec.stem:
+            if layer.layer == "conv":
+                assert layer.out is not None
+                stem[layer.name] = ConvBlock(spec, channels, spec.width(layer.out), layer.kernel,
+                                             layer.stride, layer.padding)
+                channels = spec.width(layer.out)
+            else:
+                kind = "max" if layer.layer == "maxpool" else "avg"
+                stem[layer.name] = make_pool(PoolSpec(type=kind, kernel=layer.kernel,
+                                                      stride=layer.stride, padding=layer.padding),
+                                             spec.ceil_mode)
+            if layer.name in spec.lrn.after:
+                lrn_index += 1
+                stem[f"lrn{lrn_index}"] = nn.LocalResponseNorm(spec.lrn.size, spec.lrn.alpha,
+                                                               spec.lrn.beta, spec.lrn.k)
+        self.stem = nn.Sequential(stem)
+
+        self.blocks = nn.ModuleDict()
+        self.aux = nn.ModuleDict()
+        for s, stage in enumerate(spec.stages):
+            for name, widths in stage.modules.items():
+                self.blocks[f"inception{name}"] = Inception(spec, channels, widths)
+                channels = shapes[name].channels
+                if name in spec.aux.after:
+                    self.aux[f"aux{len(self.aux) + 1}"] = AuxHead(
+                        spec, f"inception{name}", channels, shapes[name].size, spec.num_classes)
+            if stage.pool is not None:
+                self.blocks[stage_pool_name(spec, s)] = make_pool(stage.pool, spec.ceil_mode)
+
+        self.head_pool = make_pool(spec.head.pool, ceil_mode=False)
+        pooled = shapes["head_pool"].size
+        self.num_features = channels * pooled * pooled
+        self.dropout = nn.Dropout(spec.head.dropout)
+        self.fc = nn.Linear(self.num_features, spec.num_classes)
+        self._init_weights(spec.init)
+
+    def _init_weights(self, scheme: str) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if scheme == "xavier":
+                    nn.init.xavier_uniform_(m.weight)
+                else:  # torchvision's googlenet
+                    nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Feature map after the last Inception module (before the head pool)."""
+        x = self.stem(x)
+        for block in self.blocks.values():
+            x = block(x)
+        return x
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Logits from the last feature map: pool, flatten, dropout, linear."""
+        return self.fc(self.dropout(torch.flatten(self.head_pool(x), 1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Main logits ``[N, num_classes]``; aux heads never run here."""
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.export
+    def forward_train(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(logits, aux_logits)``: the main head and every aux head, in network order."""
+        aux_logits: list[Tensor] = []
+        x = self.stem(x)
+        for name, block in self.blocks.items():
+            x = block(x)
+            for head in self.aux.values():
+                if head.after == name:
+                    aux_logits.append(head(x))
+        return self.forward_head(x), aux_logits
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """New, freshly initialised main and aux output layers for ``num_classes``."""
+        self.fc = nn.Linear(self.num_features, num_classes)
+        for head in self.aux.values():
+            assert isinstance(head, AuxHead)
+            head.fc2 = nn.Linear(head.fc2.in_features, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
+
+    def num_params(self, include_aux: bool = False) -> int:
+        """Number of parameters; without aux heads unless asked (inference cost)."""
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if include_aux or not name.startswith("aux."))
+
+
+class TrainStep(nn.Module):
+    """``forward`` that runs :meth:`GoogLeNet.forward_train`, so DDP can wrap the training pass."""
+
+    def __init__(self, model: GoogLeNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self.model.forward_train(x)
+
+
+def build_model(recipe: Recipe) -> GoogLeNet:
+    """Return a freshly initialised GoogLeNet for ``recipe`` (aux heads included)."""
+    return GoogLeNet(recipe)

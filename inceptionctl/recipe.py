@@ -1,0 +1,790 @@
+"""YAML recipe -> frozen, typed :class:`Recipe`; every validation rule and its message lives here.
+
+A recipe is data, not code: it is read with YAML's safe constructor (no Python tags), checked
+against the dataclasses below, then against the rules of the architecture (widths, names, the
+geometry of the feature maps). Every mistake raises :class:`RecipeError`, whose text is one line:
+``FILE:LINE: dotted.key: what was expected (did you mean ...?)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import InceptionError
+
+Path_ = tuple[Union[str, int], ...]
+
+
+class RecipeError(InceptionError):
+    """A recipe (file or ``--set`` override) that cannot be used; the text is one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# The schema. Field metadata "key" gives the YAML spelling where it is not a Python identifier.
+# --------------------------------------------------------------------------------------------
+
+POOL_TYPES = ("max", "avg")
+STEM_LAYERS = ("conv", "maxpool", "avgpool")
+NORMS = ("lrn", "batchnorm", "none")
+INITS = ("torchvision", "xavier")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolSpec:
+    """A pooling layer: fixed ``kernel``/``stride``/``padding``, or adaptive to ``output_size``."""
+
+    type: Literal["max", "avg"] = "max"
+    kernel: int | None = None
+    stride: int | None = None
+    padding: int = 0
+    output_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StemLayer:
+    """One layer of the stem; ``layer`` picks it from the registry (conv, maxpool, avgpool)."""
+
+    name: str
+    layer: Literal["conv", "maxpool", "avgpool"]
+    out: int | None = None
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class InceptionWidths:
+    """Table 1's six columns for one Inception module."""
+
+    n1x1: int = field(metadata={"key": "1x1"})
+    n3x3_reduce: int = field(metadata={"key": "3x3_reduce"})
+    n3x3: int = field(metadata={"key": "3x3"})
+    n5x5_reduce: int = field(metadata={"key": "5x5_reduce"})
+    n5x5: int = field(metadata={"key": "5x5"})
+    pool_proj: int = field(metadata={"key": "pool_proj"})
+
+    @property
+    def out_channels(self) -> int:
+        return self.n1x1 + self.n3x3 + self.n5x5 + self.pool_proj
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """Inception modules run in order (named as in Table 1: 3a, 3b, ...), then an optional pool."""
+
+    modules: dict[str, InceptionWidths]
+    pool: PoolSpec | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LRNSpec:
+    """Local response normalisation (Caffe/BVLC semantics: alpha is divided by size)."""
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuxSpec:
+    """Auxiliary classifiers: one head after each module named in ``after``."""
+
+    after: tuple[str, ...] = ()
+    pool: PoolSpec = PoolSpec(type="avg", kernel=5, stride=3)
+    conv: int = 128
+    fc: int = 1024
+    dropout: float = 0.7
+    loss_weight: float = 0.3
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadSpec:
+    """The classifier: pool, dropout, linear."""
+
+    pool: PoolSpec = PoolSpec(type="avg", output_size=1)
+    dropout: float = 0.4
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    num_classes: int = 1000
+    in_channels: int = 3
+    width_multiplier: float = 1.0
+    norm: Literal["lrn", "batchnorm", "none"] = "batchnorm"
+    bn_eps: float = 1e-3
+    conv_bias: bool = False
+    branch5x5_kernel: int = field(default=5, metadata={"key": "5x5_kernel"})
+    ceil_mode: bool = True
+    init: Literal["torchvision", "xavier"] = "torchvision"
+    lrn: LRNSpec = LRNSpec()
+    stem: tuple[StemLayer, ...]
+    stages: tuple[Stage, ...]
+    aux: AuxSpec = AuxSpec()
+    head: HeadSpec = HeadSpec()
+
+    def width(self, channels: int) -> int:
+        """Channel count after the width multiplier (at least 1)."""
+        return max(1, int(round(channels * self.width_multiplier)))
+
+    @property
+    def modules(self) -> dict[str, InceptionWidths]:
+        """Every Inception module by name, in network order."""
+        return {name: w for stage in self.stages for name, w in stage.modules.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    input_size: int = 224
+    resize: int = 256
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: Literal["bilinear", "bicubic", "nearest", "area"] = "bilinear"
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Training settings (the paper's by default); read by ``inceptionctl train``."""
+
+    epochs: int = 90
+    batch_size: int = 32
+    optimizer: Literal["sgd"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 2e-4
+    schedule: Literal["step", "cosine", "poly"] = "step"
+    step_epochs: int = 8
+    gamma: float = 0.96
+    poly_power: float = 0.5
+    warmup_epochs: float = 0.0
+    ema_decay: float | None = 0.9999
+    label_smoothing: float = 0.0
+    scale: tuple[float, ...] = (0.08, 1.0)
+    ratio: tuple[float, ...] = (0.75, 4.0 / 3.0)
+    random_interpolation: bool = True
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    lighting: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """Test-time crops: ``size`` and the shorter-side ``scales`` of the 144-crop protocol."""
+
+    size: int = 224
+    scales: tuple[int, ...] = (256, 288, 320, 352)
+    crops: int = 1
+    batch_size: int = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSpec:
+    opset: int = 17
+    batch: str = "1:8:32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    name: str
+    description: str = ""
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    export: ExportSpec = ExportSpec()
+    source: str = field(default="<memory>", metadata={"internal": True}, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (YAML spellings, lists), as saved in artifacts."""
+        return to_data(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: YAML text -> plain data with line numbers -> typed recipe -> rules
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) else _type_name(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Context:
+    """Where values came from: a file with line numbers, and ``--set`` overrides."""
+
+    def __init__(self, source: str, lines: dict[Path_, int] | None = None):
+        self.source = source
+        self.lines = lines or {}
+        self.overrides: dict[Path_, str] = {}
+
+    def error(self, path: Path_, message: str) -> RecipeError:
+        for opath, text in self.overrides.items():
+            if path[: len(opath)] == opath:
+                return RecipeError(f"--set {text}: {_fmt_path(path)}: {message}")
+        where = self.source
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in self.lines:
+                where = f"{self.source}:{self.lines[path[:cut]]}"
+                break
+        return RecipeError(f"{where}: {_fmt_path(path)}: {message}")
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> RecipeError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return RecipeError(f"{where}: invalid YAML: {problem}")
+
+
+_PLAIN_TAGS = (yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+               yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG)
+
+
+def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML safely into plain data, remembering the line of every key."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+    lines: dict[Path_, int] = {}
+    constructor = yaml.constructor.SafeConstructor()
+
+    def walk(node: yaml.Node, path: Path_) -> Any:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            raise RecipeError(f"{source}:{node.start_mark.line + 1}: invalid YAML: tag "
+                              f"'{node.tag}' is not allowed (a recipe is plain data)")
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = walk(key_node, path + ("<key>",))
+                if isinstance(key, (dict, list)):
+                    raise RecipeError(f"{source}:{key_node.start_mark.line + 1}: "
+                                      f"{_fmt_path(path)}: a key must be a plain word")
+                key = str(key) if not isinstance(key, str) else key
+                if key in out:
+                    raise RecipeError(f"{source}:{key_node.start_mark.line + 1}: "
+                                      f"{_fmt_path(path + (key,))}: duplicate key")
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                out[key] = walk(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [walk(item, path + (i,)) for i, item in enumerate(node.value)]
+        try:
+            return constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise _yaml_error(source, exc) from None
+
+    data = walk(root, ()) if root is not None else None
+    lines.pop((), None)
+    return data, lines
+
+
+def _field_key(f: dataclasses.Field) -> str:
+    return f.metadata.get("key", f.name)
+
+
+def _public_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _convert(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
+    """Check ``value`` against the type ``tp`` and build it; raise a located error if it does not fit."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ctx.error(path, f"expected a mapping, got {_show(value)}")
+        fields = _public_fields(tp)
+        by_key = {_field_key(f): f for f in fields}
+        for key in value:
+            if key not in by_key:
+                hint = difflib.get_close_matches(str(key), list(by_key), n=1, cutoff=0.6)
+                msg = f"unknown key '{key}' (expected one of: {', '.join(by_key)})"
+                if hint:
+                    msg = f"unknown key '{key}' (did you mean '{hint[0]}'?)"
+                raise ctx.error(path + (key,), msg)
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in fields:
+            key = _field_key(f)
+            if key in value:
+                kwargs[f.name] = _convert(hints[f.name], value[key], path + (key,), ctx)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ctx.error(path + (key,), "missing required key")
+        return tp(**kwargs)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        real = [a for a in args if a is not type(None)]
+        return _convert(real[0], value, path, ctx)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ctx.error(path, f"expected one of {', '.join(map(str, choices))}, "
+                                  f"got {_show(value)}{extra}")
+        return value
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ctx.error(path, f"expected a list, got {_show(value)}")
+        return tuple(_convert(item_type, v, path + (i,), ctx) for i, v in enumerate(value))
+    if origin is dict:
+        _key_type, item_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ctx.error(path, f"expected a mapping, got {_show(value)}")
+        return {str(k): _convert(item_type, v, path + (k,), ctx) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ctx.error(path, f"expected true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ctx.error(path, f"expected an integer, got {_show(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.error(path, f"expected a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise ctx.error(path, f"expected a finite number, got {_show(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ctx.error(path, f"expected a string, got {_show(value)}")
+        return value
+    raise TypeError(f"unsupported schema type {tp!r}")  # a bug in the schema, not user input
+
+
+def to_data(obj: Any) -> Any:
+    """Typed recipe (or part of one) -> plain YAML-ready data."""
+    if dataclasses.is_dataclass(obj):
+        return {_field_key(f): to_data(getattr(obj, f.name)) for f in _public_fields(type(obj))}
+    if isinstance(obj, (tuple, list)):
+        return [to_data(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_data(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry: the feature-map size after every layer (pure functions, shared with model/profile)
+# --------------------------------------------------------------------------------------------
+
+
+def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Output side of a pooling window, with PyTorch's rule for ceil mode (0: it does not fit)."""
+    if size < 1 or size + 2 * padding < kernel:
+        return 0
+    span = size + 2 * padding - kernel
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window must start inside the input or its left padding
+    return out
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output side of a convolution (0: the kernel does not fit)."""
+    if size < 1 or size + 2 * padding < kernel:
+        return 0
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def apply_pool(spec: PoolSpec, size: int, ceil_mode: bool) -> int:
+    if spec.output_size is not None:
+        return spec.output_size
+    assert spec.kernel is not None
+    stride = spec.stride or spec.kernel
+    return pool_out(size, spec.kernel, stride, spec.padding, ceil_mode and spec.type == "max")
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """Shape after a named layer: channels x size x size."""
+
+    name: str
+    kind: str
+    channels: int
+    size: int
+
+
+def trace_shapes(model: ModelSpec, input_size: int) -> list[FeatureMap]:
+    """Feature-map shapes after each stem layer, Inception module, stage pool and the head pool."""
+    out: list[FeatureMap] = []
+    channels, size = model.in_channels, input_size
+    for layer in model.stem:
+        if layer.layer == "conv":
+            assert layer.out is not None
+            channels, size = model.width(layer.out), conv_out(size, layer.kernel, layer.stride,
+                                                              layer.padding)
+        else:
+            size = pool_out(size, layer.kernel, layer.stride, layer.padding,
+                            model.ceil_mode and layer.layer == "maxpool")
+        out.append(FeatureMap(layer.name, layer.layer, channels, size))
+    for stage_index, stage in enumerate(model.stages):
+        for name, widths in stage.modules.items():
+            channels = sum(model.width(w) for w in (widths.n1x1, widths.n3x3, widths.n5x5,
+                                                    widths.pool_proj))
+            out.append(FeatureMap(name, "inception", channels, size))
+        if stage.pool is not None:
+            size = apply_pool(stage.pool, size, model.ceil_mode)
+            out.append(FeatureMap(stage_pool_name(model, stage_index), f"{stage.pool.type}pool",
+                                  channels, size))
+    out.append(FeatureMap("head_pool", f"{model.head.pool.type}pool", channels,
+                          apply_pool(model.head.pool, size, False)))
+    return out
+
+
+def stage_pool_name(model: ModelSpec, stage_index: int) -> str:
+    """Name of the pool that ends a stage: after module 3b it is 'pool3', as in Table 1's order."""
+    last = list(model.stages[stage_index].modules)[-1]
+    digits = "".join(ch for ch in last if ch.isdigit()) or str(stage_index)
+    return f"pool{digits}"
+
+
+def smallest_input_size(model: ModelSpec, limit: int = 1024) -> int | None:
+    """The smallest square input for which every feature map stays at least 1x1."""
+    for size in range(1, limit + 1):
+        if _geometry_problem(model, size) is None:
+            return size
+    return None
+
+
+def _geometry_problem(model: ModelSpec, input_size: int) -> str | None:
+    shapes = trace_shapes(model, input_size)
+    for fm in shapes:
+        if fm.size < 1:
+            return f"the feature map vanishes at {fm.name}"
+    by_name = {fm.name: fm for fm in shapes}
+    pool = model.aux.pool
+    for name in model.aux.after:
+        fm = by_name.get(name)
+        if fm is not None and pool.output_size is None:
+            assert pool.kernel is not None
+            if pool.kernel > fm.size + 2 * pool.padding:
+                return f"the aux pool ({pool.kernel}x{pool.kernel}) is larger than the " \
+                       f"{fm.size}x{fm.size} map after {name}"
+    head = model.head.pool
+    if head.output_size is None and head.kernel is not None:
+        last = [fm for fm in shapes if fm.name != "head_pool"][-1]
+        if head.kernel > last.size + 2 * head.padding:
+            return f"the head pool ({head.kernel}x{head.kernel}) is larger than the " \
+                   f"{last.size}x{last.size} final map"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The rules of the architecture
+# --------------------------------------------------------------------------------------------
+
+
+def _check_pool(spec: PoolSpec, path: Path_, ctx: _Context) -> None:
+    if (spec.kernel is None) == (spec.output_size is None):
+        raise ctx.error(path, "expected exactly one of 'kernel' (fixed window) or "
+                              "'output_size' (adaptive)")
+    for key in ("kernel", "stride", "output_size"):
+        value = getattr(spec, key)
+        if value is not None and value < 1:
+            raise ctx.error(path + (key,), f"expected a positive integer, got {value}")
+    if spec.padding < 0:
+        raise ctx.error(path + ("padding",), f"expected an integer >= 0, got {spec.padding}")
+    if spec.output_size is not None and (spec.stride is not None or spec.padding):
+        raise ctx.error(path, "an adaptive pool ('output_size') takes no stride or padding")
+    if spec.kernel is not None and spec.padding * 2 > spec.kernel:
+        raise ctx.error(path + ("padding",), f"padding {spec.padding} is more than half "
+                                             f"the kernel {spec.kernel}")
+
+
+def _positive(value: float, path: Path_, ctx: _Context, what: str = "a positive integer") -> None:
+    if value <= 0:
+        raise ctx.error(path, f"expected {what}, got {value}")
+
+
+def _name_hint(name: str, names: list[str]) -> str:
+    hint = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    return f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(names)})"
+
+
+def _check_rules(recipe: Recipe, ctx: _Context) -> None:
+    m = recipe.model
+    P: Path_ = ("model",)
+    _positive(m.num_classes, P + ("num_classes",), ctx)
+    _positive(m.in_channels, P + ("in_channels",), ctx)
+    _positive(m.width_multiplier, P + ("width_multiplier",), ctx, "a positive number")
+    _positive(m.bn_eps, P + ("bn_eps",), ctx, "a positive number")
+    if m.branch5x5_kernel not in (3, 5):
+        raise ctx.error(P + ("5x5_kernel",), f"expected 5 (the paper) or 3 (torchvision), "
+                                             f"got {m.branch5x5_kernel}")
+    if not m.stem:
+        raise ctx.error(P + ("stem",), "expected at least one layer")
+    stem_names: list[str] = []
+    for i, layer in enumerate(m.stem):
+        lp = P + ("stem", i)
+        if layer.name in stem_names:
+            raise ctx.error(lp + ("name",), f"duplicate layer name '{layer.name}'")
+        stem_names.append(layer.name)
+        _positive(layer.kernel, lp + ("kernel",), ctx)
+        _positive(layer.stride, lp + ("stride",), ctx)
+        if layer.padding < 0:
+            raise ctx.error(lp + ("padding",), f"expected an integer >= 0, got {layer.padding}")
+        if layer.layer == "conv":
+            if layer.out is None:
+                raise ctx.error(lp + ("out",), "missing required key (a conv needs its width)")
+            _positive(layer.out, lp + ("out",), ctx)
+        elif layer.out is not None:
+            raise ctx.error(lp + ("out",), f"a {layer.layer} layer has no width")
+    if not m.stages:
+        raise ctx.error(P + ("stages",), "expected at least one stage")
+    module_names: list[str] = []
+    for s, stage in enumerate(m.stages):
+        sp = P + ("stages", s)
+        if not stage.modules:
+            raise ctx.error(sp + ("modules",), "expected at least one Inception module")
+        for name, widths in stage.modules.items():
+            if name in module_names or name in stem_names:
+                raise ctx.error(sp + ("modules", name), f"duplicate name '{name}'")
+            module_names.append(name)
+            for f in dataclasses.fields(InceptionWidths):
+                _positive(getattr(widths, f.name), sp + ("modules", name, _field_key(f)), ctx)
+        if stage.pool is not None:
+            _check_pool(stage.pool, sp + ("pool",), ctx)
+    if m.norm != "lrn" and m.lrn.after:
+        raise ctx.error(P + ("lrn", "after"), f"LRN layers need model.norm: lrn "
+                                              f"(it is '{m.norm}')")
+    _positive(m.lrn.size, P + ("lrn", "size"), ctx)
+    for i, name in enumerate(m.lrn.after):
+        if name not in stem_names:
+            raise ctx.error(P + ("lrn", "after", i), f"no stem layer named '{name}'"
+                                                     + _name_hint(name, stem_names))
+    aux = m.aux
+    for i, name in enumerate(aux.after):
+        if name not in module_names:
+            raise ctx.error(P + ("aux", "after", i), f"no Inception module named '{name}'"
+                                                     + _name_hint(name, module_names))
+    if len(set(aux.after)) != len(aux.after):
+        raise ctx.error(P + ("aux", "after"), "a module is named twice")
+    _check_pool(aux.pool, P + ("aux", "pool"), ctx)
+    _check_pool(m.head.pool, P + ("head", "pool"), ctx)
+    _positive(aux.conv, P + ("aux", "conv"), ctx)
+    _positive(aux.fc, P + ("aux", "fc"), ctx)
+    if aux.loss_weight < 0:
+        raise ctx.error(P + ("aux", "loss_weight"), f"expected a number >= 0, got {aux.loss_weight}")
+    for path, p in ((P + ("aux", "dropout"), aux.dropout), (P + ("head", "dropout"), m.head.dropout)):
+        if not 0.0 <= p < 1.0:
+            raise ctx.error(path, f"expected a probability in [0, 1), got {p}")
+
+    d = recipe.data
+    D: Path_ = ("data",)
+    _positive(d.input_size, D + ("input_size",), ctx)
+    _positive(d.resize, D + ("resize",), ctx)
+    for key, values in (("mean", d.mean), ("std", d.std)):
+        if len(values) != m.in_channels:
+            raise ctx.error(D + (key,), f"expected {m.in_channels} values (model.in_channels), "
+                                        f"got {len(values)}")
+    for i, s in enumerate(d.std):
+        _positive(s, D + ("std", i), ctx, "a positive number")
+    if d.classes is not None:
+        if len(d.classes) != m.num_classes:
+            raise ctx.error(D + ("classes",), f"expected {m.num_classes} names "
+                                              f"(model.num_classes), got {len(d.classes)}; set data.classes "
+                                              f"to match, or to null for '0'..'N-1'")
+        if len(set(d.classes)) != len(d.classes):
+            raise ctx.error(D + ("classes",), "class names must be unique")
+    problem = _geometry_problem(m, d.input_size)
+    if problem is not None:
+        smallest = smallest_input_size(m)
+        hint = f"; the smallest valid input is {smallest}" if smallest else ""
+        raise ctx.error(D + ("input_size",), f"{d.input_size} is too small for this model: "
+                                             f"{problem}{hint}")
+
+    t = recipe.train
+    T: Path_ = ("train",)
+    for key in ("epochs", "batch_size", "step_epochs"):
+        _positive(getattr(t, key), T + (key,), ctx)
+    _positive(t.lr, T + ("lr",), ctx, "a positive number")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise ctx.error(T + ("label_smoothing",), f"expected a value in [0, 1), got {t.label_smoothing}")
+    if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
+        raise ctx.error(T + ("ema_decay",), f"expected a value in (0, 1) or null, got {t.ema_decay}")
+    for key in ("scale", "ratio"):
+        pair = getattr(t, key)
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise ctx.error(T + (key,), f"expected [low, high] with 0 < low <= high, got {list(pair)}")
+
+    e = recipe.eval
+    E: Path_ = ("eval",)
+    _positive(e.size, E + ("size",), ctx)
+    _positive(e.batch_size, E + ("batch_size",), ctx)
+    if e.crops not in (1, 10, 144):
+        raise ctx.error(E + ("crops",), f"expected 1, 10 or 144, got {e.crops}")
+    if not e.scales:
+        raise ctx.error(E + ("scales",), "expected at least one scale")
+    for i, scale in enumerate(e.scales):
+        if scale < e.size:
+            raise ctx.error(E + ("scales", i), f"a scale ({scale}) must be >= eval.size ({e.size})")
+    parse_batch_range(recipe.export.batch, lambda msg: ctx.error(("export", "batch"), msg))
+
+
+def parse_batch_range(text: str, fail: Any = None) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' (or one number) -> (min, opt, max) with 1 <= min <= opt <= max."""
+    def bad(msg: str) -> Exception:
+        return fail(msg) if fail else InceptionError(f"batch range: {msg}")
+    parts = str(text).split(":")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise bad(f"expected MIN:OPT:MAX integers, got '{text}'") from None
+    if len(nums) == 1:
+        nums = nums * 3
+    if len(nums) != 3 or not 1 <= nums[0] <= nums[1] <= nums[2]:
+        raise bad(f"expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got '{text}'")
+    return nums[0], nums[1], nums[2]
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _recipes_dir() -> Any:
+    return resources.files("inceptionctl.recipes")
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped with the package, sorted."""
+    return sorted(p.name[: -len(".yaml")] for p in _recipes_dir().iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_source(name_or_path: str | Path) -> tuple[str, str]:
+    text_name = str(name_or_path)
+    path = Path(text_name)
+    looks_like_path = path.suffix in (".yaml", ".yml") or "/" in text_name or path.exists()
+    if looks_like_path:
+        if not path.is_file():
+            raise RecipeError(f"{text_name}: recipe file not found")
+        try:
+            return path.read_text(encoding="utf-8"), text_name
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{text_name}: cannot read recipe: {exc}") from None
+    names = available_recipes()
+    if text_name not in names:
+        raise RecipeError(f"unknown recipe '{text_name}'" + _name_hint(text_name, names)
+                          + "; give a name or a path to a .yaml file")
+    return (_recipes_dir() / f"{text_name}.yaml").read_text(encoding="utf-8"), \
+        f"recipes/{text_name}.yaml"
+
+
+def _set_path(data: Any, key: str, raw: str, ctx: _Context) -> Path_:
+    """Apply one dotted override to plain data in place; the key must already exist."""
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise RecipeError(f"--set {key}={raw}: expected KEY=VALUE with a dotted key such as "
+                          f"model.num_classes=10")
+    node, path = data, ()
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"--set {key}={raw}: {_fmt_path(path)} is a list of "
+                                  f"{len(node)}; '{part}' is not an index into it")
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            if part not in node:
+                raise RecipeError(f"--set {key}={raw}: unknown key '{part}' in "
+                                  f"{_fmt_path(path)}" + _name_hint(part, [str(k) for k in node]))
+            index = part
+        else:
+            raise RecipeError(f"--set {key}={raw}: {_fmt_path(path)} is a value, "
+                              f"it has no key '{part}'")
+        path = path + (index,)
+        if last:
+            try:
+                node[index] = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as exc:
+                raise RecipeError(f"--set {key}={raw}: the value is not valid YAML "
+                                  f"({getattr(exc, 'problem', exc)})") from None
+        else:
+            node = node[index]
+    return path
+
+
+def parse_overrides(overrides: Any) -> list[tuple[str, str]]:
+    """['a.b=1', ...] or {'a.b': 1} -> [(key, raw value text)]."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return [(k, v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True)
+                 .strip().removesuffix("...").strip()) for k, v in overrides.items()]
+    pairs = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise RecipeError(f"--set {item}: expected KEY=VALUE, e.g. model.num_classes=10")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def recipe_from_data(data: Any, source: str = "<memory>", overrides: Any = None,
+                     lines: dict[Path_, int] | None = None) -> Recipe:
+    """Validate plain data (e.g. a recipe saved inside a checkpoint) into a Recipe."""
+    ctx = _Context(source, lines)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: expected a mapping at the top of the recipe, "
+                          f"got {_show(data)}")
+    recipe = _convert(Recipe, data, (), ctx)
+    pairs = parse_overrides(overrides)
+    if pairs:
+        resolved = to_data(recipe)
+        for key, raw in pairs:
+            path = _set_path(resolved, key, raw, ctx)
+            ctx.overrides[path] = f"{key}={raw}"
+        recipe = _convert(Recipe, resolved, (), ctx)
+    _check_rules(recipe, ctx)
+    return dataclasses.replace(recipe, source=source)
+
+
+def load_recipe(name_or_path: str | Path, overrides: Any = None) -> Recipe:
+    """Return the validated recipe named ``name_or_path`` (shipped name or YAML path).
+
+    ``overrides`` are dotted keys applied after the file is read, as ``["model.num_classes=10"]``
+    or ``{"model.num_classes": 10}``; each must name a key that exists in the resolved recipe.
+    """
+    text, source = _read_source(name_or_path)
+    data, lines = _compose(text, source)
+    if data is None:
+        raise RecipeError(f"{source}: the recipe is empty")
+    return recipe_from_data(data, source, overrides, lines)

@@ -1,0 +1,153 @@
+"""The checkpoint format, safe loading, strict key checks, reset_head, atomic writes."""
+
+import pickle
+
+import pytest
+import torch
+
+from inceptionctl import InceptionError, build_model, load_recipe, load_weights
+from inceptionctl.checkpoint import load_model, read_checkpoint, save_checkpoint
+
+
+@pytest.fixture
+def small():
+    recipe = load_recipe("googlenet-small")
+    return recipe, build_model(recipe).eval()
+
+
+def _x(recipe, n=2):
+    s = recipe.data.input_size
+    return torch.randn(n, 3, s, s)
+
+
+def test_round_trip_carries_recipe_classes_preprocessing(tmp_path, small):
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, recipe, meta={"epoch": 3})
+    raw = torch.load(path, weights_only=True)  # plain data only
+    assert raw["format"] == "inceptionctl.checkpoint" and raw["meta"] == {"epoch": 3}
+    ckpt = read_checkpoint(path)
+    assert ckpt["classes"] == [str(i) for i in range(10)]
+    assert ckpt["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert ckpt["preprocessing"]["input_size"] == 32
+    loaded, loaded_recipe, info = load_model(path)
+    assert loaded_recipe == recipe and not info["ema"]
+    x = _x(recipe)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_ema_weights_are_what_loads(tmp_path, small):
+    recipe, model = small
+    ema = {k: (v + 1 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    path = save_checkpoint(tmp_path / "c.pt", model, recipe, ema_state_dict=ema)
+    other = build_model(recipe)
+    load_weights(other, path)
+    assert torch.equal(other.fc.weight, ema["fc.weight"])
+
+
+def test_interrupted_save_keeps_previous(tmp_path, small, monkeypatch):
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "last.pt", model, recipe, meta={"epoch": 1})
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, recipe, meta={"epoch": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert read_checkpoint(path)["meta"] == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_wrong_architecture_lists_keys(tmp_path):
+    paper = build_model(load_recipe("googlenet"))
+    path = tmp_path / "paper.pth"
+    torch.save(paper.state_dict(), path)
+    bn = build_model(load_recipe("googlenet-bn"))
+    with pytest.raises(InceptionError) as info:
+        load_weights(bn, path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: weights do not fit this model:")
+    assert "missing (stem.conv1.bn.weight" in text and "unexpected (stem.conv1.conv.bias" in text
+    assert "of another shape" in text and "\n" not in text
+
+
+def test_other_class_count_needs_reset_head(tmp_path, small):
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "ten.pt", model, recipe)
+    five = build_model(load_recipe("googlenet-small", {"model.num_classes": 5,
+                                                        "data.classes": None}))
+    fresh_fc = five.fc.weight.detach().clone()
+    with pytest.raises(InceptionError, match=r"fc.weight \[10, 256\] vs model \[5, 256\].*"
+                                             r"--reset-head"):
+        load_weights(five, path)
+    report = load_weights(five, path, reset_head=True)
+    assert report.reset == ["aux.aux1.fc2", "aux.aux2.fc2", "fc"]
+    assert torch.equal(five.fc.weight, fresh_fc)  # the new head stays as initialised
+    assert torch.equal(five.stem.conv1.conv.weight, model.stem.conv1.conv.weight)
+
+
+def test_model_without_aux_heads_ignores_aux_tensors(tmp_path, small):
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "c.pt", model, recipe)
+    no_aux = build_model(load_recipe("googlenet-small", {"model.aux.after": []}))
+    report = load_weights(no_aux, path)
+    assert len(report.ignored_aux) > 0 and not list(no_aux.aux.children())
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty file"),
+    (b"this is not a weights file at all", "cannot be read as weights"),
+])
+def test_unreadable_files(tmp_path, small, content, message):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(InceptionError, match=message):
+        load_weights(small[1], path)
+
+
+def test_truncated_checkpoint(tmp_path, small):
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "c.pt", model, recipe)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InceptionError, match="cannot be read as weights"):
+        load_weights(model, cut)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (open, ("/tmp/inceptionctl-pwned", "w"))
+
+
+def test_loading_never_runs_code(tmp_path, small):
+    marker = __import__("pathlib").Path("/tmp/inceptionctl-pwned")
+    marker.unlink(missing_ok=True)
+    path = tmp_path / "evil.pth"
+    torch.save({"fc.weight": _Exploit()}, path, pickle_protocol=2)
+    with pytest.raises(InceptionError, match="never code"):
+        load_weights(small[1], path)
+    assert not marker.exists()
+    path2 = tmp_path / "evil2.pkl"
+    path2.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(InceptionError):
+        load_weights(small[1], path2)
+    assert not marker.exists()
+
+
+def test_missing_file_and_foreign_without_recipe(tmp_path, small):
+    with pytest.raises(InceptionError, match="no such file"):
+        load_weights(small[1], tmp_path / "nope.pth")
+    path = tmp_path / "sd.pth"
+    torch.save(small[1].state_dict(), path)
+    with pytest.raises(InceptionError, match="name it with --recipe"):
+        load_model(path)
+    model, _, _ = load_model(path, recipe=small[0])  # our own bare state dict loads too
+    with pytest.raises(InceptionError, match="not an inceptionctl checkpoint"):
+        read_checkpoint(path)

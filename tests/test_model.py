@@ -1,0 +1,234 @@
+"""The model contract for every shipped recipe, counts, and torchvision parity."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from inceptionctl import build_model, load_recipe, load_weights
+from inceptionctl.checkpoint import to_model_keys
+from inceptionctl.model import AuxHead, TrainStep
+from inceptionctl.profile import count_cost
+from inceptionctl.recipe import smallest_input_size
+
+from .conftest import SHIPPED
+
+
+def _small(name: str, **extra):
+    """The shipped recipe at its smallest valid input size (the contract, cheaply)."""
+    recipe = load_recipe(name)
+    size = smallest_input_size(recipe.model)
+    overrides = {"data.input_size": size, "eval.size": size,
+                 "eval.scales": [size], "data.resize": size}
+    overrides.update(extra)
+    return load_recipe(name, overrides)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_contract(name):
+    recipe = _small(name)
+    model = build_model(recipe)
+    size = recipe.data.input_size
+    x = torch.randn(3, 3, size, size)
+    n_aux = len(recipe.model.aux.after)
+
+    calls = []
+    for head in model.aux.values():
+        head.register_forward_hook(lambda *a: calls.append(1))
+
+    model.train()
+    logits, aux = model.forward_train(x)
+    assert logits.shape == (3, recipe.model.num_classes)
+    assert len(aux) == n_aux and all(a.shape == logits.shape for a in aux)
+    assert len(calls) == n_aux
+    loss = nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]))
+    loss = loss + recipe.model.aux.loss_weight * sum(
+        nn.functional.cross_entropy(a, torch.tensor([0, 1, 2])) for a in aux)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} received no gradient"
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+    calls.clear()
+    out = model(x)  # training mode: still logits only
+    assert isinstance(out, torch.Tensor) and out.shape == logits.shape
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (3, recipe.model.num_classes)
+    assert torch.isfinite(out).all()
+    assert calls == [], "aux heads must not run outside forward_train"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_one_below_smallest_input_is_refused(name):
+    from inceptionctl import RecipeError
+
+    size = smallest_input_size(load_recipe(name).model)
+    with pytest.raises(RecipeError, match="too small"):
+        load_recipe(name, {"data.input_size": size - 1})
+
+
+@pytest.mark.parametrize("num_classes", [1, 7, 1000])
+def test_num_classes(num_classes):
+    recipe = _small("googlenet-small", **{"model.num_classes": num_classes, "data.classes": None})
+    model = build_model(recipe).eval()
+    size = recipe.data.input_size
+    assert model(torch.randn(2, 3, size, size)).shape == (2, num_classes)
+    model.train()
+    _, aux = model.forward_train(torch.randn(2, 3, size, size))
+    assert all(a.shape == (2, num_classes) for a in aux)
+
+
+def test_nominal_input_sizes_and_table1_shapes():
+    """googlenet at 224x224: the shape after every Table 1 row, measured by hooks."""
+    recipe = load_recipe("googlenet")
+    model = build_model(recipe).eval()
+    seen = {}
+    for name, module in list(model.stem.named_children()) + list(model.blocks.named_children()):
+        module.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.shape[1:]))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    expected = {"conv1": (64, 112, 112), "maxpool1": (64, 56, 56), "conv3": (192, 56, 56),
+                "maxpool2": (192, 28, 28), "inception3a": (256, 28, 28),
+                "inception3b": (480, 28, 28), "pool3": (480, 14, 14),
+                "inception4a": (512, 14, 14), "inception4d": (528, 14, 14),
+                "inception4e": (832, 14, 14), "pool4": (832, 7, 7),
+                "inception5a": (832, 7, 7), "inception5b": (1024, 7, 7)}
+    assert {k: tuple(seen[k]) for k in expected} == expected
+
+
+def test_parameter_counts_and_cost():
+    googlenet = count_cost(load_recipe("googlenet"))
+    assert googlenet.params == 6_998_552
+    assert round(googlenet.macs / 1e9, 3) == 1.583
+    bn = count_cost(load_recipe("googlenet-bn"))
+    assert bn.params == 6_624_904
+    assert round(bn.macs / 1e9, 3) == 1.498
+    # the built model on a real device agrees with the meta-device count
+    assert build_model(load_recipe("googlenet-bn")).num_params() == 6_624_904
+    small = count_cost(load_recipe("googlenet-small"))
+    assert small.params < 500_000 and small.macs < 50e6
+
+
+def test_counts_match_torchvision():
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    ours = build_model(load_recipe("googlenet-bn"))
+    assert ours.num_params(include_aux=True) == sum(p.numel() for p in tv.parameters())
+    assert ours.num_params() == sum(p.numel() for n, p in tv.named_parameters()
+                                    if not n.startswith("aux"))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_scripted_traced_and_exported_keep_the_contract():
+    recipe = _small("googlenet-bn")
+    size = recipe.data.input_size
+    model = build_model(recipe).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        eager = model(x)
+        scripted = torch.jit.script(model)
+        traced = torch.jit.trace(model, x)
+        assert torch.equal(scripted(x), eager)
+        assert torch.allclose(traced(x), eager, atol=1e-6)
+        scripted.train()
+        logits, aux = scripted.forward_train(x)
+    assert logits.shape == eager.shape and len(aux) == 2
+    # The scripted module shares buffers: its training pass moved the batch-norm statistics.
+    model.eval()
+    exported = torch.export.export(model, (x,))
+    assert len(exported.graph_signature.user_outputs) == 1  # logits only
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), model(x), atol=1e-6)
+
+
+def test_train_step_wrapper_runs_aux():
+    model = build_model(_small("googlenet-small"))
+    size = model.recipe.data.input_size
+    logits, aux = TrainStep(model)(torch.randn(2, 3, size, size))
+    assert logits.shape == (2, 10) and len(aux) == 2
+
+
+def test_reset_classifier():
+    model = build_model(_small("googlenet-small"))
+    model.reset_classifier(3)
+    assert model.num_classes == 3
+    assert all(isinstance(h, AuxHead) and h.fc2.out_features == 3 for h in model.aux.values())
+
+
+# ------------------------------------------------------------------ torchvision parity
+
+def _torchvision_googlenet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True,
+                                      transform_input=False)
+    # Non-trivial batch-norm statistics, so a mis-mapped key cannot hide.
+    for m in tv.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return tv.eval()
+
+
+@pytest.mark.parametrize("with_aux", [True, False])
+def test_torchvision_parity(tmp_path, with_aux):
+    tv = _torchvision_googlenet()
+    sd = tv.state_dict()
+    if not with_aux:
+        sd = {k: v for k, v in sd.items() if not k.startswith("aux")}
+    path = tmp_path / "googlenet-1378be20.pth"
+    torch.save(sd, path)
+
+    ours = build_model(load_recipe("googlenet-bn"))
+    report = load_weights(ours, path)
+    assert report.aux_initialised == (not with_aux)
+    ours.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        diff = (tv(x) - ours(x)).abs().max().item()
+    assert diff <= 1e-5
+
+
+def test_torchvision_aux_heads_match_in_training():
+    tv = _torchvision_googlenet(1)
+    path_sd = tv.state_dict()
+    ours = build_model(load_recipe("googlenet-bn"))
+    ours.load_state_dict(to_model_keys(ours, path_sd))
+    for m in list(tv.modules()) + list(ours.modules()):
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0  # dropout is random; everything else must agree in training mode
+    tv.train()
+    ours.train()
+    x = torch.randn(2, 3, 224, 224)
+    out = tv(x)
+    logits, (aux1, aux2) = ours.forward_train(x)
+    assert (out.logits - logits).abs().max() <= 1e-5
+    assert (out.aux_logits1 - aux1).abs().max() <= 1e-5
+    assert (out.aux_logits2 - aux2).abs().max() <= 1e-5
+
+
+def test_transform_input_is_preprocessing(tmp_path):
+    """torchvision's transform_input=True on ImageNet-normalised input == ours on (x-0.5)/0.5."""
+    tv = _torchvision_googlenet()
+    tv_ti = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False,
+                                         transform_input=True).eval()
+    tv_ti.load_state_dict(tv.state_dict())
+    path = tmp_path / "w.pth"
+    torch.save(tv.state_dict(), path)
+    recipe = load_recipe("googlenet-bn")
+    ours = build_model(recipe)
+    load_weights(ours, path)
+    ours.eval()
+    image = torch.rand(2, 3, 224, 224)
+    imagenet_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    imagenet_std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(recipe.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.data.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        a = tv_ti((image - imagenet_mean) / imagenet_std)
+        b = ours((image - mean) / std)
+    assert (a - b).abs().max() <= 1e-5

@@ -1,0 +1,58 @@
+"""A wheel built from the checkout, installed in a fresh virtual environment elsewhere, works."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_in_fresh_venv_lists_and_loads_every_recipe(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(dist), str(ROOT)], check=True, cwd=tmp_path)
+    (wheel,) = dist.glob("inceptionctl-*.whl")
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    # The heavy dependencies (torch, ...) come from this environment's site-packages through a
+    # .pth file, so the test does not reinstall them; inceptionctl itself only from the wheel.
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([str(py), "-c", "import inceptionctl; print(inceptionctl.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=elsewhere, env=env)
+    assert where.stdout.strip().startswith(site)
+
+    listed = subprocess.run([str(py), "-m", "inceptionctl", "recipes", "--json"],
+                            capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert listed.returncode == 0, listed.stderr
+    names = [r["name"] for r in json.loads(listed.stdout)["recipes"]]
+    assert names == ["googlenet", "googlenet-bn", "googlenet-small"]
+
+    script = ("import inceptionctl as ic\n"
+              "for n in ic.available_recipes():\n"
+              "    m = ic.build_model(ic.load_recipe(n))\n"
+              "    print(n, m.num_params())\n"
+              "import inceptionctl.backends\n")
+    loaded = subprocess.run([str(py), "-c", script], capture_output=True, text=True,
+                            cwd=elsewhere, env=env)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "googlenet 6998552" in loaded.stdout and "googlenet-bn 6624904" in loaded.stdout
+    script_bin = env_dir / "bin" / "inceptionctl"
+    shown = subprocess.run([str(script_bin), "recipes", "show", "googlenet-small"],
+                           capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert shown.returncode == 0 and "name: googlenet-small" in shown.stdout

@@ -1,0 +1,214 @@
+"""Recipes: loading by name or path, overrides, and one located line for every mistake."""
+
+import dataclasses
+
+import pytest
+
+from inceptionctl import RecipeError, load_recipe
+from inceptionctl.recipe import (available_recipes, pool_out, recipe_from_data,
+                                 smallest_input_size, trace_shapes)
+
+TINY = """
+name: tiny
+model:
+  num_classes: 3
+  stem:
+    - {name: conv1, layer: conv, out: 8, kernel: 3, padding: 1}
+    - {name: pool1, layer: maxpool, kernel: 2, stride: 2}
+  stages:
+    - modules:
+        3a: {1x1: 4, 3x3_reduce: 4, 3x3: 8, 5x5_reduce: 2, 5x5: 4, pool_proj: 4}
+      pool: {type: max, kernel: 2, stride: 2}
+    - modules:
+        4a: {1x1: 8, 3x3_reduce: 4, 3x3: 8, 5x5_reduce: 2, 5x5: 4, pool_proj: 4}
+  aux:
+    after: [3a]
+    pool: {type: avg, output_size: 2}
+    conv: 8
+    fc: 16
+data:
+  input_size: 16
+  resize: 18
+eval:
+  size: 16
+  scales: [18, 20]
+"""
+
+
+def test_shipped_recipes_are_the_family():
+    assert available_recipes() == ["googlenet", "googlenet-bn", "googlenet-small"]
+    for name in available_recipes():
+        recipe = load_recipe(name)
+        assert recipe.name == name
+        assert recipe.source == f"recipes/{name}.yaml"
+
+
+def test_paper_recipe_states_table1():
+    r = load_recipe("googlenet")
+    m = r.model
+    assert (m.norm, m.conv_bias, m.branch5x5_kernel) == ("lrn", True, 5)
+    assert (m.lrn.size, m.lrn.alpha, m.lrn.beta) == (5, 1e-4, 0.75)
+    assert m.lrn.after == ("maxpool1", "conv3")
+    assert m.aux.after == ("4a", "4d")
+    assert (m.aux.pool.kernel, m.aux.pool.stride, m.aux.conv, m.aux.fc, m.aux.dropout,
+            m.aux.loss_weight) == (5, 3, 128, 1024, 0.7, 0.3)
+    assert m.head.dropout == 0.4
+    w = m.modules["4e"]
+    assert (w.n1x1, w.n3x3_reduce, w.n3x3, w.n5x5_reduce, w.n5x5, w.pool_proj) == \
+        (256, 160, 320, 32, 128, 128)
+    bn = load_recipe("googlenet-bn")
+    assert (bn.model.norm, bn.model.bn_eps, bn.model.branch5x5_kernel) == ("batchnorm", 1e-3, 3)
+    assert bn.data.mean == bn.data.std == (0.5, 0.5, 0.5)
+    assert bn.model.stages[1].pool.kernel == 2 and bn.model.aux.pool.output_size == 4
+
+
+def test_table1_output_sizes():
+    """Every row of Table 1 (output size and depth) from the recipe's geometry."""
+    shapes = {fm.name: (fm.size, fm.channels) for fm in
+              trace_shapes(load_recipe("googlenet").model, 224)}
+    table1 = {"conv1": (112, 64), "maxpool1": (56, 64), "conv3": (56, 192),
+              "maxpool2": (28, 192), "3a": (28, 256), "3b": (28, 480), "pool3": (14, 480),
+              "4a": (14, 512), "4b": (14, 512), "4c": (14, 512), "4d": (14, 528),
+              "4e": (14, 832), "pool4": (7, 832), "5a": (7, 832), "5b": (7, 1024),
+              "head_pool": (1, 1024)}
+    assert {k: shapes[k] for k in table1} == table1
+
+
+@pytest.mark.parametrize("size", range(1, 40))
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 0), (2, 2, 0), (3, 1, 1), (5, 3, 0),
+                                                   (3, 2, 1)])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_pool_out_matches_torch(size, kernel, stride, padding, ceil):
+    import torch
+
+    if size + 2 * padding < kernel:
+        pytest.skip("window larger than the input")
+    got = torch.nn.functional.max_pool2d(torch.zeros(1, 1, size, size), kernel, stride, padding,
+                                         ceil_mode=ceil).shape[-1]
+    assert pool_out(size, kernel, stride, padding, ceil) == got
+
+
+def test_load_by_path_and_round_trip(write_recipe):
+    path = write_recipe(TINY)
+    r = load_recipe(path)
+    assert r.name == "tiny" and r.source == str(path)
+    assert r.model.num_classes == 3 and r.train.epochs == 90  # defaults filled in
+    again = recipe_from_data(r.to_dict())
+    assert again == r
+    for name in available_recipes():
+        shipped = load_recipe(name)
+        assert recipe_from_data(shipped.to_dict()) == shipped
+
+
+def test_overrides_list_and_dict():
+    r = load_recipe("googlenet-small", ["model.num_classes=4", "data.classes=[a, b, c, d]",
+                                        "train.lr=0.1", "model.stages.0.pool.kernel=2"])
+    assert r.model.num_classes == 4 and r.data.classes == ("a", "b", "c", "d")
+    assert r.train.lr == 0.1 and r.model.stages[0].pool.kernel == 2
+    r2 = load_recipe("googlenet-small", {"model.num_classes": 4, "data.classes": None})
+    assert r2.model.num_classes == 4 and r2.data.classes is None
+    assert dataclasses.replace(r2, source="x") == r2  # source does not take part in equality
+
+
+def test_smallest_input_size():
+    m = load_recipe("googlenet").model
+    smallest = smallest_input_size(m)
+    assert smallest is not None and smallest > 1
+    load_recipe("googlenet", [f"data.input_size={smallest}"])
+    with pytest.raises(RecipeError, match=f"smallest valid input is {smallest}"):
+        load_recipe("googlenet", [f"data.input_size={smallest - 1}"])
+
+
+# Each mistake: (a change to the TINY recipe text, the line it is on, the text of the message).
+MISTAKES = [
+    ("yaml", TINY.replace("  num_classes: 3", "  num_classes: [3"), None, "invalid YAML"),
+    ("unknown key", TINY.replace("num_classes: 3", "num_clases: 3"), 3,
+     "model.num_clases: unknown key 'num_clases' (did you mean 'num_classes'?)"),
+    ("unknown width", TINY.replace("pool_proj: 4}\n      pool", "pool_prj: 4}\n      pool"), 9,
+     "unknown key 'pool_prj' (did you mean 'pool_proj'?)"),
+    ("wrong type", TINY.replace("num_classes: 3", "num_classes: three"), 3,
+     "model.num_classes: expected an integer, got 'three'"),
+    ("wrong type list", TINY.replace("scales: [18, 20]", "scales: 18"), 23,
+     "eval.scales: expected a list, got 18"),
+    ("missing key", TINY.replace("name: tiny\n", ""), None, "name: missing required key"),
+    ("missing width", TINY.replace(" 5x5: 4,", "", 1), 9,
+     "model.stages[0].modules.3a.5x5: missing required key"),
+    ("negative width", TINY.replace("3x3: 8, 5x5_reduce: 2", "3x3: -8, 5x5_reduce: 2", 1), 9,
+     "model.stages[0].modules.3a.3x3: expected a positive integer, got -8"),
+    ("unknown layer", TINY.replace("layer: maxpool", "layer: maxpol"), 6,
+     "model.stem[1].layer: expected one of conv, maxpool, avgpool, got 'maxpol' "
+     "(did you mean 'maxpool'?)"),
+    ("unknown norm", TINY.replace("  num_classes: 3", "  num_classes: 3\n  norm: layernorm"), 4,
+     "model.norm: expected one of lrn, batchnorm, none"),
+    ("aux after missing", TINY.replace("after: [3a]", "after: [4f]"), 14,
+     "model.aux.after[0]: no Inception module named '4f' (did you mean '4a'?)"),
+    ("input too small", TINY.replace("input_size: 16", "input_size: 2"), 19,
+     "data.input_size: 2 is too small for this model"),
+    ("python tag", TINY.replace("name: tiny", "name: !!python/object/apply:os.getcwd []"), 1,
+     "invalid YAML"),
+    ("duplicate key", TINY.replace("  num_classes: 3", "  num_classes: 3\n  num_classes: 4"), 4,
+     "model.num_classes: duplicate key"),
+]
+
+
+@pytest.mark.parametrize("case,text,line,message", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_recipe_mistakes(write_recipe, case, text, line, message):
+    path = write_recipe(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(f"{path}:{line}: " if line else f"{path}")
+    assert message in text
+
+
+@pytest.mark.parametrize("case,text,line,message", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_recipe_mistakes_through_cli(cli, write_recipe, case, text, line, message):
+    path = write_recipe(text)
+    result = cli("recipes", "show", path)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.num_clases=10", "--set model.num_clases=10: unknown key 'num_clases' in model "
+                            "(did you mean 'num_classes'?)"),
+    ("model.num_classes=ten", "--set model.num_classes=ten: model.num_classes: expected an "
+                              "integer, got 'ten'"),
+    ("model.stages.7.pool.kernel=2", "model.stages is a list of 3; '7' is not an index"),
+    ("model.num_classes.x=1", "model.num_classes is a value, it has no key 'x'"),
+    ("model.aux.after=[4a, 9z]", "--set model.aux.after=[4a, 9z]: model.aux.after[1]: "
+                                 "no Inception module named '9z'"),
+    ("novalue", "expected KEY=VALUE"),
+])
+def test_override_mistakes(cli, override, message):
+    with pytest.raises(RecipeError, match=None) as info:
+        load_recipe("googlenet-bn", [override])
+    assert message in str(info.value)
+    result = cli("recipes", "show", "googlenet-bn", "--set", override)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_unknown_recipe_name_and_missing_file(cli, tmp_path):
+    with pytest.raises(RecipeError, match="unknown recipe 'googlenet-nb' .did you mean"):
+        load_recipe("googlenet-nb")
+    missing = tmp_path / "nope.yaml"
+    result = cli("recipes", "show", missing)
+    assert result.exit_code == 2 and f"{missing}: recipe file not found" in result.stderr
+
+
+def test_empty_and_non_mapping(write_recipe):
+    with pytest.raises(RecipeError, match="the recipe is empty"):
+        load_recipe(write_recipe("# nothing\n"))
+    with pytest.raises(RecipeError, match="expected a mapping at the top"):
+        load_recipe(write_recipe("- a\n- b\n"))
+
+
+def test_user_file_is_not_modified(write_recipe):
+    path = write_recipe(TINY)
+    before = path.read_bytes()
+    load_recipe(path, ["model.num_classes=5"])
+    assert path.read_bytes() == before
