@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/inceptionctl recipes
+	$(BIN)/inceptionctl train
 
 test: install
 	$(BIN)/python -m pytest
@@ -25,6 +26,9 @@ test-fast: install
 
 test-gpu: install
 	$(BIN)/python -m pytest -m gpu
+
+bench: install
+	$(BIN)/python benchmarks/run.py --out bench.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

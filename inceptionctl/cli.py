@@ -7,7 +7,9 @@ to stderr. A user error ends in one line on stderr and exit code 2; a failed che
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -38,7 +40,7 @@ recipes_app = typer.Typer(cls=_Group, invoke_without_command=True,
 app.add_typer(recipes_app, name="recipes")
 
 # Wide enough for the tables when stdout is a file or a pipe, the terminal's width otherwise.
-out = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a recipe key (repeatable), e.g. model.num_classes=10.")]
@@ -92,7 +94,7 @@ def recipes_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         table.add_row(r["name"], r["description"], f"{r['params']:,}",
                       f"{r['params_with_aux'] - r['params']:,}", f"{r['macs'] / 1e9:.3f} G",
                       f"{r['input_size']}x{r['input_size']}", str(r["num_classes"]))
-    out.print(table)
+    console.print(table)
 
 
 @recipes_app.command("show")
@@ -114,10 +116,83 @@ def _not_yet(command: str) -> None:
     raise InceptionError(f"'inceptionctl {command}' is not implemented yet")
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def train(ctx: typer.Context) -> None:
-    """Train a recipe (not implemented yet)."""
-    _not_yet("train")
+DEFAULT_RECIPE = "googlenet-small"
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name or YAML path.")] = DEFAULT_RECIPE,
+    data: Annotated[str, typer.Option(help="Folder (ImageFolder or ILSVRC layout), 'digits' "
+                                           "(embedded) or 'synthetic'.")] = "digits",
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<recipe>-<time>).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Start from these weights (our "
+                                                         "checkpoint or torchvision's).")] = None,
+    reset_head: Annotated[bool, typer.Option(help="New classifier(s) when --weights has "
+                                                  "another class count.")] = False,
+    resume: Annotated[Optional[str], typer.Option(help="'auto' or a run folder / last.pt.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (autocast).")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
+    channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = True,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: CPUs - 1).")] = None,
+    val_split: Annotated[float, typer.Option(help="Hold out this fraction of a single folder.")] = 0.0,
+    strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Log to TensorBoard in the run folder.")] = False,
+    max_nonfinite: Annotated[int, typer.Option(help="Stop after this many non-finite losses "
+                                                    "in a row.")] = 5,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop (and save) after this many "
+                                                          "optimizer steps.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Launch this many processes on this "
+                                                      "machine with torchrun.")] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a recipe (default: googlenet-small on the embedded digits)."""
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_torchrun(nproc))
+    from .recipe import load_recipe
+    from .train import TrainOptions, train as run_training
+
+    if max_nonfinite < 1:
+        raise InceptionError(f"--max-nonfinite: expected at least 1, got {max_nonfinite}")
+    if max_steps is not None and max_steps < 1:
+        raise InceptionError(f"--max-steps: expected at least 1, got {max_steps}")
+    opts = TrainOptions(recipe=load_recipe(recipe, set_), overrides=list(set_ or []), data=data, out=out, weights=weights,
+                        reset_head=reset_head, resume=resume, device=device,
+                        precision=precision, compile=compile_, channels_last=channels_last,
+                        workers=workers, val_split=val_split, strict_data=strict_data,
+                        tensorboard=tensorboard, max_nonfinite=max_nonfinite,
+                        max_steps=max_steps)
+    result = run_training(opts)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        console.print(f"run folder: {result.run}  best top-1 {result.best_top1:.2f}% "
+                  f"(epoch {result.best_epoch})  {result.epochs} epochs  {result.seconds:.1f}s")
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes; return its exit code."""
+    import subprocess
+
+    args = list(sys.argv[1:])
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "inceptionctl", *cleaned]
+    print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
 
 
 @app.command("eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -39,3 +39,48 @@ def write_recipe(tmp_path):
 
 
 SHIPPED = available_recipes()
+
+
+TINY_TRAIN = """
+name: tiny
+description: a tiny GoogLeNet for tests
+model:
+  num_classes: 10
+  width_multiplier: 0.125
+  stem:
+    - {name: conv1, layer: conv, out: 64, kernel: 3, padding: 1}
+    - {name: pool1, layer: maxpool, kernel: 2, stride: 2}
+  stages:
+    - modules:
+        3a: {1x1: 64, 3x3_reduce: 96, 3x3: 128, 5x5_reduce: 16, 5x5: 32, pool_proj: 32}
+      pool: {type: max, kernel: 2, stride: 2}
+    - modules:
+        4a: {1x1: 192, 3x3_reduce: 96, 3x3: 208, 5x5_reduce: 16, 5x5: 48, pool_proj: 64}
+  aux: {after: [3a], pool: {type: avg, output_size: 2}, conv: 64, fc: 64, dropout: 0.5}
+  head: {pool: {type: avg, output_size: 1}, dropout: 0.2}
+data:
+  input_size: 16
+  resize: 18
+  mean: [0.5, 0.5, 0.5]
+  std: [0.5, 0.5, 0.5]
+train:
+  epochs: 2
+  batch_size: 32
+  lr: 0.05
+  schedule: cosine
+  warmup_epochs: 0.5
+  ema_decay: 0.9
+  scale: [0.5, 1.0]
+  hflip: 0.0
+eval:
+  size: 16
+  scales: [18, 20]
+  batch_size: 128
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_TRAIN.lstrip("\n"))
+    return path

@@ -232,3 +232,19 @@ def test_transform_input_is_preprocessing(tmp_path):
         a = tv_ti((image - imagenet_mean) / imagenet_std)
         b = ours((image - mean) / std)
     assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (192, 5, 0.75), (7, 4, 0.5),
+                                                (3, 5, 0.75)])
+def test_lrn_equals_torch(channels, size, beta):
+    """Our banded-conv LRN computes exactly what nn.LocalResponseNorm computes, and its gradient."""
+    from inceptionctl.model import LocalResponseNorm
+
+    ref = nn.LocalResponseNorm(size, alpha=0.1, beta=beta, k=1.0)
+    ours = LocalResponseNorm(channels, size, alpha=0.1, beta=beta, k=1.0).double()
+    x = torch.randn(2, channels, 9, 9, dtype=torch.float64, requires_grad=True) * 3
+    a, b = ref(x), ours(x)
+    (ga,) = torch.autograd.grad(a.square().sum(), x)
+    (gb,) = torch.autograd.grad(b.square().sum(), x)
+    assert (a - b).abs().max() < 1e-12 and (ga - gb).abs().max() < 1e-12
+    assert not any(k.endswith("band") for k in ours.state_dict())  # not a weight

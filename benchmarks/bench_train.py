@@ -1,0 +1,84 @@
+"""P3: training img/s of googlenet (+ aux) vs a naive torchvision loop, in the same process.
+
+Both sides: synthetic 224x224 data, the same batch, SGD (momentum 0.9, weight decay), loss =
+main + 0.3 x (aux1 + aux2). The naive loop is torchvision's googlenet in fp32 NCHW; ours is the
+``googlenet`` recipe's model as ``inceptionctl train`` runs it (channels_last, bf16 autocast where
+the CPU has it, fp16/bf16 AMP on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from inceptionctl import build_model, load_recipe
+from inceptionctl.model import TrainStep
+from inceptionctl.train import autocast, resolve_precision
+
+from common import Goal, median, peak_rss_mib, reset_peak_rss, timed
+
+
+def _naive_step(device: torch.device, batch: int):
+    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).to(device)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    ce = nn.CrossEntropyLoss()
+
+    def step():
+        out = model(x)
+        loss = ce(out.logits, y) + 0.3 * (ce(out.aux_logits1, y) + ce(out.aux_logits2, y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _our_step(device: torch.device, batch: int, precision: str):
+    recipe = load_recipe("googlenet")
+    model = build_model(recipe).to(device, memory_format=torch.channels_last)
+    model.train()
+    step_module = TrainStep(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    ce = nn.CrossEntropyLoss()
+
+    def step():
+        with autocast(device, precision):
+            logits, aux = step_module(x)
+            loss = ce(logits, y) + 0.3 * sum(ce(a, y) for a in aux)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return step
+
+
+def measure(device: torch.device, batch: int = 16, warmup: int = 2, iters: int = 6,
+            precision: str = "auto") -> Goal:
+    precision = resolve_precision(precision, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = {}
+    for name, make in (("naive fp32 NCHW", lambda: _naive_step(device, batch)),
+                       (f"ours {precision} channels_last", lambda: _our_step(device, batch, precision))):
+        torch.manual_seed(0)
+        reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        step = make()
+        sec = median(timed(step, warmup, iters, sync))
+        mem = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+               else peak_rss_mib())
+        rows[name] = (batch / sec, mem)
+        del step
+    (base_ips, base_mem), (ours_ips, ours_mem) = rows.values()
+    label = "P3 train img/s vs naive" + (" (cuda)" if device.type == "cuda" else "")
+    return Goal(label, ours_ips / base_ips, 2.0, details={
+        "naive img/s": base_ips, "ours img/s": ours_ips, "naive peak MiB": base_mem,
+        "ours peak MiB": ours_mem, "batch": batch, "precision": precision})

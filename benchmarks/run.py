@@ -1,0 +1,39 @@
+"""`make bench`: every speed goal as a ratio against a baseline measured in the same run.
+
+Usage: python benchmarks/run.py [--quick] [--out bench.json]
+--quick shrinks every measurement to a smoke run (what the test suite checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_train  # noqa: E402
+from common import report  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 iteration")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = parser.parse_args(argv)
+    goals = []
+    cpu = torch.device("cpu")
+    if args.quick:
+        goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1))
+    else:
+        goals.append(bench_train.measure(cpu))
+        if torch.cuda.is_available():
+            goals.append(bench_train.measure(torch.device("cuda"), batch=64, warmup=5, iters=20))
+    code = report(goals, args.out)
+    return 0 if args.quick else code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""One code path for one process and for many: a small context over torch.distributed.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group is initialised
+with NCCL when CUDA is available and gloo otherwise; alone, every collective is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a small CPU tensor over ranks (returned on CPU)."""
+        if not self.active:
+            return t
+        dev = torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend() == "nccl" else torch.device("cpu")
+        buf = t.to(dev).clone()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        return buf.cpu()
+
+    def all_true(self, flag: bool) -> bool:
+        """True only if every rank says True (so all ranks take the same branch)."""
+        if not self.active:
+            return flag
+        return bool(self.all_reduce_sum(torch.tensor([0.0 if flag else 1.0]))[0].item() == 0)
+
+    def any_value(self, value: int) -> int:
+        """The largest value any rank holds (e.g. a signal number, 0 for none)."""
+        if not self.active:
+            return value
+        buf = torch.tensor([float(value)])
+        if dist.get_backend() == "nccl":
+            buf = buf.cuda()
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+        return int(buf.item())
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        if self.initialised_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init(timeout_s: float = 600.0) -> Context:
+    """Join the torchrun process group when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return Context(rank, world, local_rank, initialised_here=False)
+    backend = "nccl" if torch.cuda.is_available() and os.environ.get(
+        "INCEPTIONCTL_DIST_BACKEND", "") != "gloo" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Context(rank, world, local_rank, initialised_here=True)

@@ -1,0 +1,168 @@
+"""Data: decoding every image mode, bad files, folder layouts, keyed augmentation."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inceptionctl import load_recipe
+from inceptionctl.data import (Collate, DataError, KeyedSampler, Transformed, decode_rgb,
+                               digits, open_data, train_transform)
+
+
+def _save(path, mode, size=(20, 14), fmt=None):
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    img = {"RGB": rgb, "L": rgb.convert("L"), "RGBA": rgb.convert("RGBA"),
+           "P": rgb.convert("P"), "CMYK": rgb.convert("CMYK"), "LA": rgb.convert("LA")}[mode]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return img
+
+
+@pytest.mark.parametrize("mode,ext", [("RGB", "png"), ("L", "png"), ("RGBA", "png"),
+                                      ("P", "png"), ("LA", "png"), ("RGB", "jpg"),
+                                      ("L", "jpg"), ("CMYK", "jpg")])
+def test_every_mode_decodes_to_rgb(tmp_path, mode, ext):
+    path = tmp_path / f"img.{ext}"
+    img = _save(path, mode)
+    out = decode_rgb(path)
+    assert out.dtype == torch.uint8 and out.shape == (3, 14, 20)
+    expected = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    tol = 0 if ext == "png" and mode != "RGBA" and mode != "LA" else 40
+    assert (out.int() - expected.int()).abs().max() <= tol
+    del img
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=6, size=(20, 14)):
+    for c in classes:
+        for i in range(per_class):
+            _save(root / c / f"{c}{i}.png", "RGB", size)
+    return root
+
+
+def test_imagefolder_train_val(tmp_path):
+    make_folder(tmp_path / "train")
+    make_folder(tmp_path / "val", per_class=2)
+    recipe = load_recipe("googlenet-small", {"model.num_classes": 2, "data.classes": None})
+    splits = open_data(str(tmp_path), recipe)
+    assert splits.classes == ["cat", "dog"]
+    assert (len(splits.train), len(splits.val)) == (12, 4)
+    sample = splits.val.load(3)
+    assert sample.label == 1 and sample.path.endswith("dog1.png")
+
+
+def test_val_split_is_stratified_and_fixed(tmp_path):
+    make_folder(tmp_path / "all", per_class=10)
+    recipe = load_recipe("googlenet-small")
+    a = open_data(str(tmp_path / "all"), recipe, val_split=0.2)
+    b = open_data(str(tmp_path / "all"), recipe, val_split=0.2)
+    assert [i for i in a.val.items] == [i for i in b.val.items]
+    assert sorted(a.val.labels()) == [0, 0, 1, 1]
+    with pytest.raises(DataError, match="pass --val-split"):
+        open_data(str(tmp_path / "all"), recipe)
+
+
+def test_ilsvrc_layout(tmp_path):
+    make_folder(tmp_path / "train", classes=("n01440764", "n01443537"), per_class=3)
+    for i, syn in enumerate(["n01443537", "n01440764", "n01443537"]):
+        _save(tmp_path / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG", "RGB", fmt="JPEG")
+    rows = ["ImageId,PredictionString"] + [
+        f"ILSVRC2012_val_{i + 1:08d},{syn} 1 2 3 4"
+        for i, syn in enumerate(["n01443537", "n01440764", "n01443537"])]
+    (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    splits = open_data(str(tmp_path), load_recipe("googlenet-small"))
+    assert splits.classes == ["n01440764", "n01443537"]
+    assert splits.val.labels() == [1, 0, 1]
+    (tmp_path / "LOC_val_solution.csv").unlink()
+    with pytest.raises(DataError, match="without a ground-truth file"):
+        open_data(str(tmp_path), load_recipe("googlenet-small"))
+    (tmp_path / "val.txt").write_text("ILSVRC2012_val_00000001.JPEG 1\n"
+                                      "ILSVRC2012_val_00000002.JPEG n01440764\n"
+                                      "ILSVRC2012_val_00000003.JPEG 1\n")
+    assert open_data(str(tmp_path), load_recipe("googlenet-small")).val.labels() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no such folder"),
+    ("file", "not a folder"),
+    ("no classes", "no class folders"),
+    ("empty class", "class folder has no images"),
+    ("no val", "has train/ but no val/"),
+    ("val classes differ", "class folders do not match"),
+])
+def test_folder_mistakes(tmp_path, case, message):
+    root = tmp_path / "data"
+    if case == "file":
+        root.write_text("x")
+    elif case == "no classes":
+        (root / "train").mkdir(parents=True)
+    elif case == "empty class":
+        make_folder(root / "train")
+        (root / "train" / "empty").mkdir()
+    elif case == "no val":
+        make_folder(root / "train")
+    elif case == "val classes differ":
+        make_folder(root / "train")
+        make_folder(root / "val", classes=("cat", "cow"))
+    with pytest.raises(DataError, match=message):
+        open_data(str(root), load_recipe("googlenet-small"))
+
+
+def _bad_files(root):
+    """A zero-byte, a garbage and a truncated image in the first two class folders."""
+    first, second = sorted(p for p in root.iterdir() if p.is_dir())[:2]
+    (first / "zero.png").write_bytes(b"")
+    (first / "garbage.jpg").write_bytes(b"not an image at all" * 10)
+    good = sorted(second.glob("*.png"))[0].read_bytes()
+    (second / "truncated.png").write_bytes(good[: len(good) // 3])
+
+
+def test_bad_images_are_reported_and_skipped_or_fatal(tmp_path):
+    make_folder(tmp_path / "train")
+    _bad_files(tmp_path / "train")
+    make_folder(tmp_path / "val", per_class=2)
+    recipe = load_recipe("googlenet-small", {"model.num_classes": 2, "data.classes": None})
+    splits = open_data(str(tmp_path), recipe)
+    ds = Transformed(splits.train, train_transform(recipe), seed=0)
+    items = [ds[(i, 0)] for i in range(len(ds))]
+    batch = Collate(strict=False)(items)
+    assert len(batch.images) == 12 and batch.images.shape[1:] == (3, 32, 32)
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in batch.bad) == \
+        ["garbage.jpg", "truncated.png", "zero.png"]
+    with pytest.raises(DataError, match=r"garbage.jpg: cannot read image .*--strict-data"):
+        Collate(strict=True)(items)
+
+
+def test_augmentation_is_keyed_not_global():
+    recipe = load_recipe("googlenet-small")
+    ds = Transformed(digits(36, "train"), train_transform(recipe), seed=3)
+    torch.manual_seed(0)
+    a = ds[(5, 1)][0]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    b = ds[(5, 1)][0]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    assert torch.equal(a, b)
+    assert not torch.equal(a, ds[(5, 2)][0])  # another epoch, another crop
+
+
+def test_sampler_orders_agree_across_world_sizes():
+    one = [i for i, _ in KeyedSampler(100, epoch=3, seed=1, world=1)]
+    two = [[i for i, _ in KeyedSampler(100, epoch=3, seed=1, rank=r, world=2)] for r in (0, 1)]
+    batch = 8
+    # process r's k-th batch of 4 + the other's == the single process's k-th batch of 8
+    for k in range(len(two[0]) // 4):
+        merged = sorted(two[0][4 * k:4 * k + 4] + two[1][4 * k:4 * k + 4])
+        assert merged == sorted(one[batch * k:batch * k + batch])
+    evals = [[i for i, _ in KeyedSampler(11, 0, 0, r, 3, shuffle=False)] for r in range(3)]
+    assert sorted(sum(evals, [])) == list(range(11))  # no padding, no duplicates
+    skipped = [i for i, _ in KeyedSampler(100, epoch=3, seed=1, skip=16)]
+    assert skipped == one[16:]
+
+
+def test_digits_split():
+    train, val = digits(36, "train"), digits(36, "val")
+    assert (len(train), len(val)) == (1437, 360)
+    assert train.images.shape[1:] == (3, 36, 36) and train.images.dtype == torch.uint8
+    assert torch.bincount(val.targets).min() >= 35  # stratified

@@ -1,0 +1,242 @@
+"""Training: the embedded default, exact resume, signals, non-finite guard, DDP, fine-tuning."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from inceptionctl import CheckFailed, InceptionError, load_recipe
+from inceptionctl.checkpoint import read_checkpoint
+from inceptionctl.train import TrainOptions, train
+
+from .test_data import _bad_files, make_folder
+
+
+def _opts(recipe, tmp_path, name="run", logs=None, **kw):
+    kw.setdefault("data", "digits")
+    kw.setdefault("precision", "fp32")
+    kw.setdefault("workers", 0)
+    return TrainOptions(recipe=recipe, out=tmp_path / name, runs_dir=tmp_path / "runs",
+                        log=(logs.append if logs is not None else (lambda m: None)),
+                        progress=False, **kw)
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _optimizer_equal(a: dict, b: dict) -> None:
+    for key, sa in a["state"].items():
+        assert torch.equal(sa["momentum_buffer"], b["state"][key]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("stop_at", ["mid-epoch", "end-of-epoch"])
+def test_resume_is_bit_identical(tmp_path, tiny_recipe, stop_at, workers):
+    recipe = load_recipe(tiny_recipe)
+    per_epoch = 1437 // 32  # 44 steps
+    first = 10 if stop_at == "mid-epoch" else per_epoch
+    total = first * 2 if stop_at == "mid-epoch" else per_epoch + 10
+
+    straight = train(_opts(recipe, tmp_path, "straight", max_steps=total, workers=workers))
+    part = train(_opts(recipe, tmp_path, "split", max_steps=first, workers=workers))
+    assert part.steps == first
+    saved = read_checkpoint(tmp_path / "split" / "last.pt")["train_state"]
+    assert saved["step_in_epoch"] == (first if stop_at == "mid-epoch" else 0)
+    resumed = train(_opts(recipe, tmp_path, "split", max_steps=total, workers=workers,
+                          resume=str(tmp_path / "split")))
+    assert resumed.steps == straight.steps == total
+
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(tmp_path / "split" / "last.pt")
+    _same_state(a["state_dict"], b["state_dict"])
+    _same_state(a["ema_state_dict"], b["ema_state_dict"])
+    _optimizer_equal(a["train_state"]["optimizer"], b["train_state"]["optimizer"])
+    assert a["train_state"]["scheduler"]["last_epoch"] == b["train_state"]["scheduler"]["last_epoch"]
+    init = read_checkpoint(tmp_path / "split" / "last.pt")  # and the weights did move
+    assert not torch.equal(init["state_dict"]["fc.weight"], torch.zeros_like(init["state_dict"]["fc.weight"]))
+
+
+def test_run_folder_records(tmp_path, tiny_recipe):
+    logs = []
+    result = train(_opts(load_recipe(tiny_recipe, ["train.epochs=2"]), tmp_path, logs=logs))
+    run = Path(result.run)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
+                                                    "recipe.yaml"]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"train_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds"} <= set(lines[0])
+    assert load_recipe(run / "recipe.yaml").train.epochs == 2
+    assert any(m.startswith("run folder: ") for m in logs)
+    best = read_checkpoint(run / "best.pt")
+    assert best["train_state"] is None and best["meta"]["epoch"] == result.best_epoch  # epochs completed
+    assert result.best_top1 == max(r["val_top1"] for r in lines)
+
+
+def test_nonfinite_guard_stops_and_keeps_last_good(tmp_path, tiny_recipe, monkeypatch):
+    recipe = load_recipe(tiny_recipe, ["train.epochs=3"])
+    train(_opts(recipe, tmp_path, max_steps=44))  # one good epoch: last.pt at step 44
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    from inceptionctl import model as model_mod
+
+    real = model_mod.GoogLeNet.forward_train
+
+    def poisoned(self, x):
+        logits, aux = real(self, x)
+        return logits * float("nan"), aux
+
+    monkeypatch.setattr(model_mod.GoogLeNet, "forward_train", poisoned)
+    logs = []
+    with pytest.raises(CheckFailed) as info:
+        train(_opts(recipe, tmp_path, resume="auto", logs=logs, max_nonfinite=3))
+    text = str(info.value)
+    assert "loss not finite for 3 steps in a row, the last at step 47 (epoch 2, step 3)" in text
+    assert "last good checkpoint" in text and info.value.exit_code == 1
+    assert sum("step skipped" in m for m in logs) == 3
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_a_few_steps_of_the_224_recipes(tmp_path):
+    for name in ("googlenet", "googlenet-bn"):
+        recipe = load_recipe(name, ["model.num_classes=10", "train.batch_size=2"])
+        result = train(_opts(recipe, tmp_path, name, data="synthetic", max_steps=2,
+                             synthetic_count=8, precision="bf16"))
+        assert result.steps == 2
+        ckpt = read_checkpoint(tmp_path / name / "last.pt")
+        assert ckpt["train_state"]["step_in_epoch"] == 2
+        assert any(k.startswith("aux.aux2.") for k in ckpt["state_dict"])
+
+
+def test_weights_and_reset_head(tmp_path, tiny_recipe):
+    base = train(_opts(load_recipe(tiny_recipe), tmp_path, "base", max_steps=3))
+    make_folder(tmp_path / "three" / "train", classes=("a", "b", "c"), per_class=12)
+    make_folder(tmp_path / "three" / "val", classes=("a", "b", "c"), per_class=2)
+    three = load_recipe(tiny_recipe, ["model.num_classes=3", "train.batch_size=8"])
+    with pytest.raises(InceptionError, match="--reset-head"):
+        train(_opts(three, tmp_path, "ft0", data=str(tmp_path / "three"),
+                    weights=Path(base.run) / "last.pt"))
+    logs = []
+    result = train(_opts(three, tmp_path, "ft", data=str(tmp_path / "three"), logs=logs,
+                         weights=Path(base.run) / "last.pt", reset_head=True, max_steps=2))
+    assert any("new head (re-initialised): aux.aux1.fc2, fc" in m for m in logs)
+    ckpt = read_checkpoint(Path(result.run) / "last.pt")
+    assert ckpt["classes"] == ["a", "b", "c"]
+
+
+def test_bad_data_in_training(tmp_path, tiny_recipe):
+    data = tmp_path / "data"
+    make_folder(data / "train", classes=("a", "b"), per_class=20)
+    make_folder(data / "val", classes=("a", "b"), per_class=3)
+    _bad_files(data / "train")
+    (data / "train" / "b" / "empty.png").write_bytes(b"")  # a second zero-byte file
+    snapshot = sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*"))
+    recipe = load_recipe(tiny_recipe, ["model.num_classes=2", "train.epochs=1",
+                                       "train.batch_size=8"])
+    logs = []
+    result = train(_opts(recipe, tmp_path, logs=logs, data=str(data)))
+    assert result.skipped_images == 4
+    line = next(m for m in logs if "unreadable image" in m)
+    assert "skipped 4 unreadable image(s)" in line and "/train/a/" in line
+    with pytest.raises(InceptionError, match="cannot read image .*--strict-data"):
+        train(_opts(recipe, tmp_path, "strict", data=str(data), strict_data=True))
+    assert sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*")) == snapshot
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "inceptionctl", *map(str, args)],
+                          capture_output=True, text=True, env=env, **kw)
+
+
+def test_cli_errors_are_one_line(cli, tmp_path, tiny_recipe):
+    cases = [
+        (["--data", tmp_path / "nope"], "no such folder"),
+        (["--device", "cuda:7"], "--device cuda:7: no CUDA device"),
+        (["--precision", "fp8"], "--precision fp8: expected auto, fp32, bf16 or fp16"),
+        (["--resume", tmp_path / "nothing"], "no checkpoint there"),
+        (["--weights", tmp_path / "nope.pt"], "no such file"),
+        (["--set", "train.lr=-1"], "train.lr: expected a positive number, got -1.0"),
+    ]
+    for args, message in cases:
+        result = cli("train", "--recipe", tiny_recipe, "--out", tmp_path / "o", *args)
+        assert result.exit_code == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and message in lines[-1], (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resumes(tmp_path, tiny_recipe):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "inceptionctl", "train", "--recipe",
+                             tiny_recipe, "--out", run, "--set", "train.epochs=50",
+                             "--workers", "0", "--precision", "fp32"],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "epoch 2/50: " in line:  # one epoch done, the second one started
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143
+    assert "resume with: inceptionctl train --resume" in rest
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    assert state["epoch"] >= 1 and state["global_step"] > 44
+    result = _cli("train", "--recipe", tiny_recipe, "--resume", run, "--max-steps",
+                  state["global_step"] + 2, "--workers", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["steps"] == state["global_step"] + 2
+    assert f"resuming {run / 'last.pt'}" in result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_equal_one_process(tmp_path, tiny_recipe):
+    # No batch norm and no dropout: then 2 x B in DDP is exactly 1 x 2B, up to float rounding.
+    sets = ["model.norm=none", "model.init=xavier", "model.head.dropout=0",
+            "model.aux.dropout=0", "train.ema_decay=null"]
+    common = ["train", "--recipe", tiny_recipe, "--workers", "0", "--precision", "fp32",
+              "--max-steps", "6", "--device", "cpu"]
+    for s in sets:
+        common += ["--set", s]
+    env = dict(os.environ, INCEPTIONCTL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node=2", "-m", "inceptionctl", *common,
+                          "--set", "train.batch_size=16", "--out", tmp_path / "two"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _cli(*common, "--set", "train.batch_size=32", "--out", tmp_path / "one", env=env)
+    assert one.returncode == 0, one.stderr
+    a = read_checkpoint(tmp_path / "one" / "last.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "two" / "last.pt")["state_dict"]
+    start = torch.load  # the weights moved away from their start: the comparison means something
+    moved = 0.0
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
+    init_model = __import__("inceptionctl").build_model(load_recipe(tiny_recipe, sets))
+    moved = max((a[k] - v).abs().max().item() for k, v in init_model.state_dict().items()
+                if v.is_floating_point())
+    assert moved > 1e-3
+    del start
+
+
+@pytest.mark.slow
+def test_embedded_default_reaches_95_percent(tmp_path):
+    """`inceptionctl train` with no arguments: >= 95% top-1 on the held-out digits."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "inceptionctl", "train", "--json"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["best_top1"] >= 95.0
+    assert Path(tmp_path, report["run"], "best.pt").is_file()
+    assert "run folder: " in result.stderr
+    print(f"default: best top-1 {report['best_top1']:.2f}% in {seconds:.1f}s wall")
