@@ -22,9 +22,10 @@ def count_cost(recipe: Recipe, input_size: int | None = None) -> Cost:
     """Parameters and multiply-adds of the model ``recipe`` builds, counted on the meta device.
 
     Multiply-adds are torch's FLOP counter (convolutions and matmuls) divided by two; pooling,
-    LRN, ReLU and batch norm are not multiply-adds and are not counted, as in the paper.
+    LRN, ReLU and batch norm are not multiply-adds and are not counted, as in the paper (our LRN
+    runs its channel window as a 1x1 convolution, which the counter sees and we subtract).
     """
-    from .model import build_model
+    from .model import LocalResponseNorm, build_model
 
     size = input_size or recipe.data.input_size
     with torch.device("meta"):
@@ -32,5 +33,9 @@ def count_cost(recipe: Recipe, input_size: int | None = None) -> Cost:
         x = torch.empty(1, recipe.model.in_channels, size, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
+    per_module = counter.get_flop_counts()
+    lrn = {f"{type(model).__name__}.{name}" for name, m in model.named_modules()
+           if isinstance(m, LocalResponseNorm)}
+    lrn_flops = sum(sum(per_module.get(name, {}).values()) for name in lrn)
     return Cost(model.num_params(), model.num_params(include_aux=True),
-                counter.get_total_flops() // 2, size)
+                (counter.get_total_flops() - lrn_flops) // 2, size)
