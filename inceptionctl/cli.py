@@ -40,7 +40,7 @@ recipes_app = typer.Typer(cls=_Group, invoke_without_command=True,
 app.add_typer(recipes_app, name="recipes")
 
 # Wide enough for the tables when stdout is a file or a pipe, the terminal's width otherwise.
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a recipe key (repeatable), e.g. model.num_classes=10.")]
@@ -195,16 +195,147 @@ def _launch_torchrun(nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-@app.command("eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def eval_(ctx: typer.Context) -> None:
-    """Evaluate artifacts with 1, 10 or 144 crops (not implemented yet)."""
-    _not_yet("eval")
+def _parse_crops(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InceptionError(f"--crops {text}: expected 1, 10, 144 or a list such as 1,10,144") from None
+    if not values or any(v not in (1, 10, 144) for v in values):
+        raise InceptionError(f"--crops {text}: each count must be 1, 10 or 144")
+    return values
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def predict(ctx: typer.Context) -> None:
-    """Classify images (not implemented yet)."""
-    _not_yet("predict")
+def _foreign_recipe(recipe: Optional[str], set_: Optional[list[str]]):
+    if recipe is None:
+        if set_:
+            raise InceptionError("--set needs --recipe here (artifacts carry their own recipe)")
+        return None
+    from .recipe import load_recipe
+
+    return load_recipe(recipe, set_)
+
+
+@app.command("eval")
+def eval_(
+    artifacts: Annotated[list[str], typer.Argument(help="Run folders, checkpoints, .onnx files or "
+                                                        "engines; several = an ensemble.")],
+    data: Annotated[str, typer.Option(help="Image folder (class folders, or ILSVRC val + "
+                                           "ground truth) or 'digits'.")] = "digits",
+    crops: Annotated[str, typer.Option(help="1, 10, 144 or a list like 1,10,144.")] = "1",
+    backend: Annotated[Optional[str], typer.Option(help="Force a backend (default: by artifact).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[Optional[int], typer.Option(help="Crops per forward pass.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N images only.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
+    strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate with the paper's 1 / 10 / 144-crop protocol; several artifacts form an ensemble."""
+    from .evaluate import EvalOptions, evaluate
+
+    report = evaluate(EvalOptions(artifacts=artifacts, data=data, crops=_parse_crops(crops),
+                                  backend=backend, device=device, batch_size=batch_size,
+                                  limit=limit, strict_data=strict_data, workers=workers,
+                                  recipe=_foreign_recipe(recipe, set_)))
+    if report is None:  # not rank 0
+        return
+    if plot is not None:
+        from .plots import confusion_png
+
+        confusion_png(report.confusion, report.classes, plot,
+                      f"{report.main.models} model(s), {report.main.crops} crop(s): "
+                      f"top-1 {report.main.top1:.2f}%")
+    if report.skipped:
+        shown = "; ".join(report.skipped_paths[:3])
+        print(f"skipped {report.skipped} unreadable image(s): {shown}"
+              + (" ..." if report.skipped > 3 else ""), file=sys.stderr)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    table = Table(title=f"eval: {report.images} images, backend {report.backend} ({report.device})")
+    for col in ("models", "crops", "cost", "top-1", "top-5", "top-1 err", "top-5 err",
+                "Δ top-1", "Δ top-5"):
+        table.add_column(col, justify="right")
+    for r in report.rows:
+        table.add_row(str(r.models), str(r.crops), str(r.cost), f"{r.top1:.2f}%", f"{r.top5:.2f}%",
+                      f"{100 - r.top1:.2f}%", f"{100 - r.top5:.2f}%",
+                      f"{r.delta_top1:+.2f}" if r is not report.rows[0] else "base",
+                      f"{r.delta_top5:+.2f}" if r is not report.rows[0] else "base")
+    console.print(table)
+    console.print(f"{report.images_per_s:,.1f} images/s, {report.crops_per_s:,.0f} crops/s "
+                  f"({report.seconds:.1f}s)" + (f"; confusion matrix: {plot}" if plot else ""))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Image files or folders.")],
+    weights: Annotated[str, typer.Option("--weights", "-w", help="Artifact to predict with.")],
+    crops: Annotated[int, typer.Option(help="1, 10 or 144 crops per image.")] = 1,
+    topk: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
+    backend: Annotated[Optional[str], typer.Option(help="Force a backend.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
+    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Classify images: the top-k classes with their probabilities."""
+    from .evaluate import predict as run_predict
+
+    results, bad, session = run_predict(inputs, weights, crops, topk, backend, device,
+                                        strict_data, _foreign_recipe(recipe, set_))
+    for path, reason in bad:
+        print(f"skipped {path}: cannot read image ({reason})", file=sys.stderr)
+    if not results:
+        raise InceptionError(f"none of the {len(bad)} input image(s) could be read")
+    if as_json:
+        emit_json({"weights": session.info.path, "crops": crops,
+                   "predictions": [{"path": r.path, "topk": [
+                       {"class": c, "index": i, "probability": p} for c, i, p in r.topk]}
+                       for r in results],
+                   "skipped": [{"path": p, "reason": why} for p, why in bad]})
+        return
+    table = Table(title=f"predict ({crops} crop{'s' if crops > 1 else ''}, {session.info.path})")
+    table.add_column("image")
+    for j in range(len(results[0].topk)):
+        table.add_column(f"#{j + 1}")
+    for r in results:
+        table.add_row(r.path, *[f"{c} {p:.1%}" for c, _, p in r.topk])
+    console.print(table)
+
+
+@app.command("backends")
+def backends_(as_json: JsonOpt = False) -> None:
+    """List inference backends: package and version, devices, available or why not."""
+    from .backend import backend_names, get_backend
+
+    rows = []
+    for name in backend_names():
+        try:
+            b = get_backend(name)
+            av = b.availability()
+            rows.append({"name": name, "package": b.package, "version": av.version,
+                         "devices": list(av.devices), "available": av.available,
+                         "reason": av.reason, "install": b.install_hint,
+                         "opens": list(b.suffixes)})
+        except InceptionError as exc:
+            rows.append({"name": name, "package": None, "version": None, "devices": [],
+                         "available": False, "reason": str(exc), "install": "", "opens": []})
+    if as_json:
+        emit_json({"backends": rows})
+        return
+    table = Table(title="backends")
+    for col in ("name", "package", "version", "devices", "available", "opens", "install"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["package"] or "-", r["version"] or "-",
+                      ", ".join(r["devices"]) or "-",
+                      "yes" if r["available"] else f"no: {r['reason']}",
+                      " ".join(r["opens"]), "" if r["available"] else r["install"])
+    console.print(table)
 
 
 @app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -219,16 +350,39 @@ def compare(ctx: typer.Context) -> None:
     _not_yet("compare")
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def profile(ctx: typer.Context) -> None:
-    """Table 1 and measured speed (not implemented yet)."""
-    _not_yet("profile")
+@app.command()
+def profile(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name, YAML path or an "
+                                                               "artifact (checkpoint / run folder).")] = "googlenet",
+    input_size: Annotated[Optional[int], typer.Option(help="Square input side (default: the "
+                                                           "recipe's).")] = None,
+    paper: Annotated[bool, typer.Option(help="Put the paper's Table 1 cells beside ours.")] = False,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Table 1 of the paper, counted from the built model: per-layer params and multiply-adds."""
+    from .profile import render_table1, table1
+
+    resolved = _recipe_or_artifact(recipe, set_)
+    prof = table1(resolved, input_size)
+    if as_json:
+        emit_json(prof.to_json(paper=paper))
+    else:
+        console.print(render_table1(prof, paper=paper))
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def backends(ctx: typer.Context) -> None:
-    """List inference backends and whether they can run here (not implemented yet)."""
-    _not_yet("backends")
+def _recipe_or_artifact(name: str, set_: Optional[list[str]]):
+    """A recipe by name / YAML path, or the recipe an artifact (run folder, checkpoint) carries."""
+    from .checkpoint import checkpoint_recipe, read_checkpoint
+    from .recipe import load_recipe
+
+    path = Path(name)
+    if path.is_dir() or path.suffix in (".pt", ".pth", ".ckpt"):
+        from .backend import resolve_artifact
+
+        ckpt_path = resolve_artifact(path)
+        return checkpoint_recipe(read_checkpoint(ckpt_path), str(ckpt_path), set_)
+    return load_recipe(name, set_)
 
 
 def main() -> None:

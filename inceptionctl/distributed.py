@@ -55,6 +55,14 @@ class Context:
         dist.all_reduce(buf, op=dist.ReduceOp.MAX)
         return int(buf.item())
 
+    def gather_objects(self, obj: object) -> list:
+        """Every rank's ``obj`` on rank 0, in rank order (an empty list elsewhere)."""
+        if not self.active:
+            return [obj]
+        out: list = [None] * self.world if self.is_main else []
+        dist.gather_object(obj, out if self.is_main else None, dst=0)
+        return out
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -599,7 +599,8 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
                     + (" ..." if len(epoch_bad) > 3 else ""))
             if stop_reason is not None and step_in_epoch < per_epoch:
                 break  # mid-epoch stop: save the position, no validation
-            metrics = validate(eval_model(), val_loader, device, precision, opts.channels_last, ctx)
+            # fp32, so the accuracy recorded (and `best`) is what eval and fp32 exports reproduce
+            metrics = validate(eval_model(), val_loader, device, "fp32", opts.channels_last, ctx)
             record = {"epoch": epoch + 1, "step": global_step,
                       "train_loss": loss_sum / max(1, loss_n), "val_top1": metrics["top1"],
                       "val_top5": metrics["top5"], "val_loss": metrics["loss"],

@@ -1,0 +1,72 @@
+"""The PyTorch backend: our checkpoints (and foreign state dicts with a recipe), eager or compiled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
+from inceptionctl.checkpoint import class_names, load_model, preprocessing
+from inceptionctl.errors import InceptionError
+
+
+class TorchSession(Session):
+    def __init__(self, path: Path, device: str, recipe: Any = None, precision: str = "fp32",
+                 compile: bool = False, channels_last: bool = True, **_: Any):
+        try:
+            self.device_obj = torch.device(device)
+        except RuntimeError:
+            raise InceptionError(f"--device {device}: expected cpu, cuda or cuda:N") from None
+        if self.device_obj.type == "cuda" and not torch.cuda.is_available():
+            raise InceptionError(f"--device {device}: no CUDA device is available here")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise InceptionError(f"torch backend: precision {precision} (expected fp32, bf16 "
+                                 f"or fp16)")
+        model, resolved, info = load_model(path, recipe=recipe)
+        self.model = model.to(self.device_obj)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.precision = precision
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.device = str(self.device_obj)
+        self.info = ArtifactInfo(
+            path=str(path), kind="checkpoint" if "meta" in info else "foreign",
+            recipe=resolved.to_dict(), classes=info.get("classes") or class_names(resolved),
+            preprocessing=preprocessing(resolved), precision=precision,
+            extra={"weights": "ema" if info.get("ema") else "model",
+                   "meta": info.get("meta", {})})
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        self.check_input(batch, None)
+        x = batch.to(self.device_obj, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "fp32":
+            logits = self.forward(x)
+        else:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(self.device_obj.type, dtype=dtype):
+                logits = self.forward(x)
+        return logits.float().cpu()
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        self.forward = None
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    package = "torch"
+    install_hint = "pip install torch"
+    suffixes = (".pt", ".pth", ".ckpt", ".bin")
+
+    def availability(self) -> Availability:
+        devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return Availability(True, "", torch.__version__, tuple(devices))
+
+    def open(self, path: Path, device: str = "cpu", **options: Any) -> Session:
+        return TorchSession(path, device, **options)
