@@ -14,9 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+DEMO_RUN ?= runs/demo
+
 demo: install
 	$(BIN)/inceptionctl recipes
-	$(BIN)/inceptionctl train
+	$(BIN)/inceptionctl train --out $(DEMO_RUN) --resume auto
+	$(BIN)/inceptionctl eval $(DEMO_RUN) --crops 1,10,144
 
 test: install
 	$(BIN)/python -m pytest

@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_eval  # noqa: E402
 import bench_train  # noqa: E402
 from common import report  # noqa: E402
 
@@ -27,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     cpu = torch.device("cpu")
     if args.quick:
         goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1))
+        goals.append(bench_eval.measure("googlenet-small", images=2, batch=16, iters=1,
+                                        image_size=(48, 40), workers=0))
     else:
         goals.append(bench_train.measure(cpu))
+        goals.append(bench_eval.measure())
         if torch.cuda.is_available():
             goals.append(bench_train.measure(torch.device("cuda"), batch=64, warmup=5, iters=20))
     code = report(goals, args.out)

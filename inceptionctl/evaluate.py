@@ -328,8 +328,7 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
     for (models, i), top in zip(configs, all_tops):
         hit = top.eq(all_labels[:, None])
         rows.append(Row(models, counts[i], models * counts[i],
-                        100.0 * hit[:, 0].float().mean().item(),
-                        100.0 * hit.any(dim=1).float().mean().item()))
+                        100.0 * int(hit[:, 0].sum()) / n, 100.0 * int(hit.any(dim=1).sum()) / n))
     base = rows[0]
     for r in rows:
         r.delta_top1, r.delta_top5 = r.top1 - base.top1, r.top5 - base.top5

@@ -19,3 +19,5 @@ def test_bench_quick_smoke(tmp_path):
     assert goal["target"] == 2.0 and goal["measured"] > 0
     assert goal["details"]["naive img/s"] > 0 and goal["details"]["ours peak MiB"] > 0
     assert "P3 train img/s vs naive" in result.stdout
+    (p4,) = [g for g in data["goals"] if g["name"].startswith("P4")]
+    assert p4["target"] == 0.9 and p4["details"]["eval crops/s"] > 0

@@ -51,7 +51,7 @@ def test_recipes_show_is_the_resolved_recipe(cli):
     assert as_json["model"]["stages"][0]["modules"]["3a"]["5x5_reduce"] == 16
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("recipes", "train")])
+@pytest.mark.parametrize("command", ["export", "compare"])
 def test_commands_still_to_come_say_so(cli, command):
     result = cli(command)
     assert result.exit_code != 0
