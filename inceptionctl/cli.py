@@ -298,12 +298,14 @@ def predict(
                        for r in results],
                    "skipped": [{"path": p, "reason": why} for p, why in bad]})
         return
-    table = Table(title=f"predict ({crops} crop{'s' if crops > 1 else ''}, {session.info.path})")
+    table = Table(title=f"predict ({crops} crop{'s' if crops > 1 else ''})")
     table.add_column("image")
     for j in range(len(results[0].topk)):
         table.add_column(f"#{j + 1}")
+    from rich.markup import escape
+
     for r in results:
-        table.add_row(r.path, *[f"{c} {p:.1%}" for c, _, p in r.topk])
+        table.add_row(escape(r.path), *[escape(f"{c} {p:.1%}") for c, _, p in r.topk])
     console.print(table)
 
 
@@ -330,11 +332,13 @@ def backends_(as_json: JsonOpt = False) -> None:
     table = Table(title="backends")
     for col in ("name", "package", "version", "devices", "available", "opens", "install"):
         table.add_column(col)
+    from rich.markup import escape
+
     for r in rows:
         table.add_row(r["name"], r["package"] or "-", r["version"] or "-",
                       ", ".join(r["devices"]) or "-",
-                      "yes" if r["available"] else f"no: {r['reason']}",
-                      " ".join(r["opens"]), "" if r["available"] else r["install"])
+                      "yes" if r["available"] else escape(f"no: {r['reason']}"),
+                      " ".join(r["opens"]), "" if r["available"] else escape(r["install"]))
     console.print(table)
 
 
@@ -357,18 +361,76 @@ def profile(
     input_size: Annotated[Optional[int], typer.Option(help="Square input side (default: the "
                                                            "recipe's).")] = None,
     paper: Annotated[bool, typer.Option(help="Put the paper's Table 1 cells beside ours.")] = False,
+    time_: Annotated[bool, typer.Option("--time", help="Also time the backends.")] = False,
+    backend: Annotated[str, typer.Option(help="all, or a list: torch,onnxruntime,tensorrt.")] = "all",
+    precision: Annotated[str, typer.Option(help="List of fp32, bf16, fp16, int8.")] = "fp32",
+    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8,32.")] = "1,8,32",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
+    iters: Annotated[Optional[int], typer.Option(help="Timed runs (default 10).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Time for this long instead of "
+                                                          "--iters.")] = None,
+    train_: Annotated[bool, typer.Option("--train", help="Also time the training step.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Throughput-vs-batch PNG (with --time).")] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Table 1 of the paper, counted from the built model: per-layer params and multiply-adds."""
+    """Table 1 of the paper counted from the built model; with --time, speed per backend."""
     from .profile import render_table1, table1
 
     resolved = _recipe_or_artifact(recipe, set_)
+    if input_size is not None:
+        from .recipe import recipe_from_data
+
+        resolved = recipe_from_data(resolved.to_dict(), resolved.source,
+                                    {"data.input_size": input_size})
     prof = table1(resolved, input_size)
+    speed = None
+    if time_:
+        from .backend import backend_names
+        from .speed import SpeedOptions, timed_profile
+
+        if iters is not None and iters < 1:
+            raise InceptionError(f"--iters: expected at least 1, got {iters}")
+        if warmup < 0:
+            raise InceptionError(f"--warmup: expected 0 or more, got {warmup}")
+        names = backend_names() if backend == "all" else [b.strip() for b in backend.split(",")]
+        precisions = [p.strip() for p in precision.split(",") if p.strip()]
+        for p in precisions:
+            if p not in ("fp32", "bf16", "fp16", "int8"):
+                raise InceptionError(f"--precision {p}: expected fp32, bf16, fp16 or int8")
+        try:
+            batches = [int(b) for b in batch.split(",") if b.strip()]
+        except ValueError:
+            raise InceptionError(f"--batch {batch}: expected a list of integers such as 1,8,32") from None
+        artifact = Path(recipe) if Path(recipe).suffix in (".pt", ".pth") or Path(recipe).is_dir() else None
+        if artifact is not None:
+            from .backend import resolve_artifact
+
+            artifact = resolve_artifact(artifact)
+        speed = timed_profile(SpeedOptions(
+            recipe=resolved, artifact=artifact, backends=names, precisions=precisions,
+            batches=batches, device=device, warmup=warmup,
+            iters=(iters or 10) if seconds is None else iters,
+            seconds=seconds, train=train_,
+            log=lambda m: print(m, file=sys.stderr, flush=True)))
+        if plot is not None:
+            from .speed import plot as speed_plot
+
+            speed_plot(speed, plot)
+    elif plot is not None:
+        raise InceptionError("--plot draws the timed profile: add --time")
     if as_json:
-        emit_json(prof.to_json(paper=paper))
-    else:
-        console.print(render_table1(prof, paper=paper))
+        data = prof.to_json(paper=paper)
+        if speed is not None:
+            data["speed"] = speed.to_json()
+        emit_json(data)
+        return
+    console.print(render_table1(prof, paper=paper))
+    if speed is not None:
+        from .speed import render as render_speed
+
+        console.print(render_speed(speed))
 
 
 def _recipe_or_artifact(name: str, set_: Optional[list[str]]):

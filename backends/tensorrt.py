@@ -1,0 +1,803 @@
+"""The TensorRT backend: build engines from our ONNX exports and run them on an NVIDIA GPU.
+
+``tensorrt`` is imported only inside the functions that need it, so listing backends and
+``--help`` work where it is not installed. Device buffers are torch CUDA tensors and work is
+enqueued on the current torch CUDA stream (no pycuda).
+
+An engine never travels alone: next to ``model.engine`` lies ``model.engine.json``, the
+*sidecar*, with what the source ONNX's metadata says (recipe, classes, preprocessing), the
+optimisation profile, and what the engine is tied to (TensorRT version, GPU and compute
+capability). Engines are not portable across TensorRT releases or GPU architectures, so
+:func:`check_trt_version` and :func:`check_gpu` refuse a mismatch with a rebuild hint before
+TensorRT gets to fail on it.
+
+Precision (see :func:`plan_build`):
+
+- fp32: float network, TF32 off, so the engine matches PyTorch fp32.
+- fp16: an ONNX that already carries fp16 is built *strongly typed* (its types are the truth);
+  a float ONNX is built with the ``FP16`` builder flag where the installed TensorRT has it
+  (10.x; 11 removed the flag, so there the ONNX must carry fp16).
+- int8: the preferred path is *explicit* quantization: an INT8 ONNX with symmetric Q/DQ nodes
+  (our exporter's "tensorrt" flavour), built strongly typed. Without Q/DQ nodes, *implicit*
+  quantization calibrates with :class:`IInt8EntropyCalibrator2` on ``calib_batches``; TensorRT
+  10 deprecates implicit quantization and 11 removes it, so it is the fallback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inceptionctl.backend import ArtifactInfo, Availability, Backend, BackendUnavailable, Session
+from inceptionctl.errors import InceptionError
+from inceptionctl.files import atomic_path, write_text_atomic
+
+PACKAGE = "tensorrt"
+INSTALL = "pip install 'inceptionctl[tensorrt]'"
+MIN_VERSION = (8, 6)          # the tensor-name API (set_input_shape, execute_async_v3) is whole
+PRECISIONS = ("fp32", "fp16", "int8")
+SIDECAR_FORMAT = "inceptionctl.tensorrt-engine"
+SIDECAR_VERSION = 1
+REBUILD = "rebuild it here with `inceptionctl export MODEL.onnx --to tensorrt`"
+
+# Where our ONNX exporter puts each fact (first key found wins). One table, so a renamed key is
+# a one-line change; every metadata_prop is also copied verbatim into the sidecar.
+METADATA_KEYS: dict[str, tuple[str, ...]] = {
+    "recipe": ("inceptionctl.recipe", "recipe"),
+    "classes": ("inceptionctl.classes", "classes"),
+    "preprocessing": ("inceptionctl.preprocessing", "preprocessing"),
+    "precision": ("inceptionctl.precision", "precision"),
+    "batch": ("inceptionctl.batch", "batch"),
+    "version": ("inceptionctl.version", "inceptionctl_version", "version"),
+}
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+def parse_batch_profile(value: Any) -> tuple[int, int, int]:
+    """``(min, opt, max)`` from ``"MIN:OPT:MAX"``, ``"N"``, ``N`` or a 3-sequence of ints."""
+    from inceptionctl.recipe import parse_batch_range
+
+    if isinstance(value, str):
+        return parse_batch_range(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return parse_batch_range(str(value))
+    if isinstance(value, Sequence) and len(value) == 3 \
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        lo, opt, hi = (int(v) for v in value)
+        if 1 <= lo <= opt <= hi:
+            return lo, opt, hi
+    raise InceptionError(f"batch range: expected MIN:OPT:MAX (or three integers) with "
+                         f"1 <= MIN <= OPT <= MAX, got {value!r}")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"10.3.0.26"`` -> ``(10, 3, 0, 26)``; a suffix (``"rc1"``, ``"+cuda12"``) ends it."""
+    nums = []
+    for part in str(text).strip().split("."):
+        m = re.match(r"\d+", part)
+        if not m:
+            break
+        nums.append(int(m.group()))
+        if m.end() != len(part):
+            break
+    if not nums:
+        raise InceptionError(f"unreadable TensorRT version '{text}'")
+    return tuple(nums)
+
+
+def check_trt_version(built: str, installed: str, where: str = "engine") -> None:
+    """Raise unless an engine built by TensorRT ``built`` loads under ``installed``.
+
+    Major, minor *and patch* must match: TensorRT itself refuses plans across patch releases
+    ("expecting library version 8.0.0 got 8.0.1, please rebuild"). A fourth (build) number is
+    ignored. Version-compatible engines (``BuilderFlag.VERSION_COMPATIBLE``) are not built here.
+    """
+    b, i = parse_version(built), parse_version(installed)
+    if (b + (0, 0))[:3] != (i + (0, 0))[:3]:
+        raise InceptionError(f"{where}: built with TensorRT {built} but TensorRT {installed} is "
+                             f"installed; engines do not load across TensorRT versions: "
+                             f"{REBUILD}, or install tensorrt=={built}")
+
+
+def check_gpu(built: Mapping[str, Any], current: Mapping[str, Any], where: str = "engine") -> None:
+    """Raise when the engine was built for another GPU architecture (compute capability).
+
+    ``built``/``current`` are ``{"name": ..., "compute_capability": "9.0"}``. Another GPU model of
+    the same architecture is allowed (TensorRT may warn that tactics were tuned elsewhere).
+    """
+    cb, cc = built.get("compute_capability"), current.get("compute_capability")
+    if cb and cc and str(cb) != str(cc):
+        raise InceptionError(f"{where}: built for {built.get('name', 'a GPU')} (compute capability "
+                             f"{cb}) but this is {current.get('name', 'a GPU')} (compute "
+                             f"capability {cc}); engines are tied to the GPU architecture: "
+                             f"{REBUILD}")
+
+
+def assess(version: str | None, cuda_devices: int, import_error: str | None = None) -> Availability:
+    """Availability from the facts: tensorrt's version (None: not importable), CUDA device count.
+
+    ``import_error`` says why an installed tensorrt failed to import (missing CUDA libraries...).
+    """
+    if version is None:
+        if import_error:
+            return Availability(False, f"tensorrt failed to import ({import_error}); reinstall: "
+                                       f"{INSTALL}")
+        return Availability(False, f"tensorrt not installed: {INSTALL}")
+    try:
+        too_old = parse_version(version)[:2] < MIN_VERSION
+    except InceptionError:
+        return Availability(False, f"tensorrt reports an unreadable version '{version}'", version)
+    if too_old:
+        need = ".".join(map(str, MIN_VERSION))
+        return Availability(False, f"tensorrt {version} is too old (need >= {need} for the "
+                                   f"tensor-name API): pip install -U 'inceptionctl[tensorrt]'",
+                            version)
+    if cuda_devices < 1:
+        return Availability(False, "no CUDA device", version)
+    return Availability(True, "", version, tuple(f"cuda:{i}" for i in range(cuda_devices)))
+
+
+# TensorRT DataType member names -> torch dtypes (the bindings use these names since 8.x).
+TRT_TO_TORCH: dict[str, torch.dtype] = {
+    "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
+    "INT8": torch.int8, "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64,
+    "BOOL": torch.bool, "FP8": torch.float8_e4m3fn,
+}
+
+
+def torch_dtype(trt_dtype: Any) -> torch.dtype:
+    """The torch dtype for a TensorRT ``DataType`` (member or its name, e.g. ``"HALF"``)."""
+    name = getattr(trt_dtype, "name", None) or str(trt_dtype).rsplit(".", 1)[-1]
+    try:
+        return TRT_TO_TORCH[str(name).upper()]
+    except KeyError:
+        raise InceptionError(f"TensorRT data type {name} has no torch equivalent here "
+                             f"(known: {', '.join(TRT_TO_TORCH)})") from None
+
+
+def one_line(messages: Iterable[str], limit: int = 5) -> str:
+    """Messages joined on one line ("a; b; ... and 3 more"), inner newlines folded."""
+    items = [" ".join(str(m).split()) for m in messages if str(m).strip()]
+    extra = f"; ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + extra
+
+
+def _loads(text: str) -> Any:
+    """JSON, else YAML (a superset), never code."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        import yaml
+
+        return yaml.safe_load(text)
+
+
+def parse_onnx_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    """The facts our ONNX metadata carries, parsed tolerantly (a bad value becomes None + a note).
+
+    Returns ``recipe`` (dict), ``classes`` (list of str), ``preprocessing`` (dict), ``precision``,
+    ``batch`` ((min, opt, max)), ``version`` (each None when absent or unreadable) and
+    ``problems`` (one line per unreadable value).
+    """
+    out: dict[str, Any] = {k: None for k in METADATA_KEYS}
+    problems: list[str] = []
+    for fact, keys in METADATA_KEYS.items():
+        key = next((k for k in keys if k in props), None)
+        if key is None:
+            continue
+        raw = props[key]
+        try:
+            if fact in ("recipe", "preprocessing"):
+                value = _loads(raw)
+                if not isinstance(value, dict):
+                    raise ValueError(f"expected a mapping, got {type(value).__name__}")
+            elif fact == "classes":
+                value = _loads(raw)
+                if not isinstance(value, list):
+                    raise ValueError(f"expected a list, got {type(value).__name__}")
+                value = [str(c) for c in value]
+            elif fact == "batch":
+                text = raw.strip()
+                value = parse_batch_profile(_loads(text) if text.startswith("[") else text)
+            else:
+                value = str(raw).strip() or None
+        except Exception as exc:  # tolerant by design: the engine still builds, the note says why
+            problems.append(f"metadata '{key}': {' '.join(str(exc).split())}")
+            continue
+        out[fact] = value
+    out["problems"] = problems
+    return out
+
+
+def sidecar_path(engine: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+_REQUIRED = {"tensorrt_version": str, "precision": str, "batch": list, "input": dict,
+             "output": dict}
+
+
+def write_sidecar(engine: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write the sidecar for ``engine`` atomically; returns its path."""
+    body = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, **data}
+    path = sidecar_path(engine)
+    write_text_atomic(path, json.dumps(body, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def read_sidecar(engine: str | Path) -> dict[str, Any]:
+    """The sidecar of ``engine``, validated; one clear error naming the file when unusable."""
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise InceptionError(f"{path}: missing (every TensorRT engine needs its sidecar with the "
+                             f"recipe, classes and build facts); {REBUILD}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InceptionError(f"{path}: corrupt TensorRT sidecar ({one_line([str(exc)])}); "
+                             f"{REBUILD}") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise InceptionError(f"{path}: not an inceptionctl TensorRT sidecar (no "
+                             f"\"format\": \"{SIDECAR_FORMAT}\"); {REBUILD}")
+    if int(data.get("format_version", 0)) > SIDECAR_VERSION:
+        raise InceptionError(f"{path}: sidecar format {data.get('format_version')} is newer than "
+                             f"this inceptionctl understands ({SIDECAR_VERSION}); upgrade it")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise InceptionError(f"{path}: corrupt TensorRT sidecar ('{key}' missing or not a "
+                                 f"{kind.__name__}); {REBUILD}")
+    try:
+        data["batch"] = list(parse_batch_profile(data["batch"]))
+    except InceptionError as exc:
+        raise InceptionError(f"{path}: corrupt TensorRT sidecar ({exc}); {REBUILD}") from None
+    if not isinstance(data["input"].get("name"), str) or \
+            not isinstance(data["output"].get("name"), str):
+        raise InceptionError(f"{path}: corrupt TensorRT sidecar (input/output name missing); "
+                             f"{REBUILD}")
+    return data
+
+
+def onnx_facts(model: Any) -> dict[str, Any]:
+    """What the build needs to know about an ``onnx.ModelProto`` before TensorRT sees it.
+
+    ``metadata`` (all metadata_props), ``inputs`` ([(name, dims)] with -1 for symbolic dims),
+    ``has_qdq``, ``has_fp16`` and ``qdq_problem`` (why TensorRT cannot take its Q/DQ, or None).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    inputs = []
+    for vi in graph.input:
+        if vi.name in inits:  # old exporters list weights as graph inputs
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1
+                for d in vi.type.tensor_type.shape.dim]
+        inputs.append((vi.name, dims))
+    fp16 = onnx.TensorProto.FLOAT16
+    ops = [n.op_type for n in graph.node]
+    has_qdq = any(op in ("QuantizeLinear", "DequantizeLinear") for op in ops)
+    has_fp16 = any(t.data_type == fp16 for t in graph.initializer) \
+        or any(vi.type.tensor_type.elem_type == fp16
+               for vi in list(graph.input) + list(graph.output) + list(graph.value_info)) \
+        or any(n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
+               for n in graph.node)
+    problem = None
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zp = inits.get(node.input[2])
+        if zp is None:
+            continue
+        arr = numpy_helper.to_array(zp)
+        if arr.dtype.kind == "u" or arr.dtype.name == "uint8":
+            problem = (f"node {node.name or node.op_type} quantizes to unsigned 8-bit (the "
+                       f"onnxruntime CPU flavour); TensorRT needs symmetric signed int8")
+            break
+        if arr.size and bool((arr != 0).any()):
+            problem = (f"node {node.name or node.op_type} has a non-zero zero point; TensorRT "
+                       f"needs symmetric quantization (zero points all 0)")
+            break
+    return {"metadata": {p.key: p.value for p in model.metadata_props}, "inputs": inputs,
+            "has_qdq": has_qdq, "has_fp16": has_fp16, "qdq_problem": problem}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How to configure the builder for one precision (decided without TensorRT at hand)."""
+
+    strongly_typed: bool
+    set_flags: tuple[str, ...]     # BuilderFlag member names to set
+    clear_flags: tuple[str, ...]   # BuilderFlag member names to clear
+    quantization: str              # none | explicit-qdq | implicit-calibration
+    calibrate: bool
+
+
+def trt_features(trt: Any) -> frozenset[str]:
+    """Which of the builder features :func:`plan_build` cares about this tensorrt offers."""
+    feats = {f for f in ("FP16", "INT8", "TF32") if hasattr(trt.BuilderFlag, f)}
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        feats.add("STRONGLY_TYPED")
+    if hasattr(trt, "IInt8EntropyCalibrator2") and "INT8" in feats:
+        feats.add("CALIBRATOR")
+    return frozenset(feats)
+
+
+def plan_build(precision: str, *, has_qdq: bool, has_fp16: bool, calibration: bool,
+               features: Iterable[str], where: str = "ONNX") -> BuildPlan:
+    """The builder configuration for ``precision`` given the ONNX and the installed features.
+
+    Precision the ONNX carries (Q/DQ or fp16 tensors) wins, through a strongly typed network;
+    builder flags are used only to *add* precision to a float ONNX, where the TensorRT still has
+    them. A request that contradicts the ONNX, or that this TensorRT cannot honour, is refused.
+    """
+    feats = frozenset(features)
+    if precision not in PRECISIONS:
+        raise InceptionError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+    typed = "STRONGLY_TYPED" in feats
+    if has_qdq and precision != "int8":
+        raise InceptionError(f"{where} is an INT8 (Q/DQ) model; build it with --precision int8")
+    if has_fp16 and precision != "fp16":
+        raise InceptionError(f"{where} carries fp16 tensors; build it with --precision fp16 "
+                             f"(or start from the fp32 ONNX)")
+    tf32_off = ("TF32",) if "TF32" in feats else ()
+    if precision == "fp32":
+        return BuildPlan(False, (), tf32_off, "none", False)
+    if precision == "fp16":
+        if has_fp16:
+            return (BuildPlan(True, (), (), "none", False) if typed
+                    else BuildPlan(False, ("FP16",), (), "none", False))
+        if "FP16" not in feats:
+            raise InceptionError(f"{where} is fp32 and this TensorRT has no FP16 builder flag; "
+                                 f"export an fp16 ONNX first (--to onnx --precision fp16)")
+        return BuildPlan(False, ("FP16",), (), "none", False)
+    # int8
+    if has_qdq:
+        return (BuildPlan(True, (), (), "explicit-qdq", False) if typed
+                else BuildPlan(False, ("INT8",), (), "explicit-qdq", False))
+    if "CALIBRATOR" not in feats:
+        raise InceptionError(f"{where} has no Q/DQ nodes and this TensorRT has no implicit INT8 "
+                             f"calibration; export a QDQ INT8 ONNX first (--to onnx --precision "
+                             f"int8 --calib-data ...)")
+    if not calibration:
+        raise InceptionError(f"{where} has no Q/DQ nodes: an INT8 engine needs calibration data "
+                             f"(--calib-data PATH|digits), or build from a QDQ INT8 ONNX")
+    return BuildPlan(False, ("INT8",), tf32_off, "implicit-calibration", True)
+
+
+def calibration_chunks(batches: Sequence[torch.Tensor], size: int,
+                       chw: tuple[int, int, int]) -> list[torch.Tensor]:
+    """Calibration batches regrouped into equal chunks of ``size`` (float32, contiguous, CPU).
+
+    TensorRT calibrates at one fixed shape; a short tail is dropped unless it is all there is.
+    """
+    checked = []
+    for i, b in enumerate(batches):
+        if not isinstance(b, torch.Tensor) or b.ndim != 4 or tuple(b.shape[1:]) != tuple(chw):
+            shape = list(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+            raise InceptionError(f"calibration batch {i}: expected [N, {chw[0]}, {chw[1]}, "
+                                 f"{chw[2]}], got {shape}")
+        if b.shape[0]:
+            checked.append(b.detach().to("cpu", torch.float32))
+    if not checked:
+        raise InceptionError("calibration: no samples")
+    data = torch.cat(checked)
+    size = max(1, min(int(size), data.shape[0]))
+    usable = data.shape[0] - data.shape[0] % size
+    return [c.contiguous() for c in data[:usable].split(size)]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cuda_index(device: str | None) -> int:
+    """``cuda``/``cuda:N`` -> N; the generic default ``cpu`` (or ``auto``) means the first GPU."""
+    text = (device or "").strip().lower()
+    if text in ("", "auto", "cpu", "cuda"):
+        return 0
+    m = re.fullmatch(r"cuda:(\d+)", text)
+    if not m:
+        raise InceptionError(f"--device {device}: TensorRT runs on CUDA devices: cuda or cuda:N")
+    return int(m.group(1))
+
+
+# ------------------------------------------------------------------------ tensorrt plumbing
+
+def _import_trt() -> Any:
+    import tensorrt as trt  # noqa: PLC0415 - lazy by design
+
+    return trt
+
+
+def _logger(trt: Any) -> Any:
+    """A TensorRT logger that keeps errors (for our one-line messages) and drops the chatter."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(msg)
+
+    return Logger()
+
+
+def _gpu(index: int) -> dict[str, Any]:
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+
+
+def _entropy_calibrator(trt: Any, chunks: list[torch.Tensor], device: torch.device) -> Any:
+    """An IInt8EntropyCalibrator2 that feeds ``chunks`` from torch CUDA tensors."""
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.chunks = iter(chunks)
+            self.size = int(chunks[0].shape[0])
+            self.current: torch.Tensor | None = None  # alive while TensorRT reads it
+
+        def get_batch_size(self) -> int:
+            return self.size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return None
+            self.current = chunk.to(device).contiguous()
+            # TensorRT reads it on its own stream: the copy must have landed.
+            torch.cuda.current_stream(device).synchronize()
+            return [self.current.data_ptr()]
+
+        def read_calibration_cache(self) -> None:
+            return None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            return None
+
+    return EntropyCalibrator()
+
+
+def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
+                 batch: tuple[int, int, int] | str,
+                 calib_batches: Sequence[torch.Tensor] | None = None,
+                 log: Callable[[str], Any] = print, workspace_gib: float = 4.0, *,
+                 device: str = "cuda:0", timing_cache: str | Path | None = None) -> Path:
+    """Build the engine ``out`` from ``onnx_path`` and write its sidecar; returns ``out``.
+
+    ``batch`` is the optimisation profile (min, opt, max) over the ONNX's dynamic batch axis;
+    C, H, W come from the ONNX. ``calib_batches`` are preprocessed ``[N, C, H, W]`` tensors, used
+    only for int8 from an ONNX without Q/DQ nodes. ``timing_cache`` is read when present and
+    written back, to make rebuilds fast.
+    """
+    onnx_path, out = Path(onnx_path), Path(out)
+    if precision not in PRECISIONS:
+        raise InceptionError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+    lo, opt, hi = parse_batch_profile(batch)
+    if out.suffix.lower() not in TensorRTBackend.suffixes:
+        raise InceptionError(f"{out}: a TensorRT engine must end in "
+                             f"{' or '.join(TensorRTBackend.suffixes)}")
+    if not onnx_path.is_file():
+        raise InceptionError(f"{onnx_path}: no such file")
+    if workspace_gib <= 0:
+        raise InceptionError(f"workspace: expected a positive size in GiB, got {workspace_gib}")
+    av = TensorRTBackend().require()
+    index = _cuda_index(device)
+    if index >= torch.cuda.device_count():
+        raise InceptionError(f"--device {device}: no such CUDA device (have "
+                             f"{', '.join(av.devices)})")
+
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise InceptionError(f"{onnx_path}: not a readable ONNX model "
+                             f"({one_line([str(exc)])})") from None
+    facts = onnx_facts(model)
+    del model
+    meta = parse_onnx_metadata(facts["metadata"])
+    for note in meta["problems"]:
+        log(f"warning: {onnx_path}: {note}")
+    if facts["qdq_problem"]:
+        raise InceptionError(f"{onnx_path}: {facts['qdq_problem']}; export the TensorRT INT8 "
+                             f"flavour (--to tensorrt --precision int8)")
+    if len(facts["inputs"]) != 1:
+        raise InceptionError(f"{onnx_path}: expected one input (images), found "
+                             f"{[n for n, _ in facts['inputs']] or 'none'}")
+
+    trt = _import_trt()
+    plan = plan_build(precision, has_qdq=facts["has_qdq"], has_fp16=facts["has_fp16"],
+                      calibration=bool(calib_batches), features=trt_features(trt),
+                      where=str(onnx_path))
+    if calib_batches and not plan.calibrate:
+        log(f"note: {onnx_path} carries its own quantization; calibration data not used")
+    version = str(trt.__version__)
+    major = parse_version(version)[0]
+    dev = torch.device("cuda", index)
+    started = time.perf_counter()
+
+    with torch.cuda.device(index):
+        torch.cuda.init()  # TensorRT uses the CUDA context torch makes current
+        logger = _logger(trt)
+        builder = trt.Builder(logger)
+        flags = 0
+        if major < 10:  # 10.x: explicit batch is the only mode and the flag is gone in 11
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        if plan.strongly_typed:
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        log(f"tensorrt {version}: parsing {onnx_path}")
+        if not parser.parse_from_file(str(onnx_path)):
+            errs = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise InceptionError(f"{onnx_path}: TensorRT could not parse it: "
+                                 f"{one_line(errs or logger.errors) or 'unknown parser error'}")
+        if network.num_inputs != 1 or network.num_outputs < 1:
+            raise InceptionError(f"{onnx_path}: expected one input and one output, TensorRT sees "
+                                 f"{network.num_inputs} and {network.num_outputs}")
+        inp = network.get_input(0)
+        dims = list(inp.shape)
+        if len(dims) != 4 or any(d < 1 for d in dims[1:]):
+            raise InceptionError(f"{onnx_path}: input '{inp.name}' must be [N, C, H, W] with fixed "
+                                 f"C, H, W, got {dims}")
+        chw = (int(dims[1]), int(dims[2]), int(dims[3]))
+        if dims[0] >= 1 and not lo == hi == dims[0]:
+            raise InceptionError(f"{onnx_path}: the batch axis is fixed at {dims[0]}; export "
+                                 f"with a dynamic batch to build the profile {lo}:{opt}:{hi}")
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        for name in plan.set_flags:
+            config.set_flag(getattr(trt.BuilderFlag, name))
+        for name in plan.clear_flags:
+            config.clear_flag(getattr(trt.BuilderFlag, name))
+        profile = builder.create_optimization_profile()
+        profile.set_shape(inp.name, (lo, *chw), (opt, *chw), (hi, *chw))
+        if config.add_optimization_profile(profile) < 0:
+            raise InceptionError(f"{onnx_path}: TensorRT rejected the profile {lo}:{opt}:{hi} "
+                                 f"({one_line(logger.errors)})")
+        calibrator = None
+        if plan.calibrate:
+            chunks = calibration_chunks(calib_batches or [], opt, chw)
+            calib_profile = builder.create_optimization_profile()
+            shape = (int(chunks[0].shape[0]), *chw)
+            calib_profile.set_shape(inp.name, shape, shape, shape)
+            config.set_calibration_profile(calib_profile)
+            calibrator = _entropy_calibrator(trt, chunks, dev)
+            config.int8_calibrator = calibrator
+            log(f"calibrating on {sum(c.shape[0] for c in chunks)} samples "
+                f"(entropy calibrator, implicit quantization: deprecated in TensorRT 10)")
+        cache_path = Path(timing_cache) if timing_cache else None
+        if cache_path is not None:
+            blob = cache_path.read_bytes() if cache_path.is_file() else b""
+            config.set_timing_cache(config.create_timing_cache(blob), False)
+
+        mode = "strongly typed" if plan.strongly_typed else \
+            f"builder flags {','.join(plan.set_flags) or '-'}"
+        log(f"building {precision} engine ({plan.quantization}, {mode}, batch {lo}:{opt}:{hi}, "
+            f"input {inp.name} {list(chw)}) on {torch.cuda.get_device_name(index)}")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise InceptionError(f"{onnx_path}: TensorRT failed to build the {precision} engine: "
+                                 f"{one_line(logger.errors) or 'no reason given'}")
+        output_names = [network.get_output(i).name for i in range(network.num_outputs)]
+        if cache_path is not None:
+            with atomic_path(cache_path) as tmp:
+                tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+        gpu = _gpu(index)
+        del calibrator
+
+    blob = bytes(memoryview(serialized))
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(blob)
+    out_name = "logits" if "logits" in output_names else output_names[0]
+    write_sidecar(out, {
+        "engine": out.name,
+        "engine_sha256": hashlib.sha256(blob).hexdigest(),
+        "precision": precision,
+        "quantization": plan.quantization,
+        "strongly_typed": plan.strongly_typed,
+        "batch": [lo, opt, hi],
+        "input": {"name": inp.name, "shape": [-1, *chw]},
+        "output": {"name": out_name},
+        "tensorrt_version": version,
+        "cuda_version": torch.version.cuda,
+        "gpu": gpu,
+        "workspace_gib": workspace_gib,
+        "inceptionctl_version": _our_version(),
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source_onnx": {"path": str(onnx_path), "sha256": _sha256(onnx_path),
+                        "precision": meta["precision"],
+                        "batch": list(meta["batch"]) if meta["batch"] else None,
+                        "inceptionctl_version": meta["version"]},
+        "recipe": meta["recipe"],
+        "classes": meta["classes"],
+        "preprocessing": meta["preprocessing"],
+        "metadata": facts["metadata"],
+    })
+    log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {sidecar_path(out).name} in "
+        f"{time.perf_counter() - started:.1f}s")
+    return out
+
+
+def _parser_error(err: Any) -> str:
+    """One ONNX parser error as 'node N (name, Op): CODE: description'."""
+    where = []
+    node = _call(err, "node")
+    if isinstance(node, int) and node >= 0:
+        where.append(f"node {node}")
+    name, op = _call(err, "node_name"), _call(err, "node_operator")
+    if name or op:
+        where.append(f"({', '.join(str(x) for x in (name, op) if x)})")
+    code = _call(err, "code")
+    code = getattr(code, "name", code)
+    head = " ".join(where)
+    return f"{head + ': ' if head else ''}{code + ': ' if code else ''}{_call(err, 'desc') or err}"
+
+
+def _call(obj: Any, name: str) -> Any:
+    fn = getattr(obj, name, None)
+    with contextlib.suppress(Exception):
+        return fn() if callable(fn) else fn
+    return None
+
+
+def _our_version() -> str:
+    from inceptionctl import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------- session
+
+class TensorRTSession(Session):
+    """A deserialized engine and one execution context on one GPU."""
+
+    def __init__(self, path: Path, device: str = "cuda:0", **_: Any):
+        path = Path(path)
+        index = _cuda_index(device)
+        side = read_sidecar(path)
+        trt = _import_trt()
+        check_trt_version(side["tensorrt_version"], str(trt.__version__), str(path))
+        if index >= torch.cuda.device_count():
+            raise InceptionError(f"--device {device}: no such CUDA device (this machine has "
+                                 f"{torch.cuda.device_count()})")
+        check_gpu(side.get("gpu") or {}, _gpu(index), str(path))
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise InceptionError(f"{path}: cannot read ({exc.strerror})") from None
+        expected = side.get("engine_sha256")
+        if expected and hashlib.sha256(blob).hexdigest() != expected:
+            raise InceptionError(f"{path}: the engine does not match its sidecar "
+                                 f"{sidecar_path(path).name} (rebuilt or copied separately?); "
+                                 f"{REBUILD}")
+        self.device_obj = torch.device("cuda", index)
+        self.device = str(self.device_obj)
+        with torch.cuda.device(index):
+            torch.cuda.init()
+            self._logger = _logger(trt)
+            self._runtime = trt.Runtime(self._logger)
+            self.engine = self._runtime.deserialize_cuda_engine(blob)
+            if self.engine is None:
+                raise InceptionError(f"{path}: TensorRT could not load the engine: "
+                                     f"{one_line(self._logger.errors) or 'no reason given'}; "
+                                     f"{REBUILD}")
+            self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise InceptionError(f"{path}: TensorRT could not create an execution context "
+                                     f"(out of GPU memory?): {one_line(self._logger.errors)}")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or not outputs:
+            raise InceptionError(f"{path}: expected one input and an output, engine has inputs "
+                                 f"{inputs} and outputs {outputs}")
+        self.input_name = inputs[0]
+        self.output_name = side["output"]["name"] if side["output"]["name"] in outputs \
+            else outputs[0]
+        in_shape = list(self.engine.get_tensor_shape(self.input_name))
+        self.in_dtype = torch_dtype(self.engine.get_tensor_dtype(self.input_name))
+        self.out_dtype = torch_dtype(self.engine.get_tensor_dtype(self.output_name))
+        self.hw = (int(in_shape[2]), int(in_shape[3]))
+        lo, opt, hi = side["batch"]
+        preprocessing = dict(side.get("preprocessing") or {})
+        preprocessing.setdefault("channels", int(in_shape[1]))
+        preprocessing.setdefault("input_size", self.hw[0])
+        out_shape = list(self.engine.get_tensor_shape(self.output_name))
+        classes = side.get("classes") or [str(i) for i in range(max(0, int(out_shape[-1])))]
+        self.info = ArtifactInfo(
+            path=str(path), kind="engine", recipe=side.get("recipe") or {}, classes=classes,
+            preprocessing=preprocessing, precision=side["precision"], batch_range=(lo, hi),
+            input_dtype=self.in_dtype,
+            extra={"batch_profile": (lo, opt, hi), "tensorrt": side["tensorrt_version"],
+                   "gpu": side.get("gpu"), "quantization": side.get("quantization"),
+                   "sidecar": str(sidecar_path(path)), "input": self.input_name,
+                   "output": self.output_name})
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.context is None:
+            raise InceptionError(f"{self.info.path}: the session is closed")
+        square = self.hw[0] == self.hw[1]
+        self.check_input(batch, self.hw[0] if square else None)
+        if not square and tuple(batch.shape[2:]) != self.hw:
+            raise InceptionError(f"{self.info.path}: input must be {self.hw[0]}x{self.hw[1]}, got "
+                                 f"{batch.shape[2]}x{batch.shape[3]}")
+        with torch.cuda.device(self.device_obj):
+            stream = torch.cuda.current_stream(self.device_obj)
+            x = batch.to(self.device_obj, self.in_dtype).contiguous()
+            if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+                profile = self.info.extra["batch_profile"]
+                raise InceptionError(f"{self.info.path}: TensorRT refused input shape "
+                                     f"{list(x.shape)} (profile {profile})")
+            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+            out = torch.empty(out_shape, dtype=self.out_dtype, device=self.device_obj)
+            self.context.set_tensor_address(self.input_name, x.data_ptr())
+            self.context.set_tensor_address(self.output_name, out.data_ptr())
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise InceptionError(f"{self.info.path}: TensorRT execution failed: "
+                                     f"{one_line(self._logger.errors) or 'no reason given'}")
+            stream.synchronize()
+        return out.float().cpu()
+
+    def close(self) -> None:
+        # The context must go before the engine, the engine before its runtime.
+        self.context = None
+        self.engine = None
+        self._runtime = None
+
+
+# ---------------------------------------------------------------------------------- backend
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    package = PACKAGE
+    install_hint = "pip install 'inceptionctl[tensorrt]' (needs an NVIDIA GPU and CUDA)"
+    suffixes = (".engine", ".plan")
+
+    def availability(self) -> Availability:
+        try:
+            trt = _import_trt()
+        except ModuleNotFoundError as exc:
+            if exc.name in (None, PACKAGE) or str(exc.name).startswith(PACKAGE + "."):
+                return assess(None, 0)
+            return assess(None, 0, import_error=one_line([str(exc)]))
+        except Exception as exc:  # e.g. OSError: libnvinfer.so not found
+            return assess(None, 0, import_error=one_line([f"{type(exc).__name__}: {exc}"]))
+        version = str(getattr(trt, "__version__", "") or "unknown")
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return assess(version, devices)
+
+    def open(self, path: Path, device: str = "cuda:0", **options: Any) -> Session:
+        self.require()
+        return TensorRTSession(Path(path), device, **options)
+
+
+__all__ = ["BackendUnavailable", "BuildPlan", "TensorRTBackend", "TensorRTSession", "assess",
+           "build_engine", "calibration_chunks", "check_gpu", "check_trt_version", "one_line",
+           "onnx_facts", "parse_batch_profile", "parse_onnx_metadata", "parse_version",
+           "plan_build", "read_sidecar", "sidecar_path", "torch_dtype", "trt_features",
+           "write_sidecar"]

@@ -1,0 +1,393 @@
+"""The timed profile: latency and throughput per backend x precision x batch, against the machine.
+
+``inceptionctl profile --time`` builds (or loads) the model once, makes the artifact each backend
+needs (a checkpoint for torch, an ONNX file for onnxruntime, an engine for tensorrt) in a
+temporary folder, opens it through the backend registry and times ``session.run`` on a preloaded
+batch. The machine's limit is a matrix multiply measured in the same run, on the same device and
+precision; each row reports its achieved GFLOP/s (2 x counted multiply-adds per image) as a
+fraction of that limit.
+
+JSON schema (``SpeedReport.to_json()``, version 1)::
+
+    {
+      "schema": "inceptionctl.speed/1",
+      "recipe": str, "input_size": int, "macs_per_image": int,
+      "machine": {"device": str, "cpu": str, "gpu": str | null, "threads": int,
+                  "versions": {"inceptionctl": str, "torch": str, "<backend>": str, ...}},
+      "peaks": {"<device>/<precision>": GFLOP/s of a square matmul, ...},
+      "rows": [{
+        "backend": str, "precision": str, "batch": int, "mode": "inference" | "train",
+        "available": bool, "reason": str,           # why not, when unavailable / failed
+        "latency_ms": {"p50": float, "p90": float, "p99": float, "mean": float},
+        "images_per_s": float,                     # batch / p50 latency
+        "gflops": float,                           # achieved: 2 * macs * batch / p50 (train: x3)
+        "peak_fraction": float | null,             # gflops / the matching peak
+        "peak_memory_mib": float,                  # RSS high-water mark (CPU) or allocator peak (CUDA)
+        "iterations": int}, ...]
+    }
+
+Unavailable backends get a row with ``available: false`` and the reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import InceptionError
+from .recipe import Recipe
+
+SCHEMA = "inceptionctl.speed/1"
+
+
+@dataclass
+class SpeedRow:
+    backend: str
+    precision: str
+    batch: int
+    mode: str = "inference"
+    available: bool = True
+    reason: str = ""
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    images_per_s: float = 0.0
+    gflops: float = 0.0
+    peak_fraction: float | None = None
+    peak_memory_mib: float = 0.0
+    iterations: int = 0
+
+
+@dataclass
+class SpeedReport:
+    recipe: str
+    input_size: int
+    macs_per_image: int
+    machine: dict[str, Any]
+    peaks: dict[str, float]
+    rows: list[SpeedRow]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "recipe": self.recipe, "input_size": self.input_size,
+                "macs_per_image": self.macs_per_image, "machine": self.machine,
+                "peaks": self.peaks, "rows": [asdict(r) for r in self.rows]}
+
+
+# ------------------------------------------------------------------------------ measurements
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation, as numpy's default."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    pos = (len(s) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_calls(step: Callable[[], Any], device: torch.device, warmup: int, iters: int | None,
+               seconds: float | None) -> list[float]:
+    """Seconds per call after ``warmup`` calls: ``iters`` calls, or as many as fit ``seconds``."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    out: list[float] = []
+    deadline = time.perf_counter() + (seconds or 0.0)
+    while True:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1000.0)
+        else:
+            t0 = time.perf_counter()
+            step()
+            out.append(time.perf_counter() - t0)
+        if iters is not None and len(out) >= iters:
+            break
+        if iters is None and time.perf_counter() >= deadline and len(out) >= 3:
+            break
+    return out
+
+
+def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int = 5) -> float:
+    """GFLOP/s of an n x n matrix multiply on ``device`` in ``precision`` (the machine's limit)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision,
+                                                                                     torch.float32)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    times = time_calls(lambda: torch.mm(a, b), device, warmup=2, iters=iters, seconds=None)
+    return 2.0 * n ** 3 / percentile(times, 50) / 1e9
+
+
+def machine_info(device: torch.device, versions: dict[str, str]) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    from . import __version__
+
+    return {"device": str(device), "cpu": cpu,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "threads": torch.get_num_threads(),
+            "versions": {"inceptionctl": __version__, "torch": torch.__version__, **versions}}
+
+
+# --------------------------------------------------------------------------- the timed profile
+
+@dataclass
+class SpeedOptions:
+    recipe: Recipe
+    artifact: Path | None = None
+    backends: list[str] = field(default_factory=lambda: ["torch"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32])
+    device: str = "cpu"
+    warmup: int = 3
+    iters: int | None = 10  # None: time for ``seconds``
+    seconds: float | None = None
+    train: bool = False
+    log: Callable[[str], None] = lambda msg: None
+
+
+# Which precisions each built-in backend can time; other (third-party) backends: fp32.
+PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "int8"),
+              "tensorrt": ("fp32", "fp16", "int8")}
+
+
+def _make_artifact(backend: str, precision: str, ckpt: Path, tmp: Path, batches: list[int],
+                   log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """The file ``backend`` opens for ``precision``, made from the checkpoint in ``tmp``."""
+    if backend == "torch":
+        return ckpt, {"precision": precision}
+    from .export import export_onnx, export_tensorrt
+
+    batch = f"1:{max(batches)}:{max(batches)}"
+    if backend == "onnxruntime":
+        out = tmp / f"model.{precision}.onnx"
+        if not out.exists():
+            export_onnx(ckpt, out=out, precision=precision, batch=batch, calib_data=None,
+                        calib_samples=16, log=log)
+        return out, {}
+    if backend == "tensorrt":
+        out = tmp / f"model.{precision}.engine"
+        if not out.exists():
+            export_tensorrt(ckpt, out=out, precision=precision, batch=batch, log=log)
+        return out, {}
+    return ckpt, {}
+
+
+def timed_profile(opts: SpeedOptions) -> SpeedReport:
+    """Time every backend x precision x batch (and the training step with ``train``)."""
+    from .backend import get_backend, open_artifact
+    from .checkpoint import save_checkpoint
+    from .model import build_model
+    from .profile import count_cost
+
+    for b in opts.batches:
+        if b < 1:
+            raise InceptionError(f"--batch: {b} is not a positive batch size")
+    recipe = opts.recipe
+    size = recipe.data.input_size
+    macs = count_cost(recipe).macs
+    device = torch.device(opts.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InceptionError(f"--device {opts.device}: no CUDA device is available here")
+    versions: dict[str, str] = {}
+    rows: list[SpeedRow] = []
+    peaks: dict[str, float] = {}
+
+    def peak(prec: str) -> float:
+        key = f"{device.type}/{'fp32' if prec == 'int8' else prec}"
+        if key not in peaks:
+            peaks[key] = matmul_peak(device, "fp32" if prec == "int8" else prec)
+        return peaks[key]
+
+    with tempfile.TemporaryDirectory(prefix="inceptionctl-profile-") as tmpdir:
+        tmp = Path(tmpdir)
+        if opts.artifact is not None:
+            ckpt = opts.artifact
+        else:
+            ckpt = save_checkpoint(tmp / "model.pt", build_model(recipe), recipe)
+        for name in opts.backends:
+            try:
+                backend = get_backend(name)
+                av = backend.availability()
+            except InceptionError as exc:
+                rows.append(SpeedRow(name, "-", 0, available=False, reason=str(exc)))
+                continue
+            if av.version:
+                versions[name] = av.version
+            for prec in opts.precisions:
+                if prec not in PRECISIONS.get(name, ("fp32",)):
+                    continue
+                if not av.available:
+                    rows.append(SpeedRow(name, prec, 0, available=False, reason=av.reason))
+                    continue
+                try:
+                    path, extra = _make_artifact(name, prec, ckpt, tmp, opts.batches, opts.log)
+                    with open_artifact(path, name, str(device), **extra) as session:
+                        for batch in opts.batches:
+                            x = torch.randn(batch, recipe.model.in_channels, size, size)
+                            reset_peak_memory(device)
+                            opts.log(f"timing {name} {prec} batch {batch}")
+                            times = time_calls(lambda: session.run(x), device, opts.warmup,
+                                               opts.iters, opts.seconds)
+                            rows.append(_row(name, prec, batch, "inference", times, macs, 1,
+                                             peak(prec), device))
+                except InceptionError as exc:
+                    rows.append(SpeedRow(name, prec, 0, available=False, reason=str(exc)))
+        if opts.train:
+            for prec in [p for p in opts.precisions if p in ("fp32", "bf16", "fp16")]:
+                for batch in opts.batches:
+                    rows.append(_train_row(recipe, prec, batch, device, opts, macs, peak))
+    return SpeedReport(recipe.name, size, macs, machine_info(device, versions), peaks, rows)
+
+
+def _row(backend: str, precision: str, batch: int, mode: str, times: list[float], macs: int,
+         flop_factor: int, peak: float, device: torch.device) -> SpeedRow:
+    p50 = percentile(times, 50)
+    gflops = 2.0 * macs * batch * flop_factor / p50 / 1e9
+    return SpeedRow(backend, precision, batch, mode, True, "",
+                    {"p50": 1e3 * p50, "p90": 1e3 * percentile(times, 90),
+                     "p99": 1e3 * percentile(times, 99), "mean": 1e3 * sum(times) / len(times)},
+                    batch / p50, gflops, gflops / peak if peak else None,
+                    peak_memory_mib(device), len(times))
+
+
+def _train_row(recipe: Recipe, precision: str, batch: int, device: torch.device,
+               opts: SpeedOptions, macs: int, peak: Callable[[str], float]) -> SpeedRow:
+    """One training step (forward + aux + backward + SGD) as ``inceptionctl train`` runs it."""
+    from .model import TrainStep, build_model
+    from .train import autocast
+
+    if device.type == "cpu" and precision == "fp16":
+        return SpeedRow("torch", precision, batch, "train", False, "fp16 training needs CUDA")
+    reset_peak_memory(device)
+    model = build_model(recipe).to(device, memory_format=torch.channels_last).train()
+    step_module = TrainStep(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    size = recipe.data.input_size
+    x = torch.randn(batch, recipe.model.in_channels, size, size, device=device
+                    ).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, recipe.model.num_classes, (batch,), device=device)
+    ce = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        with autocast(device, precision):
+            logits, aux = step_module(x)
+            loss = ce(logits, y) + recipe.model.aux.loss_weight * sum(ce(a, y) for a in aux)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    opts.log(f"timing torch training {precision} batch {batch}")
+    times = time_calls(step, device, max(1, opts.warmup), opts.iters, opts.seconds)
+    # forward + backward is about 3x the forward's multiply-adds
+    return _row("torch", precision, batch, "train", times, macs, 3, peak(precision), device)
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+def render(report: SpeedReport) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    m = report.machine
+    title = (f"{report.recipe} at {report.input_size}x{report.input_size} on {m['device']} "
+             f"({m['gpu'] or m['cpu']}, {m['threads']} threads; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ")")
+    table = Table(title=escape(title))
+    for col in ("backend", "precision", "mode", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
+                "GFLOP/s", "of peak", "peak MiB"):
+        table.add_column(col, justify="left" if col in ("backend", "precision", "mode") else "right")
+    for r in report.rows:
+        if not r.available:
+            table.add_row(r.backend, r.precision, r.mode, "-", "unavailable",
+                          escape(r.reason), *[""] * 5)
+            continue
+        lat = r.latency_ms
+        table.add_row(r.backend, r.precision, r.mode, str(r.batch), f"{lat['p50']:.1f}",
+                      f"{lat['p90']:.1f}", f"{lat['p99']:.1f}", f"{r.images_per_s:,.1f}",
+                      f"{r.gflops:,.1f}",
+                      "-" if r.peak_fraction is None else f"{r.peak_fraction:.0%}",
+                      f"{r.peak_memory_mib:,.0f}")
+    peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report.peaks.items())
+    table.caption = f"machine limit (matmul): {peaks}" if peaks else None
+    return table
+
+
+def plot(report: SpeedReport, path: Path) -> Path:
+    """Throughput vs batch, one line per backend / precision / mode, as a PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in report.rows:
+        if r.available:
+            series.setdefault(f"{r.backend} {r.precision} {r.mode}", []).append(
+                (r.batch, r.images_per_s))
+    for label, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"{report.recipe} {report.input_size}x{report.input_size}, "
+                 f"{report.machine['device']}")
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def dumps(report: SpeedReport) -> str:
+    return json.dumps(report.to_json(), indent=2)
