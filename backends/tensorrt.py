@@ -29,6 +29,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,6 +60,8 @@ METADATA_KEYS: dict[str, tuple[str, ...]] = {
     "precision": ("inceptionctl.precision", "precision"),
     "batch": ("inceptionctl.batch", "batch"),
     "version": ("inceptionctl.version", "inceptionctl_version", "version"),
+    "source": ("inceptionctl.source",),   # JSON: the checkpoint it came from
+    "int8": ("inceptionctl.int8",),       # JSON: flavour, calibration method, samples (INT8 only)
 }
 
 
@@ -187,8 +190,9 @@ def parse_onnx_metadata(props: Mapping[str, str]) -> dict[str, Any]:
     """The facts our ONNX metadata carries, parsed tolerantly (a bad value becomes None + a note).
 
     Returns ``recipe`` (dict), ``classes`` (list of str), ``preprocessing`` (dict), ``precision``,
-    ``batch`` ((min, opt, max)), ``version`` (each None when absent or unreadable) and
-    ``problems`` (one line per unreadable value).
+    ``batch`` ((min, opt, max)), ``version``, ``source`` (dict), ``int8`` (dict) -- each None when
+    absent or unreadable -- and ``problems`` (one line per unreadable value). The keys are those
+    :mod:`inceptionctl.export` writes (see ``METADATA_KEYS``).
     """
     out: dict[str, Any] = {k: None for k in METADATA_KEYS}
     problems: list[str] = []
@@ -198,7 +202,7 @@ def parse_onnx_metadata(props: Mapping[str, str]) -> dict[str, Any]:
             continue
         raw = props[key]
         try:
-            if fact in ("recipe", "preprocessing"):
+            if fact in ("recipe", "preprocessing", "source", "int8"):
                 value = _loads(raw)
                 if not isinstance(value, dict):
                     raise ValueError(f"expected a mapping, got {type(value).__name__}")
@@ -502,7 +506,10 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
         raise InceptionError(f"{onnx_path}: no such file")
     if workspace_gib <= 0:
         raise InceptionError(f"workspace: expected a positive size in GiB, got {workspace_gib}")
+    if isinstance(calib_batches, torch.Tensor):
+        calib_batches = [calib_batches]
     av = TensorRTBackend().require()
+    _check_writable(out)
     index = _cuda_index(device)
     if index >= torch.cuda.device_count():
         raise InceptionError(f"--device {device}: no such CUDA device (have "
@@ -591,8 +598,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
                 f"(entropy calibrator, implicit quantization: deprecated in TensorRT 10)")
         cache_path = Path(timing_cache) if timing_cache else None
         if cache_path is not None:
-            blob = cache_path.read_bytes() if cache_path.is_file() else b""
-            config.set_timing_cache(config.create_timing_cache(blob), False)
+            cached = cache_path.read_bytes() if cache_path.is_file() else b""
+            config.set_timing_cache(config.create_timing_cache(cached), False)
 
         mode = "strongly typed" if plan.strongly_typed else \
             f"builder flags {','.join(plan.set_flags) or '-'}"
@@ -604,14 +611,20 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
                                  f"{one_line(logger.errors) or 'no reason given'}")
         output_names = [network.get_output(i).name for i in range(network.num_outputs)]
         if cache_path is not None:
-            with atomic_path(cache_path) as tmp:
-                tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+            try:
+                with atomic_path(cache_path) as tmp:
+                    tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+            except OSError as exc:  # a cache is an optimisation: say so, keep the engine
+                log(f"warning: {cache_path}: timing cache not saved ({exc.strerror or exc})")
         gpu = _gpu(index)
         del calibrator
 
     blob = bytes(memoryview(serialized))
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(blob)
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(blob)
+    except OSError as exc:
+        raise InceptionError(f"{out}: cannot write the engine ({exc.strerror or exc})") from None
     out_name = "logits" if "logits" in output_names else output_names[0]
     write_sidecar(out, {
         "engine": out.name,
@@ -631,7 +644,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
         "source_onnx": {"path": str(onnx_path), "sha256": _sha256(onnx_path),
                         "precision": meta["precision"],
                         "batch": list(meta["batch"]) if meta["batch"] else None,
-                        "inceptionctl_version": meta["version"]},
+                        "inceptionctl_version": meta["version"], "source": meta["source"],
+                        "int8": meta["int8"]},
         "recipe": meta["recipe"],
         "classes": meta["classes"],
         "preprocessing": meta["preprocessing"],
@@ -640,6 +654,17 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
     log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {sidecar_path(out).name} in "
         f"{time.perf_counter() - started:.1f}s")
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before a long build, not after it, when ``out`` cannot be written."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InceptionError(f"{out.parent}: cannot create the output folder "
+                             f"({exc.strerror or exc})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise InceptionError(f"{out.parent}: the output folder is not writable")
 
 
 def _parser_error(err: Any) -> str:
@@ -734,6 +759,8 @@ class TensorRTSession(Session):
             input_dtype=self.in_dtype,
             extra={"batch_profile": (lo, opt, hi), "tensorrt": side["tensorrt_version"],
                    "gpu": side.get("gpu"), "quantization": side.get("quantization"),
+                   "source": (side.get("source_onnx") or {}).get("source"),
+                   "int8": (side.get("source_onnx") or {}).get("int8"),
                    "sidecar": str(sidecar_path(path)), "input": self.input_name,
                    "output": self.output_name})
 

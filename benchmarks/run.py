@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_eval  # noqa: E402
+import bench_infer  # noqa: E402
 import bench_train  # noqa: E402
 from common import report  # noqa: E402
 
@@ -30,10 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1))
         goals.append(bench_eval.measure("googlenet-small", images=2, batch=16, iters=1,
                                         image_size=(48, 40), workers=0))
+        goals += bench_infer.measure(batch=2, warmup=0, iters=1, recipe_name="googlenet-small")
     else:
         goals.append(bench_train.measure(cpu))
         goals.append(bench_eval.measure())
+        goals += bench_infer.measure()
         if torch.cuda.is_available():
+            goals += bench_infer.measure_gpu()
             goals.append(bench_train.measure(torch.device("cuda"), batch=64, warmup=5, iters=20))
     code = report(goals, args.out)
     return 0 if args.quick else code

@@ -191,7 +191,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike, reset_head: bool = F
     number of classes, for fine-tuning.
     """
     path = Path(path)
-    sd = to_model_keys(model, _unwrap_state_dict(read_weights_file(path), path))
+    return _load_into(model, read_weights_file(path), path, reset_head, strict)
+
+
+def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict: bool
+               ) -> LoadReport:
+    sd = to_model_keys(model, _unwrap_state_dict(obj, path))
     own = model.state_dict()
     report = LoadReport(str(path))
 
@@ -255,6 +260,6 @@ def load_model(path: str | os.PathLike, recipe: Recipe | None = None,
         raise InceptionError(f"{path}: foreign weights carry no architecture; name it with "
                              f"--recipe (e.g. --recipe googlenet-bn for torchvision's googlenet)")
     model = build_model(recipe)
-    info["load"] = load_weights(model, path)
+    info["load"] = _load_into(model, obj, path, reset_head=False, strict=True)
     model.eval()
     return model, recipe, info

@@ -112,10 +112,6 @@ def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or path t
 
 # ------------------------------------------------------------------------- commands still to come
 
-def _not_yet(command: str) -> None:
-    raise InceptionError(f"'inceptionctl {command}' is not implemented yet")
-
-
 DEFAULT_RECIPE = "googlenet-small"
 
 
@@ -342,16 +338,78 @@ def backends_(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def export(ctx: typer.Context) -> None:
-    """Export to ONNX or TensorRT with proof of parity (not implemented yet)."""
-    _not_yet("export")
+@app.command()
+def export(
+    artifact: Annotated[str, typer.Argument(help="Run folder, checkpoint, or foreign weights "
+                                                 "(with --recipe).")],
+    to: Annotated[str, typer.Option(help="onnx or tensorrt.")] = "onnx",
+    precision: Annotated[str, typer.Option(help="fp32 or int8 (onnx); fp32, fp16 or int8 "
+                                                "(tensorrt).")] = "fp32",
+    batch: Annotated[Optional[str], typer.Option(help="Batch range MIN:OPT:MAX (default: the "
+                                                      "recipe's export.batch).")] = None,
+    calib_data: Annotated[Optional[str], typer.Option(help="Calibration / parity images: "
+                                                           "'digits' or a folder.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration images for INT8.")] = 256,
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+    int8_flavour: Annotated[str, typer.Option(help="cpu (fastest on ONNX Runtime CPU) or "
+                                                   "tensorrt (symmetric).")] = "cpu",
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the recipe's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: beside the "
+                                                     "checkpoint).")] = None,
+    device: Annotated[str, typer.Option(help="Device for TensorRT builds and parity.")] = "cuda",
+    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export to ONNX (fp32 / INT8) or a TensorRT engine, with parity proven on every export."""
+    from .export import ExportCheckFailed, export as run_export, render
+
+    options: dict[str, Any] = dict(out=out, precision=precision, batch=batch,
+                                   calib_data=calib_data, calib_samples=calib_samples,
+                                   calib_method=calib_method, int8_flavour=int8_flavour,
+                                   opset=opset, device=device, recipe=_foreign_recipe(recipe, set_))
+    try:
+        report = run_export(artifact, to=to, **options)
+    except ExportCheckFailed as failed:
+        if as_json:
+            emit_json(failed.report.to_json())
+        else:
+            console.print(render(failed.report))
+        raise
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        console.print(render(report))
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def compare(ctx: typer.Context) -> None:
-    """Compare two artifacts on the same inputs (not implemented yet)."""
-    _not_yet("compare")
+@app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="First artifact (the reference).")],
+    b: Annotated[str, typer.Argument(help="Second artifact.")],
+    data: Annotated[str, typer.Option(help="random, digits or an image folder.")] = "random",
+    samples: Annotated[int, typer.Option(help="How many images.")] = 64,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance (an element fails only "
+                                             "past both).")] = 1e-3,
+    backend_a: Annotated[Optional[str], typer.Option(help="Force A's backend.")] = None,
+    backend_b: Annotated[Optional[str], typer.Option(help="Force B's backend.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run two artifacts on the same inputs; report differences, agreement and a verdict."""
+    from .compare import compare as run_compare, render
+
+    report = run_compare(a, b, data=data, samples=samples, atol=atol, rtol=rtol,
+                         backend_a=backend_a, backend_b=backend_b,
+                         recipe=_foreign_recipe(recipe, set_), device=device)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        console.print(render(report))
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 @app.command()

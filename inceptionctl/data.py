@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,14 @@ def _decode_with_pil(path: str | os.PathLike, first: Exception) -> Tensor:
             im.load()
             return TF.pil_to_tensor(im.convert("RGB"))
     except Exception:
-        raise ValueError(str(first).splitlines()[0] if str(first) else "cannot decode") from None
+        raise ValueError(_short_reason(first)) from None
+
+
+def _short_reason(exc: Exception) -> str:
+    """torchvision's decoder errors without their C++ source location, first sentence only."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot decode"
+    text = re.sub(r"^\w+, \S+:\d+, ", "", text)
+    return text.split(". ")[0].rstrip(".")
 
 
 # ---------------------------------------------------------------------------------- transforms

@@ -51,13 +51,6 @@ def test_recipes_show_is_the_resolved_recipe(cli):
     assert as_json["model"]["stages"][0]["modules"]["3a"]["5x5_reduce"] == 16
 
 
-@pytest.mark.parametrize("command", ["export", "compare"])
-def test_commands_still_to_come_say_so(cli, command):
-    result = cli(command)
-    assert result.exit_code != 0
-    assert "not implemented yet" in result.stderr
-
-
 def test_console_script_and_module_entry_points():
     """`python -m inceptionctl` and the installed script, as a user runs them: one error line."""
     bin_dir = __import__("pathlib").Path(sys.executable).parent

@@ -1,0 +1,339 @@
+"""The ONNX Runtime backend: our exported ``.onnx`` models (fp32, INT8 QDQ) and INT8 quantization.
+
+``onnxruntime`` is imported only inside the functions that need it, so listing backends and
+``--help`` work where it is not installed. Everything the core needs from ONNX Runtime goes
+through this object: running a model (:meth:`OnnxRuntimeBackend.open`) and static INT8
+quantization (:meth:`OnnxRuntimeBackend.quantize_int8`, used by ``inceptionctl export``).
+
+A session reads what the model is from the ``metadata_props`` our exporter writes (the keys are
+documented in :mod:`inceptionctl.export`); a ``.onnx`` file without them is refused with one line.
+
+Execution providers: ``CPUExecutionProvider`` by default; ``device="cuda[:N]"`` uses the CUDA
+provider (onnxruntime-gpu), and ``providers=["tensorrt", "cuda"]`` (short or full names) picks
+explicitly, e.g. ONNX Runtime's TensorRT provider where the installed package offers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
+from inceptionctl.errors import InceptionError
+from inceptionctl.files import atomic_path
+
+PACKAGE = "onnxruntime"
+INSTALL = "pip install onnxruntime (or onnxruntime-gpu)"
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+
+# ONNX tensor element types -> torch dtypes of an input we can feed.
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
+              "tensor(double)": torch.float64, "tensor(uint8)": torch.uint8}
+
+# The two INT8 flavours (see quantize_int8). Measured on this project's 2-core AMD EPYC CPU
+# (AVX-512 VNNI), ONNX Runtime 1.32, googlenet-bn with realistic (Kaiming) weights, batch 8,
+# 224x224, speed-up over ORT fp32 in one interleaved run: u8 activations + s8 weights 2.3x
+# (per-channel, per-tensor and reduce_range alike); u8/u8 1.1x; symmetric s8/s8 1.1x. The cpu
+# flavour takes u8/s8 per-channel (as fast as per-tensor, more accurate).
+FLAVOURS: dict[str, dict[str, Any]] = {
+    "cpu": {"activation_type": "uint8", "weight_type": "int8", "per_channel": True,
+            "reduce_range": False, "symmetric_activations": False, "symmetric_weights": True,
+            "quantize_bias": True},
+    # TensorRT accepts only symmetric int8 (zero zero-points) on activations and weights.
+    # Biases stay float (TensorRT fuses them; its DequantizeLinear takes no int32 input).
+    "tensorrt": {"activation_type": "int8", "weight_type": "int8", "per_channel": True,
+                 "reduce_range": False, "symmetric_activations": True, "symmetric_weights": True,
+                 "quantize_bias": False},
+}
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _import_ort() -> Any:
+    import onnxruntime  # noqa: PLC0415 - lazy by design: the core never imports it
+
+    return onnxruntime
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # ORT prefixes its messages with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ..."
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return text[:limit]
+
+
+def _resolve_providers(ort: Any, device: str, providers: Sequence[str] | None
+                       ) -> tuple[list[Any], str]:
+    """The provider list for ``InferenceSession`` and the device it means; a clear error if
+    the installed onnxruntime cannot honour the request."""
+    available = list(ort.get_available_providers())
+    text = (device or "cpu").strip().lower()
+    if text in ("", "auto"):
+        text = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", text)
+    if not m:
+        raise InceptionError(f"--device {device}: expected cpu, cuda or cuda:N")
+    kind, index = m.group(1), int(m.group(2) or 0)
+    if providers:
+        wanted = [PROVIDERS.get(p.lower(), p) for p in providers]
+    elif kind == "cuda":
+        wanted = ["CUDAExecutionProvider"]
+    else:
+        wanted = ["CPUExecutionProvider"]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        hint = " (install onnxruntime-gpu)" if any(p != "CPUExecutionProvider"
+                                                     for p in missing) else ""
+        raise InceptionError(f"onnxruntime {ort.__version__} here has no {', '.join(missing)} "
+                             f"(it offers {', '.join(available)}){hint}")
+    if kind == "cpu" and any(p != "CPUExecutionProvider" for p in wanted):
+        raise InceptionError(f"--device cpu: providers {', '.join(wanted)} need --device cuda")
+    chosen: list[Any] = []
+    for p in wanted:
+        chosen.append((p, {"device_id": index}) if p != "CPUExecutionProvider" else p)
+    if "CPUExecutionProvider" not in wanted:
+        chosen.append("CPUExecutionProvider")  # for the odd node a GPU provider does not take
+    return chosen, (f"cuda:{index}" if kind == "cuda" else "cpu")
+
+
+def read_props(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (weights not loaded); a clear error if unreadable."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InceptionError(f"{path}: not a readable ONNX model ({_one_line(exc)})") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+class OnnxRuntimeSession(Session):
+    """One ONNX Runtime ``InferenceSession`` over one of our exported models."""
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
+                 providers: Sequence[str] | None = None, **_: Any):
+        from inceptionctl.export import read_metadata
+
+        path = Path(path)
+        if not path.is_file():
+            raise InceptionError(f"{path}: no such file")
+        meta = read_metadata(read_props(path), path)  # refuse a foreign .onnx before loading it
+        ort = _import_ort()
+        chosen, self.device = _resolve_providers(ort, device, providers)
+        if threads is not None and threads < 0:
+            raise InceptionError(f"--threads: expected 0 (all cores) or more, got {threads}")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # errors only: no provider chatter on stderr
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        self.threads = threads
+        try:
+            self.sess = ort.InferenceSession(str(path), so, providers=chosen)
+        except Exception as exc:
+            raise InceptionError(f"{path}: ONNX Runtime cannot load it: {_one_line(exc)}") from None
+        inputs, outputs = self.sess.get_inputs(), self.sess.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise InceptionError(f"{path}: expected one input and an output, the model has "
+                                 f"{len(inputs)} inputs and {len(outputs)} outputs")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        shape = list(inputs[0].shape)
+        dtype = _ORT_TYPES.get(inputs[0].type)
+        if len(shape) != 4 or dtype is None:
+            raise InceptionError(f"{path}: expected an [N, C, H, W] float input, the model's "
+                                 f"'{self.input_name}' is {inputs[0].type} {shape}")
+        h, w = shape[2], shape[3]
+        self.spatial = h if isinstance(h, int) and h == w else None
+        n_out = outputs[0].shape[-1] if outputs[0].shape else None
+        if isinstance(n_out, int) and n_out != len(meta["classes"]):
+            raise InceptionError(f"{path}: the metadata names {len(meta['classes'])} classes, the "
+                                 f"graph outputs {n_out} logits")
+        lo, opt, hi = meta["batch"]
+        self.info = ArtifactInfo(
+            path=str(path), kind="onnx", recipe=meta["recipe"], classes=meta["classes"],
+            preprocessing=meta["preprocessing"], precision=meta["precision"],
+            batch_range=(lo, hi), input_dtype=dtype,
+            extra={"backend": "onnxruntime", "onnxruntime": ort.__version__,
+                   "providers": self.sess.get_providers(), "batch_profile": (lo, opt, hi),
+                   "inceptionctl_version": meta["version"], "source": meta["source"],
+                   "int8": meta["int8"], "input": self.input_name, "output": self.output_name,
+                   "threads": threads or 0})
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.sess is None:
+            raise InceptionError(f"{self.info.path}: the session is closed")
+        self.check_input(batch, self.spatial)
+        x = batch.detach().cpu().contiguous().numpy()
+        try:
+            (out,) = self.sess.run([self.output_name], {self.input_name: x})
+        except Exception as exc:
+            raise InceptionError(f"{self.info.path}: ONNX Runtime failed on a batch of "
+                                 f"{list(batch.shape)}: {_one_line(exc)}") from None
+        return torch.from_numpy(out).float()
+
+    def close(self) -> None:
+        self.sess = None
+
+
+class _Batches:
+    """A ``CalibrationDataReader`` over preprocessed batches, readable in ranges (so ORT's
+    calibrators reduce one batch at a time instead of holding every activation in memory)."""
+
+    def __init__(self, name: str, batches: Sequence[torch.Tensor]):
+        self.items = [{name: b.detach().to("cpu", torch.float32).contiguous().numpy()}
+                      for b in batches if len(b)]
+        self.start, self.end = 0, len(self.items)
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self.start >= self.end:
+            return None
+        self.start += 1
+        return self.items[self.start - 1]
+
+    def __iter__(self) -> "_Batches":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, min(end_index, len(self.items))
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    package = PACKAGE
+    install_hint = INSTALL
+    suffixes = (".onnx",)
+
+    def availability(self) -> Availability:
+        try:
+            ort = _import_ort()
+        except ModuleNotFoundError as exc:
+            if exc.name in (None, PACKAGE) or str(exc.name).startswith(PACKAGE + "."):
+                return Availability(False, f"onnxruntime not installed: {INSTALL}")
+            return Availability(False, f"onnxruntime cannot be imported: {_one_line(exc)}")
+        except Exception as exc:  # a broken install (missing shared library, ...)
+            return Availability(False, f"onnxruntime cannot be imported: "
+                                       f"{type(exc).__name__}: {_one_line(exc)}")
+        devices = ["cpu"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            devices += [f"cuda:{i}" for i in range(count)] or ["cuda"]
+        return Availability(True, "", str(ort.__version__), tuple(devices))
+
+    def open(self, path: Path, device: str = "cpu", threads: int | None = None,
+             providers: Sequence[str] | None = None, **_: Any) -> Session:
+        self.require()
+        return OnnxRuntimeSession(Path(path), device, threads=threads, providers=providers)
+
+    # ------------------------------------------------------------------- used by export
+
+    def quantize_int8(self, fp32_path: str | Path, out_path: str | Path,
+                      calib_batches: Sequence[torch.Tensor], flavour: str = "cpu",
+                      method: str = "minmax", metadata: dict[str, str] | None = None,
+                      log: Callable[[str], Any] | None = None) -> dict[str, Any]:
+        """Write ``out_path``: static INT8 (QDQ) of the fp32 ONNX; returns the settings used.
+
+        Pre-processing (``quant_pre_process``: shape inference and graph optimisation) first,
+        then ``quantize_static`` calibrated on ``calib_batches`` (preprocessed ``[N, C, H, W]``)
+        with ``method``. Flavours: ``cpu`` (u8 activations, s8 per-channel weights: the fastest
+        on ONNX Runtime's CPU provider) and ``tensorrt`` (symmetric s8 activations and weights,
+        zero zero-points, as TensorRT requires). The fp32 file's ``metadata_props`` are copied
+        and updated with ``metadata``; the output is written atomically.
+        """
+        import onnx
+
+        log = log or (lambda _msg: None)
+        if flavour not in FLAVOURS:
+            raise InceptionError(f"int8 flavour '{flavour}': expected one of "
+                                 f"{', '.join(FLAVOURS)}")
+        if method not in CALIBRATION_METHODS:
+            raise InceptionError(f"calibration method '{method}': expected one of "
+                                 f"{', '.join(CALIBRATION_METHODS)}")
+        self.require()
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        fp32_path, out_path = Path(fp32_path), Path(out_path)
+        src = onnx.load(str(fp32_path))
+        input_name = src.graph.input[0].name
+        props = {p.key: p.value for p in src.metadata_props}
+        del src
+        reader = _Batches(input_name, calib_batches)
+        samples = sum(len(b) for b in calib_batches)
+        if not len(reader):
+            raise InceptionError("int8: no calibration samples")
+        spec = FLAVOURS[flavour]
+        qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+        extra = {"ActivationSymmetric": spec["symmetric_activations"],
+                 "WeightSymmetric": spec["symmetric_weights"],
+                 "QuantizeBias": spec["quantize_bias"],
+                 # One batch at a time through the calibrator: bounded memory at 224x224.
+                 "CalibStridedMinMax": 1}
+        log(f"int8: calibrating ({method}, {samples} samples, {flavour} flavour: "
+            f"{spec['activation_type']} activations, {spec['weight_type']} per-channel weights)")
+        with tempfile.TemporaryDirectory(prefix="inceptionctl-quant-") as tmp:
+            pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+            try:
+                # ORT's calibrators print progress on stdout, which belongs to --json output.
+                with contextlib.redirect_stdout(sys.stderr):
+                    quant_pre_process(str(fp32_path), str(pre))
+                    quantize_static(str(pre), str(raw), reader, quant_format=QuantFormat.QDQ,
+                                    activation_type=qtype[spec["activation_type"]],
+                                    weight_type=qtype[spec["weight_type"]],
+                                    per_channel=spec["per_channel"],
+                                    reduce_range=spec["reduce_range"], calibrate_method=calib,
+                                    extra_options=extra)
+            except InceptionError:
+                raise
+            except Exception as exc:
+                raise InceptionError(f"{fp32_path}: INT8 quantization failed: "
+                                     f"{_one_line(exc)}") from None
+            model = onnx.load(str(raw))
+        settings = {"flavour": flavour, "calibration_method": method,
+                    "calibration_samples": samples, "format": "QDQ", **spec}
+        props.update(metadata or {})
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, props)
+        with atomic_path(out_path) as tmp_out:
+            onnx.save(model, str(tmp_out))
+        return settings
+
+    def qdq_facts(self, path: str | Path) -> dict[str, Any]:
+        """What the Q/DQ nodes of an INT8 ONNX use: element types and whether every
+        zero-point is zero (TensorRT's requirement)."""
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(path))
+        inits = {t.name: t for t in model.graph.initializer}
+        types, nonzero, count = set(), 0, 0
+        for node in model.graph.node:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+                continue
+            zp = inits.get(node.input[2])
+            if zp is None:
+                continue
+            count += 1
+            types.add(onnx.helper.tensor_dtype_to_np_dtype(zp.data_type).name)
+            nonzero += int((numpy_helper.to_array(zp) != 0).sum())
+        return {"qdq_nodes": count, "zero_point_types": sorted(types),
+                "nonzero_zero_points": nonzero}

@@ -1,0 +1,114 @@
+"""Inference goals, all measured in one process on googlenet-bn at 224x224, batch 8:
+
+* P1  best fp32 CPU inference (torch eager channels_last, ONNX Runtime) >= 0.90 x the machine's
+      fp32 limit = measured matmul GFLOP/s / 3.0 GFLOP per image (2 x 1.5 G multiply-adds).
+* P2  ONNX Runtime INT8 (the CPU flavour of the export) >= 3.0 x ONNX Runtime fp32.
+* P5  ONNX Runtime fp32 >= 2.5 x torchvision's eager googlenet in its default NCHW fp32 form.
+* GPU (when CUDA is here): TensorRT fp16 vs torch eager fp32 at batch 32 (>= 5x).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+import torchvision
+
+from inceptionctl import build_model, load_recipe
+from inceptionctl.backend import get_backend, open_artifact
+from inceptionctl.checkpoint import save_checkpoint
+from inceptionctl.speed import matmul_peak
+
+from common import Goal, median, timed
+
+
+def _ips(fn, batch: int, warmup: int, iters: int, sync=lambda: None) -> float:
+    return batch / median(timed(fn, warmup, iters, sync))
+
+
+def measure(batch: int = 8, warmup: int = 2, iters: int = 8, recipe_name: str = "googlenet-bn",
+            size: int | None = None) -> list[Goal]:
+    overrides = {} if size is None else {"data.input_size": size, "eval.size": size,
+                                         "data.resize": size, "eval.scales": [size] * 4}
+    recipe = load_recipe(recipe_name, overrides)
+    size = recipe.data.input_size
+    x = torch.randn(batch, 3, size, size)
+    goals: list[Goal] = []
+    from inceptionctl.profile import count_cost
+
+    gflop_per_image = 2.0 * count_cost(recipe).macs / 1e9
+    peak = matmul_peak(torch.device("cpu"), "fp32")
+    limit = peak / gflop_per_image
+
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).eval()
+    with torch.inference_mode():
+        tv_ips = _ips(lambda: tv(x), batch, warmup, iters)
+
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "m.pt", build_model(recipe), recipe)
+        with open_artifact(ckpt) as s:
+            rates["torch fp32 channels_last"] = _ips(lambda: s.run(x), batch, warmup, iters)
+        ort = get_backend("onnxruntime").availability()
+        if ort.available:
+            from inceptionctl.export import ExportCheckFailed, export_onnx
+
+            fp32 = Path(tmp) / "m.onnx"
+            int8 = Path(tmp) / "m.int8.onnx"
+            export_onnx(ckpt, out=fp32, precision="fp32", batch=f"1:{batch}:{batch}",
+                        log=lambda m: None)
+            try:  # speed only: an untrained model may miss the agreement bar, the file is kept
+                export_onnx(ckpt, out=int8, precision="int8", batch=f"1:{batch}:{batch}",
+                            calib_data="digits", calib_samples=32, check_samples=16,
+                            log=lambda m: None)
+            except ExportCheckFailed:
+                pass
+            with open_artifact(fp32) as s:
+                rates["onnxruntime fp32"] = _ips(lambda: s.run(x), batch, warmup, iters)
+            with open_artifact(int8) as s:
+                int8_ips = _ips(lambda: s.run(x), batch, warmup, iters)
+    best_name = max(rates, key=rates.get)
+    goals.append(Goal("P1 best fp32 CPU inference vs machine limit", rates[best_name] / limit,
+                      0.90, details={"best": best_name, "img/s": rates[best_name],
+                                     "limit img/s": limit, "matmul GFLOP/s": peak,
+                                     **{f"{k} img/s": v for k, v in rates.items()}}))
+    if "onnxruntime fp32" in rates:
+        goals.append(Goal("P2 ONNX Runtime INT8 vs fp32", int8_ips / rates["onnxruntime fp32"],
+                          3.0, details={"int8 img/s": int8_ips,
+                                        "fp32 img/s": rates["onnxruntime fp32"]}))
+        goals.append(Goal("P5 ONNX Runtime fp32 vs torchvision eager NCHW",
+                          rates["onnxruntime fp32"] / tv_ips, 2.5,
+                          details={"ort img/s": rates["onnxruntime fp32"],
+                                   "torchvision img/s": tv_ips}))
+    else:
+        goals.append(Goal("P2 ONNX Runtime INT8 vs fp32", None, 3.0, note="onnxruntime unavailable"))
+    return goals
+
+
+def measure_gpu(batch: int = 32, warmup: int = 5, iters: int = 20) -> list[Goal]:
+    """TensorRT fp16 vs torch eager fp32 on the GPU (needs CUDA and tensorrt)."""
+    if not torch.cuda.is_available():
+        return []
+    recipe = load_recipe("googlenet-bn")
+    dev = torch.device("cuda")
+    model = build_model(recipe).to(dev).eval()
+    x = torch.randn(batch, 3, 224, 224, device=dev)
+    with torch.inference_mode():
+        eager = _ips(lambda: model(x), batch, warmup, iters, torch.cuda.synchronize)
+    trt = get_backend("tensorrt").availability()
+    if not trt.available:
+        return [Goal("GPU TensorRT fp16 vs torch eager fp32 (b32)", None, 5.0,
+                     details={"torch fp32 img/s": eager}, note=f"tensorrt: {trt.reason}")]
+    from inceptionctl.export import export_tensorrt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "m.pt", build_model(recipe), recipe)
+        engine = Path(tmp) / "m.fp16.engine"
+        export_tensorrt(ckpt, out=engine, precision="fp16", batch=f"1:{batch}:{batch}",
+                        log=lambda m: None)
+        xc = x.cpu()
+        with open_artifact(engine, device="cuda") as s:
+            fp16 = _ips(lambda: s.run(xc), batch, warmup, iters)
+    return [Goal("GPU TensorRT fp16 vs torch eager fp32 (b32)", fp16 / eager, 5.0,
+                 details={"trt fp16 img/s": fp16, "torch fp32 img/s": eager})]

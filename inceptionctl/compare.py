@@ -1,0 +1,199 @@
+"""``inceptionctl compare A B``: two artifacts (any backends or precisions) on the same inputs.
+
+Both run on the same preprocessed images (the first artifact's preprocessing; the two must agree
+on input size, channels and classes). The verdict follows Polygraphy's semantics: an element of
+the logits fails only if it exceeds *both* tolerances, ``|a - b| > atol`` and
+``|a - b| > rtol * |b|`` (B is the reference); the comparison passes when no element fails.
+Nothing is raised for a failing verdict: the report says ``passed`` and the CLI exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from torch import Tensor
+
+from .backend import Session, open_artifact
+from .errors import InceptionError
+from .export import load_samples, run_batches
+from .recipe import Recipe
+
+EPS = 1e-12  # |b| below this counts as this, so relative differences stay finite
+
+
+def failing_elements(a: Tensor, b: Tensor, atol: float, rtol: float) -> Tensor:
+    """Mask of the elements outside tolerance: ``|a-b| > atol`` AND ``|a-b| > rtol * |b|``."""
+    diff = (a.double() - b.double()).abs()
+    return (diff > atol) & (diff > rtol * b.double().abs())
+
+
+@dataclass
+class DiffStats:
+    """Element-wise differences of two logit tensors ``[N, K]`` (B the reference)."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_rel_diff: float
+    mean_rel_diff: float
+    failing: int
+    elements: int
+    worst: tuple[int, int]        # (sample, class) of the largest absolute difference
+    top1_agreement: float         # %
+    top5_overlap: float           # % of B's top-5 classes that are in A's top-5, on average
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def diff_stats(a: Tensor, b: Tensor, atol: float, rtol: float) -> DiffStats:
+    """Differences, the count of elements failing both tolerances, and top-1 / top-5 overlap."""
+    if a.shape != b.shape or a.ndim != 2:
+        raise InceptionError(f"compare: logits of shape {list(a.shape)} and {list(b.shape)} "
+                             f"cannot be compared (expected two equal [N, classes])")
+    a64, b64 = a.double(), b.double()
+    diff = (a64 - b64).abs()
+    rel = diff / b64.abs().clamp_min(EPS)
+    worst = int(diff.argmax())
+    k = min(5, a.shape[1])
+    top_a, top_b = a64.topk(k, 1).indices, b64.topk(k, 1).indices
+    overlap = (top_a[:, :, None] == top_b[:, None, :]).any(2).sum(1).double() / k
+    return DiffStats(
+        max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
+        max_rel_diff=float(rel.max()), mean_rel_diff=float(rel.mean()),
+        failing=int(failing_elements(a, b, atol, rtol).sum()), elements=diff.numel(),
+        worst=(worst // a.shape[1], worst % a.shape[1]),
+        top1_agreement=100.0 * int((top_a[:, 0] == top_b[:, 0]).sum()) / len(a),
+        top5_overlap=100.0 * float(overlap.mean()))
+
+
+@dataclass
+class CompareReport:
+    a: str
+    b: str
+    backend_a: str
+    backend_b: str
+    precision_a: str
+    precision_b: str
+    data: str
+    samples: int
+    atol: float
+    rtol: float
+    stats: DiffStats
+    passed: bool
+    seconds: float
+    top1_a: float | None = None   # % on labelled samples
+    top1_b: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "stats"}
+        out.update(self.stats.to_json())
+        return out
+
+
+def _backend(session: Session) -> str:
+    return str(session.info.extra.get("backend")
+               or type(session).__name__.removesuffix("Session").lower())
+
+
+def _check_compatible(sa: Session, sb: Session) -> list[str]:
+    a, b = sa.info, sb.info
+    pa, pb = a.preprocessing, b.preprocessing
+    if (pa["eval_size"], a.channels) != (pb["eval_size"], b.channels):
+        raise InceptionError(f"compare: {b.path} takes {b.channels}x{pb['eval_size']}x"
+                             f"{pb['eval_size']} inputs, {a.path} takes {a.channels}x"
+                             f"{pa['eval_size']}x{pa['eval_size']}: they cannot share inputs")
+    if a.classes != b.classes:
+        raise InceptionError(f"compare: {b.path} has {b.num_classes} classes "
+                             f"({', '.join(b.classes[:3])}...), {a.path} has {a.num_classes} "
+                             f"({', '.join(a.classes[:3])}...): the logits do not correspond")
+    notes = []
+    for key in ("mean", "std", "eval_scales"):
+        if list(pa.get(key, [])) != list(pb.get(key, [])):
+            notes.append(f"{key} differs ({pa.get(key)} vs {pb.get(key)}); both ran on "
+                         f"{a.path}'s preprocessing")
+    return notes
+
+
+def _batch(session: Session, n: int) -> tuple[int, int, int]:
+    lo, hi = session.info.batch_range or (1, max(1, n))
+    opt = session.info.extra.get("batch_profile", (lo, hi, hi))[1]
+    return lo, opt, hi
+
+
+def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike = "random",
+            samples: int = 64, atol: float = 1e-4, rtol: float = 1e-3,
+            backend_a: str | None = None, backend_b: str | None = None,
+            recipe: Recipe | None = None, device: str = "cpu",
+            log: Callable[[str], Any] | None = None) -> CompareReport:
+    """Run ``a`` and ``b`` on the same ``samples`` images of ``data`` and compare their logits."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if samples < 1:
+        raise InceptionError(f"--samples: expected at least 1, got {samples}")
+    if atol < 0 or rtol < 0:
+        raise InceptionError(f"--atol/--rtol: expected non-negative tolerances, got {atol} and "
+                             f"{rtol}")
+    started = time.monotonic()
+    extra = {"recipe": recipe} if recipe is not None else {}
+    sa = open_artifact(a, backend_a, device, **extra)
+    with sa:
+        sb = open_artifact(b, backend_b, device, **extra)
+        with sb:
+            notes = _check_compatible(sa, sb)
+            inputs = load_samples(None if str(data) == "random" else data,
+                                  sa.info.preprocessing, sa.info.classes, samples)
+            log(f"compare: {inputs.description} through {_backend(sa)} and {_backend(sb)}")
+            la, lb = _batch(sa, samples), _batch(sb, samples)
+            # One batch size both accept: the largest, within both ranges (a short tail padded).
+            lo, hi = max(la[0], lb[0]), min(la[2], lb[2])
+            if lo > hi:
+                raise InceptionError(f"compare: the batch ranges {la[0]}..{la[2]} ({a}) and "
+                                     f"{lb[0]}..{lb[2]} ({b}) have no size in common")
+            n = len(inputs.images)
+            plan = [(min(hi, n - i), max(0, lo - min(hi, n - i))) for i in range(0, n, hi)]
+            out_a = run_batches(sa, inputs.images, plan)
+            out_b = run_batches(sb, inputs.images, plan)
+            stats = diff_stats(out_a, out_b, atol, rtol)
+            report = CompareReport(
+                a=str(a), b=str(b), backend_a=_backend(sa), backend_b=_backend(sb),
+                precision_a=sa.info.precision, precision_b=sb.info.precision,
+                data=inputs.description, samples=len(inputs.images), atol=atol, rtol=rtol,
+                stats=stats, passed=stats.failing == 0, seconds=time.monotonic() - started,
+                notes=notes + ([f"{inputs.skipped} unreadable images skipped"]
+                               if inputs.skipped else []))
+            if inputs.labels is not None:
+                y = inputs.labels
+                report.top1_a = 100.0 * int((out_a.argmax(1) == y).sum()) / len(y)
+                report.top1_b = 100.0 * int((out_b.argmax(1) == y).sum()) / len(y)
+    return report
+
+
+def render(report: CompareReport) -> Any:
+    """The comparison as a rich Table: A and B, the differences, agreement and the verdict."""
+    from rich.table import Table
+
+    s = report.stats
+    ok = "[green]passed[/green]" if report.passed else "[red]FAILED[/red]"
+    table = Table(title=f"compare ({ok})", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("A", f"{report.a}  ({report.backend_a}, {report.precision_a})")
+    table.add_row("B (reference)", f"{report.b}  ({report.backend_b}, {report.precision_b})")
+    table.add_row("inputs", report.data)
+    table.add_row("max / mean |A-B|", f"{s.max_abs_diff:.3g} / {s.mean_abs_diff:.3g}  (worst: "
+                                      f"sample {s.worst[0]}, class {s.worst[1]})")
+    table.add_row("max / mean |A-B|/|B|", f"{s.max_rel_diff:.3g} / {s.mean_rel_diff:.3g}")
+    table.add_row("top-1 agreement", f"{s.top1_agreement:.2f}%")
+    table.add_row("top-5 overlap", f"{s.top5_overlap:.2f}%")
+    if report.top1_a is not None:
+        table.add_row("top-1 accuracy", f"A {report.top1_a:.2f}%, B {report.top1_b:.2f}%")
+    table.add_row("verdict", f"{s.failing:,} of {s.elements:,} logits exceed both atol "
+                             f"{report.atol:g} and rtol {report.rtol:g}: {ok}")
+    table.add_row("time", f"{report.seconds:.1f} s")
+    for note in report.notes:
+        table.add_row("note", note)
+    return table

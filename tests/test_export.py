@@ -1,0 +1,418 @@
+"""Export: checkpoints -> ONNX (fp32, INT8 in two flavours) with parity proven; TensorRT refusal."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from rich.console import Console
+from torch import nn
+
+from inceptionctl import CheckFailed, InceptionError, build_model, load_recipe
+from inceptionctl.backend import BackendUnavailable, get_backend
+from inceptionctl.checkpoint import class_names, preprocessing, save_checkpoint
+from inceptionctl.export import (ExportCheckFailed, batch_plan, check_parity, default_output,
+                                 export, export_onnx, export_tensorrt, load_samples,
+                                 read_metadata, render)
+from inceptionctl.recipe import recipe_from_data
+
+from .conftest import SHIPPED, TINY_TRAIN
+
+QUIET = {"log": lambda _msg: None}
+
+
+def lively(model: nn.Module) -> nn.Module:
+    """Weights that give O(1) logits (fresh inits shrink activations to ~1e-12 with depth),
+    with non-trivial BatchNorm statistics, so parity and BN folding are really exercised."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                if mod.bias is not None:
+                    mod.bias.uniform_(-0.1, 0.1)
+            elif isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+def make_checkpoint(path: Path, recipe) -> Path:
+    return save_checkpoint(path, lively(build_model(recipe)), recipe)
+
+
+def tiny(tmp: Path, overrides=None):
+    path = tmp / "tiny.yaml"
+    path.write_text(TINY_TRAIN.lstrip("\n"))
+    return load_recipe(path, overrides)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny recipe trained 4 epochs on the embedded digits (~95% top-1), once per module."""
+    from inceptionctl.train import TrainOptions, train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    recipe = tiny(tmp, ["train.epochs=4"])
+    result = train(TrainOptions(recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
+                                data="digits", precision="fp32", workers=0, progress=False,
+                                log=lambda _m: None))
+    assert result.best_top1 > 85.0
+    return Path(result.run)
+
+
+def graph_of(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path))
+
+
+def dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+# ------------------------------------------------------------------------- shipped recipes
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_recipe_exports_with_parity_at_batch_1_2_5(tmp_path, name):
+    recipe = load_recipe(name)
+    ckpt = make_checkpoint(tmp_path / f"{name}.pt", recipe)
+    report = export_onnx(ckpt, batch="1:2:5", **QUIET)
+    assert report.passed and report.file == str(tmp_path / f"{name}.onnx")
+    p = report.parity
+    assert p.batch_sizes == [1, 2, 5]
+    assert p.top1_agreement == 100.0
+    assert p.max_abs_diff <= 1e-4 * p.logit_range and p.logit_range > 1.0
+    assert report.opset == 17 and report.size_bytes == Path(report.file).stat().st_size
+
+    model = graph_of(Path(report.file))
+    onnx.checker.check_model(model, full_check=True)
+    size, n_cls = recipe.eval.size, recipe.model.num_classes
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert dims(model.graph.input[0]) == ["batch", 3, size, size]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert dims(model.graph.output[0]) == ["batch", n_cls]
+    # Aux heads are gone: no node, initializer or output mentions them.
+    names = [n.name for n in model.graph.node] + [t.name for t in model.graph.initializer]
+    assert not [n for n in names if "aux" in n.lower()]
+
+    # Independently of the report: the backend's session against the PyTorch model.
+    torch_model = build_model(recipe)
+    torch_model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    torch_model.eval()
+    with get_backend("onnxruntime").open(Path(report.file)) as session:
+        for n in (1, 2, 5):
+            x = torch.randn(n, 3, size, size)
+            with torch.no_grad():
+                ref = torch_model(x)
+            out = session.run(x)
+            assert out.shape == (n, n_cls) and out.dtype == torch.float32
+            assert (out - ref).abs().max() <= 1e-4 * (ref.max() - ref.min())
+
+
+def test_metadata_round_trip(tmp_path):
+    recipe = tiny(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "best.pt", recipe)
+    report = export_onnx(ckpt, batch="2:4:8", **QUIET)
+    with get_backend("onnxruntime").open(Path(report.file)) as session:
+        info = session.info
+    assert info.kind == "onnx" and info.precision == "fp32"
+    assert info.recipe == recipe.to_dict()
+    assert recipe_from_data(info.recipe) == recipe  # the saved recipe validates as it was
+    assert info.classes == class_names(recipe)
+    assert info.preprocessing == preprocessing(recipe)
+    assert info.batch_range == (2, 8) and info.extra["batch_profile"] == (2, 4, 8)
+    assert info.input_dtype == torch.float32
+    assert info.extra["source"]["file"] == "best.pt"
+    props = {p.key: p.value for p in graph_of(Path(report.file)).metadata_props}
+    assert props["inceptionctl.format"] == "inceptionctl.onnx"
+    assert props["inceptionctl.version"] == __import__("inceptionctl").__version__
+    assert props["inceptionctl.batch"] == "2:4:8"
+    meta = read_metadata(props, report.file)
+    assert meta["int8"] is None and meta["batch"] == (2, 4, 8)
+
+
+def test_metadata_newer_format_and_bad_json_are_refused():
+    recipe = load_recipe("googlenet-small")
+    from inceptionctl.export import metadata_props
+
+    props = metadata_props(recipe, class_names(recipe), preprocessing(recipe), "fp32", (1, 8, 32))
+    assert read_metadata(props, "m.onnx")["classes"] == class_names(recipe)
+    with pytest.raises(InceptionError, match="m.onnx: metadata format 9 is newer"):
+        read_metadata({**props, "inceptionctl.format_version": "9"}, "m.onnx")
+    with pytest.raises(InceptionError, match="inceptionctl.recipe is not valid JSON"):
+        read_metadata({**props, "inceptionctl.recipe": "{"}, "m.onnx")
+    with pytest.raises(InceptionError, match="incomplete inceptionctl metadata: missing "
+                                             "inceptionctl.classes"):
+        read_metadata({k: v for k, v in props.items() if k != "inceptionctl.classes"}, "m.onnx")
+
+
+def test_torchvision_state_dict_exports_with_the_googlenet_bn_recipe(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    lively(tv).eval()
+    weights = tmp_path / "googlenet-1378be20.pth"
+    torch.save(tv.state_dict(), weights)
+    before = sha(weights)
+    with pytest.raises(InceptionError, match="--recipe"):
+        export_onnx(weights, **QUIET)
+    report = export_onnx(weights, recipe="googlenet-bn", batch="1:2:4", **QUIET)
+    assert report.passed and report.file == str(tmp_path / "googlenet-1378be20.onnx")
+    assert sha(weights) == before
+    # The ONNX computes torchvision's own model (not only our rebuild of it).
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        ref = tv(x)
+    with get_backend("onnxruntime").open(Path(report.file)) as session:
+        out = session.run(x)
+        assert session.info.extra["source"]["kind"] == "foreign"
+    assert (out - ref).abs().max() <= 1e-4 * (ref.max() - ref.min())
+    assert len(session.info.classes) == 1000
+
+
+# ------------------------------------------------------------------------------------ INT8
+
+def test_int8_cpu_flavour_keeps_accuracy(trained, tmp_path):
+    ckpt = trained / "best.pt"
+    before = sha(ckpt)
+    report = export_onnx(trained, out=tmp_path / "m.int8.onnx", precision="int8",
+                         calib_data="digits", calib_samples=256, **QUIET)
+    p = report.parity
+    assert report.passed and p.top1_agreement >= 99.0
+    assert p.samples == 360 and p.data.startswith("digits val")
+    assert p.top1_reference > 85.0 and abs(p.top1_delta) <= 1.0
+    assert report.int8["flavour"] == "cpu" and report.int8["calibration_samples"] == 256
+    assert (report.int8["activation_type"], report.int8["weight_type"]) == ("uint8", "int8")
+    facts = get_backend("onnxruntime").qdq_facts(report.file)
+    assert facts["qdq_nodes"] > 10 and "uint8" in facts["zero_point_types"]
+    with get_backend("onnxruntime").open(Path(report.file)) as session:
+        assert session.info.precision == "int8"
+        assert session.info.extra["int8"] == {"flavour": "cpu", "calibration_method": "minmax",
+                                              "calibration_samples": 256}
+        assert session.info.classes == [str(i) for i in range(10)]
+    assert sha(ckpt) == before
+
+
+def test_int8_tensorrt_flavour_is_symmetric_with_zero_zero_points(trained, tmp_path):
+    report = export_onnx(trained / "best.pt", out=tmp_path / "trt.int8.onnx", precision="int8",
+                         calib_data="digits", calib_samples=128, int8_flavour="tensorrt",
+                         **QUIET)
+    assert report.passed and abs(report.parity.top1_delta) <= 1.0
+    facts = get_backend("onnxruntime").qdq_facts(report.file)
+    assert facts["qdq_nodes"] > 10
+    assert facts["zero_point_types"] == ["int8"] and facts["nonzero_zero_points"] == 0
+    assert report.int8["quantize_bias"] is False  # TensorRT takes no int32 DequantizeLinear
+    # Weights are int8 initializers feeding DequantizeLinear, not float.
+    model = graph_of(Path(report.file))
+    inits = {t.name: t for t in model.graph.initializer}
+    weights = [inits[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weights and all(numpy_helper.to_array(w).dtype.name == "int8"
+                           for w in weights)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_int8_calibration_methods(trained, tmp_path, method):
+    report = export_onnx(trained, out=tmp_path / f"{method}.onnx", precision="int8",
+                         calib_data="digits", calib_samples=64, calib_method=method,
+                         check_samples=120, **QUIET)
+    assert report.int8["calibration_method"] == method
+    assert report.parity.samples == 120 and report.parity.top1_agreement >= 97.0
+
+
+def test_int8_from_an_image_folder(trained, tmp_path):
+    """Calibration from the folder's train/ part, parity on its val/ part (labelled by name)."""
+    from torchvision.io import write_png
+
+    from inceptionctl.data import digits
+
+    for split in ("train", "val"):
+        source = digits(18, split)
+        for i in range(40):
+            sample = source.load(i)
+            folder = tmp_path / "imgs" / split / str(sample.label)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_png(sample.image, str(folder / f"{i}.png"))
+    (tmp_path / "imgs" / "val" / "0" / "broken.png").write_bytes(b"not a png")
+    try:
+        report = export_onnx(trained, out=tmp_path / "f.onnx", precision="int8",
+                             calib_data=tmp_path / "imgs", calib_samples=32, **QUIET)
+    except ExportCheckFailed as failed:  # 99% of 40 images allows no disagreement at all
+        report = failed.report
+    assert report.int8["calibration_samples"] == 32
+    p = report.parity
+    assert p.top1_reference is not None  # the folders name the model's classes
+    assert p.samples == 40 and report.notes == ["1 unreadable images skipped"]
+    assert p.data.startswith(str(tmp_path / "imgs" / "val"))
+
+
+# ------------------------------------------------------------------------- checks and files
+
+def test_a_failed_parity_check_keeps_the_file_and_carries_the_report(tmp_path, monkeypatch):
+    import inceptionctl.export as ex
+
+    recipe = tiny(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "m.pt", recipe)
+    real = ex.torch_logits
+    monkeypatch.setattr(ex, "torch_logits", lambda model, x: real(model, x) + 0.5)
+    with pytest.raises(ExportCheckFailed) as err:
+        export_onnx(ckpt, batch="1:2:5", **QUIET)
+    assert isinstance(err.value, CheckFailed) and err.value.exit_code == 1
+    report = err.value.report
+    assert not report.passed and Path(report.file).is_file()
+    assert abs(report.parity.max_abs_diff - 0.5) < 1e-3
+    text = str(err.value)
+    assert "parity check failed" in text and "max |diff| 0.5" in text and "\n" not in text
+    assert json.loads(json.dumps(report.to_json()))["passed"] is False
+
+
+def test_writes_are_atomic_and_inputs_untouched(tmp_path):
+    recipe = tiny(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt", recipe)
+    before = sha(ckpt)
+    report = export(tmp_path / "run", to="onnx", batch="1:2:5", **QUIET)
+    assert report.file == str(tmp_path / "run" / "best.onnx")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.onnx", "best.pt"]
+    assert sha(ckpt) == before
+    again = export_onnx(ckpt, batch="1:2:5", **QUIET)  # overwriting is fine, atomically
+    assert again.file == report.file
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.onnx", "best.pt"]
+
+
+def test_default_output_names():
+    assert default_output(Path("r/best.pt"), "onnx", "fp32") == Path("r/best.onnx")
+    assert default_output(Path("r/best.pt"), "onnx", "int8") == Path("r/best.int8.onnx")
+    assert default_output(Path("g.pth"), "tensorrt", "fp16") == Path("g.fp16.engine")
+    assert default_output(Path("g.pth"), "tensorrt", "fp32") == Path("g.engine")
+
+
+def test_report_json_and_table(tmp_path):
+    recipe = tiny(tmp_path)
+    report = export_onnx(make_checkpoint(tmp_path / "m.pt", recipe), batch="1:2:5", **QUIET)
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["batch"] == "1:2:5" and data["precision"] == "fp32" and data["passed"]
+    assert data["parity"]["batch_sizes"] == [1, 2, 5] and data["parity"]["samples"] == 16
+    console = Console(record=True, width=120)
+    console.print(render(report))
+    text = console.export_text()
+    for word in ("m.onnx", "fp32", "1:2:5", "top-1 agreement", "100.00%", "passed"):
+        assert word in text
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"precision": "fp16"}, "--precision 'fp16': expected one of fp32, int8.*--to tensorrt"),
+    ({"precision": "int4"}, "did you mean 'int8'"),
+    ({"precision": "int8"}, "int8 needs calibration images: --calib-data"),
+    ({"precision": "int8", "calib_data": "digits", "opset": 11}, "opset 13 or newer"),
+    ({"calib_method": "minmaxx"}, "did you mean 'minmax'"),
+    ({"int8_flavour": "gpu"}, "--int8-flavour 'gpu'"),
+    ({"batch": "8:2:1"}, "1 <= MIN <= OPT <= MAX"),
+    ({"out": "model.onx"}, "must end in .onnx"),
+    ({"calib_samples": 0, "precision": "int8", "calib_data": "digits"}, "--calib-samples"),
+    ({"check_samples": 0}, "--check-samples"),
+    ({"calib_data": "/no/such/folder"}, "no such folder"),
+])
+def test_bad_arguments_are_one_clear_line(tmp_path, kwargs, message):
+    recipe = tiny(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "m.pt", recipe)
+    with pytest.raises(InceptionError, match=message) as err:
+        export_onnx(ckpt, **{**QUIET, **kwargs})
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+
+
+def test_bad_artifacts(tmp_path):
+    with pytest.raises(InceptionError, match="no such file"):
+        export_onnx(tmp_path / "missing.pt", **QUIET)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(InceptionError, match="cannot be read as weights"):
+        export_onnx(junk, **QUIET)
+    recipe = tiny(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "m.pt", recipe)
+    with pytest.raises(InceptionError, match="must end in .onnx"):
+        export_onnx(ckpt, out=ckpt, **QUIET)  # never over the input
+    report = export_onnx(ckpt, batch="1:2:5", **QUIET)
+    with pytest.raises(InceptionError, match="already an exported model"):
+        export_onnx(report.file, **QUIET)
+    with pytest.raises(InceptionError, match="did you mean 'onnx'"):
+        export(ckpt, to="onnxx")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_output_folder(tmp_path):
+    recipe = tiny(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "m.pt", recipe)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(InceptionError, match="permission denied"):
+            export_onnx(ckpt, out=locked / "m.onnx", **QUIET)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_tensorrt_export_here_is_a_clean_unavailable_error(tmp_path):
+    recipe = tiny(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "m.pt", recipe)
+    try:
+        available = get_backend("tensorrt").availability().available
+    except InceptionError:
+        available = False
+    if available:
+        pytest.skip("tensorrt is installed and has a GPU here")
+    with pytest.raises(InceptionError) as err:
+        export(ckpt, to="tensorrt", **QUIET)
+    assert err.value.exit_code == 2
+    text = str(err.value)
+    assert "tensorrt" in text and "\n" not in text
+    if isinstance(err.value, BackendUnavailable):
+        assert "not available" in text
+    with pytest.raises(InceptionError, match="--precision 'bf16'"):
+        export_tensorrt(ckpt, precision="bf16", **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "tiny.yaml"]
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+def test_batch_plan_cycles_through_the_range_and_pads_a_short_tail():
+    assert batch_plan(16, 1, 2, 5) == [(1, 0), (2, 0), (5, 0), (1, 0), (2, 0), (5, 0)]
+    assert batch_plan(41, 1, 8, 32) == [(1, 0), (8, 0), (32, 0)]
+    assert batch_plan(7, 4, 4, 4) == [(4, 0), (3, 1)]
+    assert batch_plan(3, 1, 8, 32) == [(1, 0), (2, 0)]
+
+
+def test_check_parity_rules():
+    ref = torch.tensor([[0.0, 10.0, 5.0], [3.0, 1.0, 2.0]])
+    ok = check_parity(ref, ref + 5e-4, "fp32")
+    assert ok.passed and ok.tolerance == pytest.approx(1e-3) and ok.top1_agreement == 100
+    bad = check_parity(ref, ref + 2e-3, "fp32")
+    assert not bad.passed and bad.relative_diff == pytest.approx(2e-4, rel=1e-3)
+    flipped = ref.clone()
+    flipped[1] = torch.tensor([0.0, 4.0, 2.0])
+    q = check_parity(ref, flipped, "int8", labels=torch.tensor([1, 0]))
+    assert not q.passed and q.top1_agreement == 50.0
+    assert (q.top1_reference, q.top1_exported, q.top1_delta) == (100.0, 50.0, -50.0)
+
+
+def test_random_samples_are_deterministic_and_preprocessed():
+    pre = preprocessing(load_recipe("googlenet-small"))
+    a = load_samples(None, pre, [str(i) for i in range(10)], 4)
+    b = load_samples("random", pre, [str(i) for i in range(10)], 4)
+    assert torch.equal(a.images, b.images) and a.labels is None
+    assert a.images.shape == (4, 3, pre["eval_size"], pre["eval_size"])
+    mean, std = torch.tensor(pre["mean"]), torch.tensor(pre["std"])
+    lo, hi = float((-mean / std).min()), float(((1 - mean) / std).max())
+    assert lo - 1e-5 <= float(a.images.min()) < lo + 0.05  # normalised, black reached
+    assert hi - 0.05 < float(a.images.max()) <= hi + 1e-5
+    digits = load_samples("digits", pre, [str(i) for i in range(10)], 20)
+    assert digits.labels is not None and len(digits.labels) == 20
+    other = load_samples("digits", pre, ["cat", "dog"], 5)
+    assert other.labels is None and "unlabelled" in other.description

@@ -1,0 +1,190 @@
+"""The onnxruntime backend: registry, availability, sessions and their input checks, metadata."""
+
+import ast
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from inceptionctl import InceptionError, build_model
+from inceptionctl.backend import BackendUnavailable, backend_for, get_backend, open_artifact
+from inceptionctl.checkpoint import save_checkpoint
+from inceptionctl.export import export_onnx
+
+from .test_export import QUIET, lively, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """The tiny recipe (16x16, 10 classes) exported with batch range 1:2:5."""
+    tmp = tmp_path_factory.mktemp("ort")
+    recipe = tiny(tmp)
+    ckpt = save_checkpoint(tmp / "tiny.pt", lively(build_model(recipe)), recipe)
+    return Path(export_onnx(ckpt, batch="1:2:5", **QUIET).file)
+
+
+@pytest.fixture
+def backend():
+    return get_backend("onnxruntime")
+
+
+def test_registered_through_the_entry_point(backend):
+    from inceptionctl.backends.onnxruntime import OnnxRuntimeBackend
+
+    assert isinstance(backend, OnnxRuntimeBackend)
+    assert (backend.name, backend.package, backend.suffixes) == ("onnxruntime", "onnxruntime",
+                                                                 (".onnx",))
+    assert isinstance(backend_for(Path("m.onnx")), OnnxRuntimeBackend)
+    assert "onnxruntime-gpu" in backend.install_hint
+
+
+def test_availability_reports_version_and_devices(backend):
+    import onnxruntime
+
+    av = backend.availability()
+    assert av.available and av.version == onnxruntime.__version__
+    assert av.devices[0] == "cpu"
+    assert ("CUDAExecutionProvider" in onnxruntime.get_available_providers()) == \
+        any(d.startswith("cuda") for d in av.devices)
+
+
+def test_availability_without_onnxruntime(backend, monkeypatch):
+    for name in [m for m in sys.modules if m == "onnxruntime" or m.startswith("onnxruntime.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now fails, as if absent
+    av = backend.availability()
+    assert not av.available
+    assert av.reason == "onnxruntime not installed: pip install onnxruntime (or onnxruntime-gpu)"
+    with pytest.raises(BackendUnavailable, match="backend 'onnxruntime' is not available: "
+                                                 "onnxruntime not installed") as err:
+        backend.require()
+    assert "\n" not in str(err.value) and err.value.exit_code == 2
+
+
+def test_the_core_never_imports_onnxruntime_or_tensorrt():
+    """Statically: no module of inceptionctl/ imports them; at run time: importing every core
+    module (export and compare included) leaves them unimported."""
+    offenders = []
+    for path in sorted((ROOT / "inceptionctl").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.split(".")[0] in ("onnxruntime", "tensorrt")]
+    assert offenders == []
+    code = ("import sys, inceptionctl.export, inceptionctl.compare, inceptionctl.backend, "
+            "inceptionctl.cli; bad = [m for m in ('onnxruntime', 'tensorrt') if m in sys.modules];"
+            " print(bad); sys.exit(1 if bad else 0)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_session_runs_and_describes_the_artifact(backend, tiny_onnx):
+    with backend.open(tiny_onnx, threads=1) as session:
+        info = session.info
+        assert (info.kind, info.precision, info.batch_range) == ("onnx", "fp32", (1, 5))
+        assert info.classes == [str(i) for i in range(10)] and info.channels == 3
+        assert info.preprocessing["eval_size"] == 16
+        assert info.extra["backend"] == "onnxruntime"
+        assert info.extra["providers"] == ["CPUExecutionProvider"]
+        assert info.extra["threads"] == 1
+        out = session.run(torch.randn(3, 3, 16, 16))
+        assert out.shape == (3, 10) and out.dtype == torch.float32 and out.device.type == "cpu"
+    with pytest.raises(InceptionError, match="the session is closed"):
+        session.run(torch.randn(1, 3, 16, 16))
+    with open_artifact(tiny_onnx) as again:  # the registry picks this backend by suffix
+        assert type(again).__name__ == "OnnxRuntimeSession"
+
+
+@pytest.mark.parametrize("batch, message", [
+    (torch.randn(3, 16, 16), r"input must be \[N, C, H, W\], got shape \[3, 16, 16\]"),
+    (torch.randn(2, 3, 16, 16, dtype=torch.float64), "dtype must be torch.float32, got "
+                                                     "torch.float64"),
+    (torch.randn(2, 1, 16, 16), "must have 3 channels, got 1"),
+    (torch.randn(2, 3, 17, 17), "input must be 16x16, got 17x17"),
+    (torch.randn(6, 3, 16, 16), "batch 6 is outside the artifact's range 1..5"),
+    ("not a tensor", "input must be a tensor, got str"),
+])
+def test_session_input_checks_name_what_is_wrong(backend, tiny_onnx, batch, message):
+    with backend.open(tiny_onnx) as session:
+        with pytest.raises(InceptionError, match=message) as err:
+            session.run(batch)
+    assert str(tiny_onnx) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_devices_and_threads(backend, tiny_onnx):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(InceptionError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
+            backend.open(tiny_onnx, device="cuda")
+    with pytest.raises(InceptionError, match="--device tpu: expected cpu, cuda or cuda:N"):
+        backend.open(tiny_onnx, device="tpu")
+    with pytest.raises(InceptionError, match="--threads"):
+        backend.open(tiny_onnx, threads=-1)
+    with backend.open(tiny_onnx, providers=["cpu"]) as session:
+        assert session.device == "cpu"
+
+
+def test_an_onnx_file_without_our_metadata_is_refused(backend, tmp_path, tiny_onnx):
+    foreign = tmp_path / "foreign.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(nn.Conv2d(3, 4, 3), (torch.randn(1, 3, 8, 8),), str(foreign),
+                          input_names=["x"], dynamo=False)
+    with pytest.raises(InceptionError) as err:
+        backend.open(foreign)
+    text = str(err.value)
+    assert text.startswith(f"{foreign}: not an inceptionctl model") and "\n" not in text
+    assert "inceptionctl.recipe" in text and "inceptionctl export" in text
+
+    stripped = tmp_path / "stripped.onnx"
+    model = onnx.load(str(tiny_onnx))
+    keep = [p for p in model.metadata_props if p.key != "inceptionctl.preprocessing"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    onnx.save(model, str(stripped))
+    with pytest.raises(InceptionError, match="incomplete inceptionctl metadata: missing "
+                                             "inceptionctl.preprocessing"):
+        backend.open(stripped)
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(InceptionError, match="garbage.onnx: not a readable ONNX model"):
+        backend.open(garbage)
+    with pytest.raises(InceptionError, match="no such file"):
+        backend.open(tmp_path / "missing.onnx")
+
+
+def test_metadata_that_contradicts_the_graph_is_refused(backend, tmp_path, tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    for p in model.metadata_props:
+        if p.key == "inceptionctl.classes":
+            p.value = '["a", "b"]'
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(InceptionError, match="metadata names 2 classes, the graph outputs 10"):
+        backend.open(bad)
+
+
+def test_quantize_int8_rejects_unknown_options(backend, tiny_onnx, tmp_path):
+    calib = [torch.randn(4, 3, 16, 16)]
+    with pytest.raises(InceptionError, match="int8 flavour 'gpu'"):
+        backend.quantize_int8(tiny_onnx, tmp_path / "q.onnx", calib, flavour="gpu")
+    with pytest.raises(InceptionError, match="calibration method 'mse'"):
+        backend.quantize_int8(tiny_onnx, tmp_path / "q.onnx", calib, method="mse")
+    with pytest.raises(InceptionError, match="no calibration samples"):
+        backend.quantize_int8(tiny_onnx, tmp_path / "q.onnx", [])
+    settings = backend.quantize_int8(tiny_onnx, tmp_path / "q.onnx", calib,
+                                     metadata={"inceptionctl.precision": "int8"})
+    assert settings["flavour"] == "cpu" and settings["calibration_samples"] == 4
+    with backend.open(tmp_path / "q.onnx") as session:
+        assert session.info.precision == "int8" and session.info.batch_range == (1, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # nothing left behind
