@@ -20,6 +20,11 @@ demo: install
 	$(BIN)/inceptionctl recipes
 	$(BIN)/inceptionctl train --out $(DEMO_RUN) --resume auto
 	$(BIN)/inceptionctl eval $(DEMO_RUN) --crops 1,10,144
+	$(BIN)/inceptionctl export $(DEMO_RUN) --to onnx --calib-data digits
+	$(BIN)/inceptionctl export $(DEMO_RUN) --to onnx --precision int8 --calib-data digits
+	$(BIN)/inceptionctl eval $(DEMO_RUN)/best.onnx
+	$(BIN)/inceptionctl eval $(DEMO_RUN)/best.int8.onnx
+	$(BIN)/inceptionctl profile --recipe googlenet --paper
 
 test: install
 	$(BIN)/python -m pytest

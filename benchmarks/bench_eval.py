@@ -19,7 +19,7 @@ from inceptionctl.backend import open_artifact
 from inceptionctl.checkpoint import save_checkpoint
 from inceptionctl.evaluate import EvalOptions, evaluate
 
-from common import Goal, median, timed
+from common import Goal, median, realistic_, timed
 
 
 def measure(recipe_name: str = "googlenet-bn", images: int = 6, batch: int = 48,
@@ -28,7 +28,7 @@ def measure(recipe_name: str = "googlenet-bn", images: int = 6, batch: int = 48,
     recipe = load_recipe(recipe_name, {"model.num_classes": 2, "data.classes": ["a", "b"]})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        ckpt = save_checkpoint(root / "model.pt", build_model(recipe), recipe)
+        ckpt = save_checkpoint(root / "model.pt", realistic_(build_model(recipe)), recipe)
         g = torch.Generator().manual_seed(0)
         for i in range(images):
             d = root / "data" / ("a" if i % 2 else "b")

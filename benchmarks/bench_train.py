@@ -16,11 +16,12 @@ from inceptionctl import build_model, load_recipe
 from inceptionctl.model import TrainStep
 from inceptionctl.train import autocast, resolve_precision
 
-from common import Goal, median, peak_rss_mib, reset_peak_rss, timed
+from common import Goal, median, peak_rss_mib, realistic_, reset_peak_rss, timed
 
 
 def _naive_step(device: torch.device, batch: int):
-    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).to(device)
+    model = realistic_(torchvision.models.googlenet(weights=None, aux_logits=True,
+                                                    init_weights=False)).to(device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     x = torch.randn(batch, 3, 224, 224, device=device)
@@ -39,7 +40,7 @@ def _naive_step(device: torch.device, batch: int):
 
 def _our_step(device: torch.device, batch: int, precision: str):
     recipe = load_recipe("googlenet")
-    model = build_model(recipe).to(device, memory_format=torch.channels_last)
+    model = realistic_(build_model(recipe)).to(device, memory_format=torch.channels_last)
     model.train()
     step_module = TrainStep(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)

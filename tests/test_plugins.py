@@ -1,0 +1,105 @@
+"""Backends are plugins: a third-party package registers one exactly as the built-ins are."""
+
+import json
+import textwrap
+
+import pytest
+
+from inceptionctl.backend import backend_names, get_backend, open_artifact
+
+PLUGIN = '''
+import json
+from pathlib import Path
+
+import torch
+
+from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
+
+
+class ConstSession(Session):
+    """Answers class 1 for every image; the artifact is a small JSON file."""
+
+    def __init__(self, path):
+        spec = json.loads(Path(path).read_text())
+        self.info = ArtifactInfo(path=str(path), kind="const", recipe={}, classes=spec["classes"],
+                                 preprocessing=spec["preprocessing"], batch_range=(1, 4),
+                                 extra={"backend": "const"})
+
+    def run(self, batch):
+        self.check_input(batch, self.info.preprocessing["eval_size"])
+        logits = torch.zeros(len(batch), len(self.info.classes))
+        logits[:, 1] = 5.0
+        return logits
+
+
+class ConstBackend(Backend):
+    name = "const"
+    package = "constplug"
+    install_hint = "pip install constplug"
+    suffixes = (".const",)
+
+    def availability(self):
+        return Availability(True, "", "0.1", ("cpu",))
+
+    def open(self, path, device="cpu", **options):
+        return ConstSession(path)
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """Install 'constplug' (a module and its dist-info with the entry point) on sys.path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "constplug.py").write_text(PLUGIN)
+    info = site / "constplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: constplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent("""
+        [inceptionctl.backends]
+        const = constplug:ConstBackend
+        broken = constplug_missing:Nothing
+        """))
+    monkeypatch.syspath_prepend(str(site))
+    return tmp_path
+
+
+def test_third_party_backend_is_discovered(plugin, cli):
+    assert backend_names()[:2] == ["torch", "onnxruntime"]
+    assert {"const", "broken"} <= set(backend_names())
+    assert get_backend("const").availability().version == "0.1"
+    out = cli("backends", "--json")
+    rows = {r["name"]: r for r in json.loads(out.stdout)["backends"]}
+    assert rows["const"]["available"] and rows["const"]["opens"] == [".const"]
+    assert not rows["broken"]["available"] and "failed to load" in rows["broken"]["reason"]
+
+
+def test_third_party_backend_runs_eval(plugin, cli):
+    artifact = plugin / "model.const"
+    artifact.write_text(json.dumps({"classes": [str(i) for i in range(10)],
+                                    "preprocessing": {"eval_size": 32, "eval_scales": [36, 41, 46, 50],
+                                                      "resize": 36, "mean": [0.5] * 3,
+                                                      "std": [0.5] * 3, "channels": 3}}))
+    out = cli("eval", artifact, "--data", "digits", "--workers", "0", "--limit", "20", "--json")
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["backend"] == "const" and data["images"] == 20
+    # every prediction is class 1: top-1 is the share of 1s among the first 20 val digits
+    from inceptionctl.data import digits
+
+    ones = int((digits(36, "val").targets[:20] == 1).sum())
+    assert data["top1"] == pytest.approx(100.0 * ones / 20)
+    with open_artifact(artifact) as session:
+        import torch
+
+        with pytest.raises(Exception, match="batch 5 is outside the artifact's range 1..4"):
+            session.run(torch.zeros(5, 3, 32, 32))
+        with pytest.raises(Exception, match="input must be 32x32, got 30x30"):
+            session.run(torch.zeros(2, 3, 30, 30))
+
+
+def test_broken_plugin_is_one_clear_error(plugin, cli):
+    (plugin / "x.const").write_text("{}")
+    out = cli("eval", plugin / "x.const", "--backend", "broken")
+    assert out.exit_code == 2
+    assert "backend 'broken' failed to load from constplug_missing:Nothing" in out.stderr
