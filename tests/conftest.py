@@ -84,3 +84,22 @@ def tiny_recipe(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_TRAIN.lstrip("\n"))
     return path
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """`inceptionctl train` with no arguments, run once as a user runs it: (run, report, seconds)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    cwd = tmp_path_factory.mktemp("default")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "inceptionctl", "train", "--json"],
+                            capture_output=True, text=True, cwd=cwd, timeout=900)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert "run folder: " in result.stderr
+    return cwd / report["run"], report, seconds
