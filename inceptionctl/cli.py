@@ -20,6 +20,16 @@ from . import __version__
 from .errors import InceptionError
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line (a DataLoader worker wraps it in a traceback)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "." in head and " " not in head else last
+
+
 class _Group(typer.core.TyperGroup):
     """Turns every InceptionError raised by a command into one line and its exit code."""
 
@@ -27,8 +37,22 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except InceptionError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
             raise typer.Exit(exc.exit_code) from None
+
+
+def _usage_error(exc: Any) -> None:
+    """Click usage errors as one line too, with where to look."""
+    where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+    print(f"error: {exc.format_message()}{where}", file=sys.stderr, flush=True)
+
+
+try:  # typer prints usage errors in a rich panel; keep the one-line rule for them too
+    import typer.rich_utils as _rich_utils
+
+    _rich_utils.rich_format_error = _usage_error
+except (ImportError, AttributeError):  # pragma: no cover - typer without rich support
+    pass
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False,
@@ -144,6 +168,8 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a recipe (default: googlenet-small on the embedded digits)."""
+    if nproc is not None and nproc < 1:
+        raise InceptionError(f"--nproc: expected at least 1, got {nproc}")
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_launch_torchrun(nproc))
     from .recipe import load_recipe
@@ -165,8 +191,10 @@ def train(
     if as_json:
         emit_json(result.to_json())
     else:
-        console.print(f"run folder: {result.run}  best top-1 {result.best_top1:.2f}% "
-                  f"(epoch {result.best_epoch})  {result.epochs} epochs  {result.seconds:.1f}s")
+        best = (f"best top-1 {result.best_top1:.2f}% (epoch {result.best_epoch})"
+                if result.best_top1 is not None else "no validation yet")
+        console.print(f"run folder: {result.run}  {best}  {result.epochs} epochs  "
+                      f"{result.seconds:.1f}s")
 
 
 def _launch_torchrun(nproc: int) -> int:
@@ -460,7 +488,18 @@ def profile(
         try:
             batches = [int(b) for b in batch.split(",") if b.strip()]
         except ValueError:
-            raise InceptionError(f"--batch {batch}: expected a list of integers such as 1,8,32") from None
+            batches = []
+        if not batches or min(batches) < 1:
+            raise InceptionError(f"--batch {batch}: expected a list of positive integers such "
+                                 f"as 1,8,32")
+        if seconds is not None and seconds <= 0:
+            raise InceptionError(f"--seconds: expected a positive duration, got {seconds}")
+        known = backend_names()
+        for name in names:
+            if name not in known:
+                from .backend import get_backend
+
+                get_backend(name)  # raises: unknown backend, with a "did you mean"
         artifact = Path(recipe) if Path(recipe).suffix in (".pt", ".pth") or Path(recipe).is_dir() else None
         if artifact is not None:
             from .backend import resolve_artifact
@@ -497,6 +536,10 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]]):
     from .recipe import load_recipe
 
     path = Path(name)
+    if path.suffix == ".onnx":
+        raise InceptionError(f"{name}: profile counts a recipe or a checkpoint; for an exported "
+                             f"model give the checkpoint it came from (or time it with "
+                             f"`profile --time --backend onnxruntime`)")
     if path.is_dir() or path.suffix in (".pt", ".pth", ".ckpt"):
         from .backend import resolve_artifact
 

@@ -373,7 +373,9 @@ def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
             val = FileSource(_ground_truth(val_dir, train.classes), train.classes, str(val_dir))
         return Splits(train, val, train.classes,
                       f"{root} ({len(train)} train / {len(val)} val, {len(train.classes)} classes)")
-    if val_split <= 0:
+    if val_split < 0 or val_split >= 1:
+        raise DataError(f"--val-split: expected a fraction in (0, 1), got {val_split}")
+    if val_split == 0:
         raise DataError(f"{root}: no train/ and val/ sub-folders; pass --val-split to split one "
                         f"ImageFolder tree")
     return _split(image_folder(root), val_split, str(root))

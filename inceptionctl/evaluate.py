@@ -223,6 +223,8 @@ def evaluate(opts: EvalOptions) -> EvalReport | None:
         raise InceptionError(f"--batch-size: expected at least 1, got {opts.batch_size}")
     if opts.limit is not None and opts.limit < 1:
         raise InceptionError(f"--limit: expected at least 1, got {opts.limit}")
+    if opts.workers is not None and opts.workers < 0:
+        raise InceptionError(f"--workers: expected 0 or more, got {opts.workers}")
     ctx = dist_utils.init()
     try:
         sessions = _open_all(opts)
@@ -252,8 +254,18 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
     counts = list(dict.fromkeys(opts.crops))
     per_image = sum(counts)
     batch = opts.batch_size or int(info.recipe.get("eval", {}).get("batch_size", 64))
-    if info.batch_range is not None:
-        batch = max(info.batch_range[0], min(batch, info.batch_range[1]))
+    for s in sessions:  # a batch every member of the ensemble accepts
+        if s.info.batch_range is not None:
+            lo, hi = s.info.batch_range
+            if lo > batch or hi < batch:
+                batch = max(lo, min(batch, hi))
+    lows = [s.info.batch_range[0] for s in sessions if s.info.batch_range]
+    highs = [s.info.batch_range[1] for s in sessions if s.info.batch_range]
+    if lows and max(lows) > min(highs):
+        raise InceptionError("the artifacts' batch ranges do not overlap "
+                             f"({', '.join(f'{s.info.path}: {s.info.batch_range}' for s in sessions)})")
+    if highs:
+        batch = max(max(lows), min(batch, min(highs)))
     dataset = CropSet(source, counts, size, scales)
     sampler = KeyedSampler(n_total, 0, 0, ctx.rank, ctx.world, shuffle=False)
     workers = default_workers() if opts.workers is None else opts.workers

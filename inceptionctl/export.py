@@ -537,6 +537,12 @@ def write_onnx(model: torch.nn.Module, preprocessing: Mapping[str, Any],
     return out
 
 
+def _check_opset(opset: int) -> None:
+    """The opsets torch's exporter writes and ONNX Runtime runs; checked before any work."""
+    if not 9 <= opset <= 20:
+        raise InceptionError(f"--opset {opset}: expected an opset from 9 to 20 (default 17)")
+
+
 def _check_count(samples: int | None, batch: tuple[int, int, int], data: Any) -> int:
     if samples is not None:
         if samples < 1:
@@ -596,6 +602,7 @@ def export_onnx(artifact: str | os.PathLike, out: str | os.PathLike | None = Non
     model, resolved, classes, pre, source = _load(src, recipe, overrides)
     lo, opt, hi = bounds = parse_batch_range(batch or resolved.export.batch)
     opset = int(opset or resolved.export.opset)
+    _check_opset(opset)
     if precision == "int8" and opset < 13:
         raise InceptionError(f"--opset {opset}: INT8 (per-channel QDQ) needs opset 13 or newer")
     path = _output(src, out, "onnx", precision)
@@ -661,6 +668,7 @@ def export_tensorrt(artifact: str | os.PathLike, out: str | os.PathLike | None =
     model, resolved, classes, pre, source = _load(src, recipe, overrides)
     lo, opt, hi = bounds = parse_batch_range(batch or resolved.export.batch)
     opset = int(opset or resolved.export.opset)
+    _check_opset(opset)
     path = _output(src, out, "tensorrt", precision)
     props = metadata_props(resolved, classes, pre, "fp32", bounds, source)
     check = load_samples(calib_data, pre, classes, _check_count(check_samples, bounds, calib_data))

@@ -16,6 +16,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     An interrupted or failed write leaves ``target`` as it was (or absent) and no temp file behind.
     """
     target = Path(target)
+    if target.is_dir():
+        from .errors import InceptionError
+
+        raise InceptionError(f"{target}: is a folder; give a file name")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -24,10 +28,17 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 is not what users expect
         os.replace(tmp_path, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:

@@ -639,6 +639,11 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
         raise ctx.error(T + ("label_smoothing",), f"expected a value in [0, 1), got {t.label_smoothing}")
     if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
         raise ctx.error(T + ("ema_decay",), f"expected a value in (0, 1) or null, got {t.ema_decay}")
+    if not 0.0 <= t.hflip <= 1.0:
+        raise ctx.error(T + ("hflip",), f"expected a probability in [0, 1], got {t.hflip}")
+    for key in ("color_jitter", "lighting", "weight_decay", "momentum", "warmup_epochs"):
+        if getattr(t, key) < 0:
+            raise ctx.error(T + (key,), f"expected a number >= 0, got {getattr(t, key)}")
     for key in ("scale", "ratio"):
         pair = getattr(t, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:

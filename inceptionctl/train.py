@@ -76,10 +76,10 @@ class TrainOptions:
 class TrainResult:
     run: str
     epochs: int
-    best_top1: float
-    best_epoch: int
-    last_top1: float
-    last_top5: float
+    best_top1: float | None  # None until a validation ran
+    best_epoch: int | None
+    last_top1: float | None
+    last_top5: float | None
     seconds: float
     steps: int
     skipped_nonfinite: int
@@ -244,6 +244,8 @@ class StopFlag:
 def _new_run_folder(opts: TrainOptions, recipe: Recipe) -> Path:
     if opts.out is not None:
         out = Path(opts.out)
+        if out.exists() and not out.is_dir():
+            raise InceptionError(f"--out {out}: is a file; give a folder for the run")
         if (out / "last.pt").exists():
             raise InceptionError(f"{out}: already holds a run (last.pt); continue it with "
                                  f"--resume {out}, or choose another --out")
@@ -399,8 +401,19 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
         if not ckpt.get("train_state"):
             raise InceptionError(f"{resume_path}: holds no training state (a 'best' checkpoint "
                                  f"or an export); resume from the run's last.pt")
-        # The run's own recipe, with this command's --set overrides (e.g. more epochs) on top.
+        # The run's own recipe; only train.epochs may change (to extend a run).
+        other = [o for o in opts.overrides if not o.split("=", 1)[0].strip() == "train.epochs"]
+        if other:
+            raise InceptionError(f"--resume {resume_path.parent}: a resumed run keeps its recipe; "
+                                 f"only train.epochs can change (not {other[0]})")
         recipe = checkpoint_recipe(ckpt, str(resume_path), opts.overrides or None)
+        saved_data = ckpt.get("meta", {}).get("data")
+        if saved_data is not None and opts.data != saved_data:
+            raise InceptionError(f"--resume {resume_path.parent}: the run trains on "
+                                 f"'{saved_data}', not '{opts.data}' (pass --data {saved_data})")
+        if opts.out is not None and Path(opts.out).resolve() != resume_path.parent.resolve():
+            raise InceptionError(f"--resume {resume_path.parent}: the run continues in its own "
+                                 f"folder, not --out {opts.out}")
     elif opts.resume == "auto":
         log("resume auto: no earlier run found, starting a new one")
     t = recipe.train
@@ -420,6 +433,8 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
                              f"batch ({t.batch_size} x {ctx.world} processes)")
 
     out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
+    if opts.workers is not None and opts.workers < 0:
+        raise InceptionError(f"--workers: expected 0 or more, got {opts.workers}")
     workers = default_workers() if opts.workers is None else opts.workers
     if ctx.world > 1 and opts.workers is None:
         workers = max(1, workers // ctx.world)
@@ -493,7 +508,8 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
 
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
+        if ckpt is None or opts.overrides:  # a resumed run's recipe.yaml changes only with epochs
+            write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
         log(f"run folder: {out}")
         log(f"training {recipe.name} ({model.num_params():,} params) on {splits.description}; "
             f"{device} {precision}, {ctx.world} process(es), batch {t.batch_size} x {ctx.world}, "
@@ -524,6 +540,8 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
                             meta=meta, train_state=state if kind == "last" else None)
         return path
 
+    if opts.max_steps is not None and global_step >= opts.max_steps:
+        stop_reason = "max_steps"
     with StopFlag() as stop:
         while epoch < t.epochs and stop_reason is None:
             train_sampler.epoch, train_sampler.skip = epoch, step_in_epoch * t.batch_size
@@ -639,13 +657,17 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
         raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step_in_epoch}: saved "
                           f"{out / 'last.pt'}; resume with: inceptionctl train --resume {out}",
                           code)
-    last = history[-1] if history else {"val_top1": float("nan"), "val_top5": float("nan")}
-    result = TrainResult(run=str(out), epochs=epoch, best_top1=best_top1, best_epoch=best_epoch,
+    last = history[-1] if history else {"val_top1": None, "val_top5": None}
+    result = TrainResult(run=str(out), epochs=epoch,
+                         best_top1=best_top1 if history else None,
+                         best_epoch=best_epoch if history else None,
                          last_top1=last["val_top1"], last_top5=last["val_top5"], seconds=seconds,
                          steps=global_step, skipped_nonfinite=skipped_nonfinite,
                          skipped_images=skipped_images, history=history)
     if ctx.is_main:
         state = "stopped at --max-steps" if stop_reason == "max_steps" else "done"
-        log(f"{state}: {epoch} epoch(s), {global_step} steps in {seconds:.1f}s; best val top-1 "
-            f"{best_top1:.2f}% (epoch {best_epoch}); run folder {out}")
+        best = (f"best val top-1 {best_top1:.2f}% (epoch {best_epoch})" if history
+                else "no validation yet (stopped inside the first epoch)")
+        log(f"{state}: {epoch} epoch(s), {global_step} steps in {seconds:.1f}s; {best}; "
+            f"run folder {out}")
     return result

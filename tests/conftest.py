@@ -21,7 +21,7 @@ def cli():
     runner = CliRunner()
 
     def run(*args: str):
-        return runner.invoke(app, [str(a) for a in args])
+        return runner.invoke(app, [str(a) for a in args], prog_name="inceptionctl")
 
     return run
 

@@ -1,0 +1,119 @@
+"""User mistakes found by trying the CLI as a user: each is one `error:` line, never a traceback."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from inceptionctl import load_recipe
+from inceptionctl.train import TrainOptions, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from .conftest import TINY_TRAIN
+
+    root = tmp_path_factory.mktemp("errs")
+    (root / "tiny.yaml").write_text(TINY_TRAIN.lstrip("\n"))
+    train(TrainOptions(recipe=load_recipe(root / "tiny.yaml", ["train.epochs=1"]), data="digits",
+                       out=root / "run", precision="fp32", workers=0, log=lambda m: None,
+                       progress=False))
+    return root / "run"
+
+
+def _one_error_line(result, text):
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("args,text", [
+    (["eval", "x", "--bogus"], "No such option: --bogus (see 'inceptionctl eval --help')"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+    (["eval"], "Missing argument"),
+    (["train", "--nproc", "0"], "--nproc: expected at least 1, got 0"),
+    (["train", "--workers", "-1", "--data", "synthetic"], "--workers: expected 0 or more"),
+    (["recipes", "show", "googlenet-small", "--set", "train.hflip=1.5"],
+     "train.hflip: expected a probability in [0, 1], got 1.5"),
+    (["profile", "--recipe", "googlenet-small", "--time", "--batch", ""], "--batch : expected"),
+    (["profile", "--recipe", "googlenet-small", "--time", "--seconds", "0"], "--seconds"),
+    (["profile", "--recipe", "googlenet-small", "--time", "--backend", "onnxrt"],
+     "unknown backend 'onnxrt' (did you mean 'onnxruntime'?)"),
+    (["profile", "--recipe", "model.onnx"], "profile counts a recipe or a checkpoint"),
+])
+def test_one_line_errors(cli, args, text):
+    _one_error_line(cli(*args), text)
+
+
+def test_output_paths(cli, run, tmp_path):
+    folder = tmp_path / "adir.png"
+    folder.mkdir()
+    _one_error_line(cli("eval", run, "--limit", "5", "--workers", "0", "--plot", folder),
+                    "is a folder; give a file name")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    _one_error_line(cli("train", "--data", "synthetic", "--out", plain), "is a file; give a folder")
+    assert plain.read_text() == "x"
+    _one_error_line(cli("export", run, "--opset", "3", "--out", tmp_path / "x.onnx"),
+                    "--opset 3: expected an opset from 9 to 20")
+    png = tmp_path / "cm.png"
+    assert cli("eval", run, "--limit", "5", "--workers", "0", "--plot", png).exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o666 & ~mask
+
+
+def test_val_split_range(cli, tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / "tree" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "tree" / c / "x.png")
+    _one_error_line(cli("train", "--data", tmp_path / "tree", "--val-split", "-0.1"),
+                    "--val-split: expected a fraction in (0, 1), got -0.1")
+
+
+def test_resume_keeps_its_run(cli, run, tmp_path):
+    _one_error_line(cli("train", "--resume", run, "--set", "train.lr=0.1"),
+                    "only train.epochs can change (not train.lr=0.1)")
+    _one_error_line(cli("train", "--resume", run, "--data", "synthetic"),
+                    "the run trains on 'digits', not 'synthetic'")
+    _one_error_line(cli("train", "--resume", run, "--out", tmp_path / "elsewhere"),
+                    "continues in its own folder")
+    before = (run / "recipe.yaml").read_text()
+    done = cli("train", "--resume", run, "--workers", "0", "--max-steps", "1", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["steps"] == 44  # already past --max-steps: no extra step
+    assert (run / "recipe.yaml").read_text() == before
+
+
+def test_train_json_before_any_validation(cli, tmp_path):
+    out = cli("train", "--data", "synthetic", "--max-steps", "1", "--workers", "0",
+              "--set", "model.num_classes=10", "--out", tmp_path / "r", "--json")
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)  # strict JSON: no NaN
+    assert data["best_top1"] is None and data["last_top1"] is None
+    assert "no validation yet" in out.stderr
+
+
+def test_ensemble_of_different_batch_ranges(cli, run, tmp_path):
+    onnx = tmp_path / "m.onnx"
+    assert cli("export", run, "--out", onnx, "--batch", "1:8:16").exit_code == 0
+    out = cli("eval", run, onnx, "--limit", "30", "--crops", "10", "--workers", "0", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert json.loads(out.stdout)["images"] == 30
+
+
+def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
+    for c in ("3", "7"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(tmp_path / "d" / c / "ok.png")
+    (tmp_path / "d" / "3" / "bad.png").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "inceptionctl", "eval", str(run), "--data",
+                             str(tmp_path / "d"), "--strict-data", "--workers", "1"],
+                            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "bad.png: cannot read image" in lines[0]
