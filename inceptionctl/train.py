@@ -369,9 +369,11 @@ def validate(model: nn.Module, data: torch.utils.data.DataLoader, device: torch.
 def _check_classes(recipe: Recipe, classes: list[str], data: str) -> Recipe:
     """The data's classes must be the model's; folder data names them in the recipe."""
     if len(classes) != recipe.model.num_classes:
+        also = " --set data.classes=null" if recipe.data.classes is not None else ""
         raise InceptionError(f"{data}: {len(classes)} classes, but the recipe's model has "
                              f"{recipe.model.num_classes} (use --set model.num_classes="
-                             f"{len(classes)}, with --reset-head when starting from --weights)")
+                             f"{len(classes)}{also}, with --reset-head when starting from "
+                             f"--weights)")
     if recipe.data.classes is None:
         return recipe_from_data({**recipe.to_dict(), "data": {**recipe.to_dict()["data"],
                                                              "classes": list(classes)}},
@@ -452,7 +454,9 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
 
     model: GoogLeNet = build_model(recipe)
     if opts.weights is not None and ckpt is None:
-        report = load_weights(model, opts.weights, reset_head=opts.reset_head)
+        from .backend import resolve_artifact
+
+        report = load_weights(model, resolve_artifact(opts.weights), reset_head=opts.reset_head)
         log(f"weights: {report.loaded} tensors from {opts.weights}")
         for note in report.notes():
             log(f"weights: {note}")
