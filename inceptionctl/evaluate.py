@@ -254,11 +254,7 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
     counts = list(dict.fromkeys(opts.crops))
     per_image = sum(counts)
     batch = opts.batch_size or int(info.recipe.get("eval", {}).get("batch_size", 64))
-    for s in sessions:  # a batch every member of the ensemble accepts
-        if s.info.batch_range is not None:
-            lo, hi = s.info.batch_range
-            if lo > batch or hi < batch:
-                batch = max(lo, min(batch, hi))
+    # a batch every member of the ensemble accepts
     lows = [s.info.batch_range[0] for s in sessions if s.info.batch_range]
     highs = [s.info.batch_range[1] for s in sessions if s.info.batch_range]
     if lows and max(lows) > min(highs):
