@@ -19,7 +19,7 @@ from inceptionctl.backend import open_artifact
 from inceptionctl.checkpoint import save_checkpoint
 from inceptionctl.evaluate import EvalOptions, evaluate
 
-from common import Goal, median, realistic_, timed
+from common import Goal, realistic_, seconds_per_call
 
 
 def measure(recipe_name: str = "googlenet-bn", images: int = 6, batch: int = 48,
@@ -40,7 +40,7 @@ def measure(recipe_name: str = "googlenet-bn", images: int = 6, batch: int = 48,
         size = recipe.eval.size
         with open_artifact(ckpt) as session:
             x = torch.randn(batch, 3, size, size)
-            sec = median(timed(lambda: session.run(x), 1, iters))
+            sec = seconds_per_call(lambda: session.run(x), 1, iters)
         raw = batch / sec
         report = evaluate(EvalOptions([str(ckpt)], data=str(root / "data"), crops=[144],
                                       batch_size=batch, workers=workers, log=lambda m: None))

@@ -20,11 +20,12 @@ from inceptionctl.backend import get_backend, open_artifact
 from inceptionctl.checkpoint import save_checkpoint
 from inceptionctl.speed import matmul_peak
 
-from common import Goal, median, realistic_, timed
+from common import Goal, realistic_, seconds_per_call
 
 
-def _ips(fn, batch: int, warmup: int, iters: int, sync=lambda: None) -> float:
-    return batch / median(timed(fn, warmup, iters, sync))
+def _ips(fn, batch: int, warmup: int, iters: int, device: torch.device = torch.device("cpu")
+         ) -> float:
+    return batch / seconds_per_call(fn, warmup, iters, device)
 
 
 def measure(batch: int = 8, warmup: int = 2, iters: int = 8, recipe_name: str = "googlenet-bn",
@@ -104,7 +105,7 @@ def measure_gpu(batch: int = 32, warmup: int = 5, iters: int = 20) -> list[Goal]
     model = realistic_(build_model(recipe)).to(dev).eval()
     x = torch.randn(batch, 3, 224, 224, device=dev)
     with torch.inference_mode():
-        eager = _ips(lambda: model(x), batch, warmup, iters, torch.cuda.synchronize)
+        eager = _ips(lambda: model(x), batch, warmup, iters, dev)
     trt = get_backend("tensorrt").availability()
     if not trt.available:
         return [Goal("GPU TensorRT fp16 vs torch eager fp32 (b32)", None, 5.0,
@@ -118,6 +119,6 @@ def measure_gpu(batch: int = 32, warmup: int = 5, iters: int = 20) -> list[Goal]
                         log=lambda m: None)
         xc = x.cpu()
         with open_artifact(engine, device="cuda") as s:
-            fp16 = _ips(lambda: s.run(xc), batch, warmup, iters)
+            fp16 = _ips(lambda: s.run(xc), batch, warmup, iters, dev)
     return [Goal("GPU TensorRT fp16 vs torch eager fp32 (b32)", fp16 / eager, 5.0,
                  details={"trt fp16 img/s": fp16, "torch fp32 img/s": eager})]

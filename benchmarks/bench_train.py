@@ -16,7 +16,9 @@ from inceptionctl import build_model, load_recipe
 from inceptionctl.model import TrainStep
 from inceptionctl.train import autocast, resolve_precision
 
-from common import Goal, median, peak_rss_mib, realistic_, reset_peak_rss, timed
+from inceptionctl.speed import peak_memory_mib, reset_peak_memory
+
+from common import Goal, realistic_, seconds_per_call
 
 
 def _naive_step(device: torch.device, batch: int):
@@ -64,19 +66,14 @@ def _our_step(device: torch.device, batch: int, precision: str):
 def measure(device: torch.device, batch: int = 16, warmup: int = 2, iters: int = 6,
             precision: str = "auto") -> Goal:
     precision = resolve_precision(precision, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = {}
     for name, make in (("naive fp32 NCHW", lambda: _naive_step(device, batch)),
                        (f"ours {precision} channels_last", lambda: _our_step(device, batch, precision))):
         torch.manual_seed(0)
-        reset_peak_rss()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory(device)
         step = make()
-        sec = median(timed(step, warmup, iters, sync))
-        mem = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-               else peak_rss_mib())
-        rows[name] = (batch / sec, mem)
+        sec = seconds_per_call(step, warmup, iters, device)
+        rows[name] = (batch / sec, peak_memory_mib(device))
         del step
     (base_ips, base_mem), (ours_ips, ours_mem) = rows.values()
     label = "P3 train img/s vs naive" + (" (cuda)" if device.type == "cuda" else "")

@@ -4,56 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark for this process (Linux), so the next peak is a phase's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
+from inceptionctl.speed import machine_info, percentile, time_calls
 
 
-def peak_rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def timed(step: Callable[[], Any], warmup: int, iters: int, sync: Callable[[], None] = lambda: None
-          ) -> list[float]:
-    """Seconds per call of ``step`` over ``iters`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+def seconds_per_call(step: Callable[[], Any], warmup: int, iters: int,
+                     device: torch.device = torch.device("cpu")) -> float:
+    """Median seconds of ``step`` (synchronised on CUDA), with inceptionctl's own timer."""
+    return percentile(time_calls(step, device, warmup, iters, None), 50)
 
 
 @dataclass
@@ -68,21 +31,6 @@ class Goal:
     @property
     def ok(self) -> bool | None:
         return None if self.measured is None else self.measured >= self.target
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version()}
 
 
 def report(goals: list[Goal], out: Path) -> int:
@@ -100,7 +48,8 @@ def report(goals: list[Goal], out: Path) -> int:
         table.add_row(g.name, measured, f">= {g.target:g}{g.unit}", ok,
                       (details + (f"; {g.note}" if g.note else "")))
     Console(width=200).print(table)
-    data = {"machine": machine(), "goals": [dict(asdict(g), ok=g.ok) for g in goals]}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = {"machine": machine_info(device, {}), "goals": [dict(asdict(g), ok=g.ok) for g in goals]}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, out)

@@ -19,7 +19,6 @@ whichever worker, world size or resume point produces it.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
 import warnings
@@ -515,6 +514,3 @@ def default_workers() -> int:
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus - 1))
 
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

@@ -29,15 +29,19 @@ class Context:
     def active(self) -> bool:
         return self.world > 1
 
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a small CPU tensor over ranks (returned on CPU)."""
+    def _all_reduce(self, t: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+        """Reduce a small CPU tensor over ranks, on the device the backend needs; back on CPU."""
         if not self.active:
             return t
         dev = torch.device("cuda", torch.cuda.current_device()) \
             if dist.get_backend() == "nccl" else torch.device("cpu")
         buf = t.to(dev).clone()
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        dist.all_reduce(buf, op=op)
         return buf.cpu()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a small CPU tensor over ranks (returned on CPU)."""
+        return self._all_reduce(t, dist.ReduceOp.SUM)
 
     def all_true(self, flag: bool) -> bool:
         """True only if every rank says True (so all ranks take the same branch)."""
@@ -49,11 +53,7 @@ class Context:
         """The largest value any rank holds (e.g. a signal number, 0 for none)."""
         if not self.active:
             return value
-        buf = torch.tensor([float(value)])
-        if dist.get_backend() == "nccl":
-            buf = buf.cuda()
-        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-        return int(buf.item())
+        return int(self._all_reduce(torch.tensor([float(value)]), dist.ReduceOp.MAX).item())
 
     def gather_objects(self, obj: object) -> list:
         """Every rank's ``obj`` on rank 0, in rank order (an empty list elsewhere)."""

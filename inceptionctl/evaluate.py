@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import __version__
 from . import distributed as dist_utils
 from .backend import Session, open_artifact
 from .crops import normalize, take_crops
@@ -352,7 +353,7 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
             per_class.append({"class": name, "images": count,
                               "top1": 100.0 * int(confusion[c, c]) / count})
     av = sessions[0]
-    versions = {"inceptionctl": _version(), "torch": torch.__version__}
+    versions = {"inceptionctl": __version__, "torch": torch.__version__}
     versions.update(av.info.extra.get("versions", {}))
     return EvalReport(
         artifacts=[s.info.path for s in sessions], backend=_backend_name(av), versions=versions,
@@ -361,12 +362,6 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
         seconds=seconds, images_per_s=n / max(seconds, 1e-9),
         crops_per_s=total_crops / max(seconds, 1e-9),
         skipped_paths=[f"{p} ({r})" for p, r in all_bad])
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _backend_name(session: Session) -> str:

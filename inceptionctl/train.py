@@ -13,7 +13,6 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -29,7 +28,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from . import distributed as dist_utils
-from .checkpoint import class_names, load_weights, read_checkpoint, checkpoint_recipe, \
+from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
     save_checkpoint
 from .data import (KeyedSampler, Transformed, default_workers, eval_transform, loader,
                    open_data, steps_per_epoch, train_transform)
@@ -304,7 +303,7 @@ class Progress:
                             console=Console(stderr=True), transient=False)
             self._bar.start()
             self._task = self._bar.add_task("train", total=total, completed=done, info="")
-        self._last_line = time.monotonic()
+        self._started = self._last_line = time.monotonic()
 
     def update(self, step: int, loss: float, lr: float, ips: float) -> None:
         if not self.enabled:
@@ -313,16 +312,10 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, info=info)
         elif step == self.total or time.monotonic() - self._last_line >= 10.0 or step == 1:
-            left = (self.total - step) * (self._elapsed_per_step(step))
+            left = (self.total - step) * (time.monotonic() - self._started) / max(1, step)
             self.log(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.total}  {info}"
                      f"  eta {left:.0f}s")
             self._last_line = time.monotonic()
-
-    def _elapsed_per_step(self, step: int) -> float:
-        return (time.monotonic() - self._started) / max(1, step) if hasattr(self, "_started") else 0
-
-    def begin_timing(self) -> None:
-        self._started = time.monotonic()
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -551,7 +544,6 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
             train_sampler.epoch, train_sampler.skip = epoch, step_in_epoch * t.batch_size
             model.train()
             progress.start(epoch, t.epochs, per_epoch, step_in_epoch)
-            progress.begin_timing()
             epoch_start, seen, loss_sum, loss_n = time.monotonic(), 0, 0.0, 0
             epoch_bad: list[tuple[str, str]] = []
             for batch in train_loader:

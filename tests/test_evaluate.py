@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inceptionctl import InceptionError, load_recipe
+from inceptionctl import load_recipe
 from inceptionctl import evaluate as ev
 from inceptionctl.backend import ArtifactInfo, Session
 from inceptionctl.evaluate import EvalOptions, evaluate, stream_batches
