@@ -16,7 +16,6 @@ explicitly, e.g. ONNX Runtime's TensorRT provider where the installed package of
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,8 +25,9 @@ from typing import Any
 import torch
 
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
-from inceptionctl.errors import InceptionError
+from inceptionctl.errors import InceptionError, one_line
 from inceptionctl.files import atomic_path
+from inceptionctl.runtime import parse_device
 
 PACKAGE = "onnxruntime"
 INSTALL = "pip install onnxruntime (or onnxruntime-gpu)"
@@ -63,25 +63,15 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    # ORT prefixes its messages with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ..."
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    return text[:limit]
-
-
 def _resolve_providers(ort: Any, device: str, providers: Sequence[str] | None
                        ) -> tuple[list[Any], str]:
     """The provider list for ``InferenceSession`` and the device it means; a clear error if
     the installed onnxruntime cannot honour the request."""
     available = list(ort.get_available_providers())
-    text = (device or "cpu").strip().lower()
-    if text in ("", "auto"):
-        text = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", text)
-    if not m:
-        raise InceptionError(f"--device {device}: expected cpu, cuda or cuda:N")
-    kind, index = m.group(1), int(m.group(2) or 0)
+    kind, index = parse_device(device or "cpu")
+    if kind == "auto":
+        kind = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    index = index or 0
     if providers:
         wanted = [PROVIDERS.get(p.lower(), p) for p in providers]
     elif kind == "cuda":
@@ -111,7 +101,7 @@ def read_props(path: Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise InceptionError(f"{path}: not a readable ONNX model ({_one_line(exc)})") from None
+        raise InceptionError(f"{path}: not a readable ONNX model ({one_line(exc, 200)})") from None
     return {p.key: p.value for p in model.metadata_props}
 
 
@@ -139,7 +129,7 @@ class OnnxRuntimeSession(Session):
         try:
             self.sess = ort.InferenceSession(str(path), so, providers=chosen)
         except Exception as exc:
-            raise InceptionError(f"{path}: ONNX Runtime cannot load it: {_one_line(exc)}") from None
+            raise InceptionError(f"{path}: ONNX Runtime cannot load it: {one_line(exc, 200)}") from None
         inputs, outputs = self.sess.get_inputs(), self.sess.get_outputs()
         if len(inputs) != 1 or not outputs:
             raise InceptionError(f"{path}: expected one input and an output, the model has "
@@ -176,7 +166,7 @@ class OnnxRuntimeSession(Session):
             (out,) = self.sess.run([self.output_name], {self.input_name: x})
         except Exception as exc:
             raise InceptionError(f"{self.info.path}: ONNX Runtime failed on a batch of "
-                                 f"{list(batch.shape)}: {_one_line(exc)}") from None
+                                 f"{list(batch.shape)}: {one_line(exc, 200)}") from None
         return torch.from_numpy(out).float()
 
     def close(self) -> None:
@@ -226,10 +216,10 @@ class OnnxRuntimeBackend(Backend):
         except ModuleNotFoundError as exc:
             if exc.name in (None, PACKAGE) or str(exc.name).startswith(PACKAGE + "."):
                 return Availability(False, f"onnxruntime not installed: {INSTALL}")
-            return Availability(False, f"onnxruntime cannot be imported: {_one_line(exc)}")
+            return Availability(False, f"onnxruntime cannot be imported: {one_line(exc, 200)}")
         except Exception as exc:  # a broken install (missing shared library, ...)
             return Availability(False, f"onnxruntime cannot be imported: "
-                                       f"{type(exc).__name__}: {_one_line(exc)}")
+                                       f"{type(exc).__name__}: {one_line(exc, 200)}")
         devices = ["cpu"]
         if "CUDAExecutionProvider" in ort.get_available_providers():
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -306,7 +296,7 @@ class OnnxRuntimeBackend(Backend):
                 raise
             except Exception as exc:
                 raise InceptionError(f"{fp32_path}: INT8 quantization failed: "
-                                     f"{_one_line(exc)}") from None
+                                     f"{one_line(exc, 200)}") from None
             model = onnx.load(str(raw))
         settings = {"flavour": flavour, "calibration_method": method,
                     "calibration_samples": samples, "format": "QDQ", **spec}

@@ -42,6 +42,7 @@ import torch
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, BackendUnavailable, Session
 from inceptionctl.errors import InceptionError
 from inceptionctl.files import atomic_path, write_text_atomic
+from inceptionctl.runtime import cuda_index
 
 PACKAGE = "tensorrt"
 INSTALL = "pip install 'inceptionctl[tensorrt]'"
@@ -413,17 +414,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cuda_index(device: str | None) -> int:
-    """``cuda``/``cuda:N`` -> N; the generic default ``cpu`` (or ``auto``) means the first GPU."""
-    text = (device or "").strip().lower()
-    if text in ("", "auto", "cpu", "cuda"):
-        return 0
-    m = re.fullmatch(r"cuda:(\d+)", text)
-    if not m:
-        raise InceptionError(f"--device {device}: TensorRT runs on CUDA devices: cuda or cuda:N")
-    return int(m.group(1))
-
-
 # ------------------------------------------------------------------------ tensorrt plumbing
 
 def _import_trt() -> Any:
@@ -510,7 +500,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
         calib_batches = [calib_batches]
     av = TensorRTBackend().require()
     _check_writable(out)
-    index = _cuda_index(device)
+    index = cuda_index(device, "TensorRT")
     if index >= torch.cuda.device_count():
         raise InceptionError(f"--device {device}: no such CUDA device (have "
                              f"{', '.join(av.devices)})")
@@ -702,7 +692,7 @@ class TensorRTSession(Session):
 
     def __init__(self, path: Path, device: str = "cuda:0", **_: Any):
         path = Path(path)
-        index = _cuda_index(device)
+        index = cuda_index(device, "TensorRT")
         side = read_sidecar(path)
         trt = _import_trt()
         check_trt_version(side["tensorrt_version"], str(trt.__version__), str(path))

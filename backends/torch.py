@@ -10,17 +10,13 @@ import torch
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
 from inceptionctl.checkpoint import class_names, load_model, preprocessing
 from inceptionctl.errors import InceptionError
+from inceptionctl.runtime import resolve_device
 
 
 class TorchSession(Session):
     def __init__(self, path: Path, device: str, recipe: Any = None, precision: str = "fp32",
                  compile: bool = False, channels_last: bool = True, **_: Any):
-        try:
-            self.device_obj = torch.device(device)
-        except RuntimeError:
-            raise InceptionError(f"--device {device}: expected cpu, cuda or cuda:N") from None
-        if self.device_obj.type == "cuda" and not torch.cuda.is_available():
-            raise InceptionError(f"--device {device}: no CUDA device is available here")
+        self.device_obj = resolve_device(device)
         if precision not in ("fp32", "bf16", "fp16"):
             raise InceptionError(f"torch backend: precision {precision} (expected fp32, bf16 "
                                  f"or fp16)")

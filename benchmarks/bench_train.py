@@ -14,7 +14,7 @@ from torch import nn
 
 from inceptionctl import build_model, load_recipe
 from inceptionctl.model import TrainStep
-from inceptionctl.train import autocast, resolve_precision
+from inceptionctl.runtime import autocast, resolve_precision
 
 from inceptionctl.speed import peak_memory_mib, reset_peak_memory
 

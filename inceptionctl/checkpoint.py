@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InceptionError
+from .errors import InceptionError, one_line
 from .files import atomic_path
 from .recipe import Recipe, recipe_from_data
 
@@ -83,9 +83,8 @@ def read_weights_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to parse the file is the file's fault, not ours
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InceptionError(f"{path}: cannot be read as weights (only plain tensors are "
-                             f"loaded, never code): {first[:160]}") from None
+                             f"loaded, never code): {one_line(exc, 160)}") from None
 
 
 def is_checkpoint(obj: Any) -> bool:

@@ -17,17 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import InceptionError
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message of ``exc`` as one line (a DataLoader worker wraps it in a traceback)."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else type(exc).__name__
-    last = lines[-1]
-    head, sep, rest = last.partition(": ")
-    return rest if sep and "." in head and " " not in head else last
+from .errors import InceptionError, one_line
 
 
 class _Group(typer.core.TyperGroup):
@@ -37,7 +27,7 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except InceptionError as exc:
-            print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             raise typer.Exit(exc.exit_code) from None
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import InceptionError
+from .errors import InceptionError, one_line
 from .recipe import Recipe
 
 
@@ -91,8 +90,7 @@ def _decode_with_pil(path: str | os.PathLike, first: Exception) -> Tensor:
 
 def _short_reason(exc: Exception) -> str:
     """torchvision's decoder errors without their C++ source location, first sentence only."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot decode"
-    text = re.sub(r"^\w+, \S+:\d+, ", "", text)
+    text = one_line(exc, default="cannot decode")
     return text.split(". ")[0].rstrip(".")
 
 
@@ -232,8 +230,7 @@ class FileSource(ImageSource):
         try:
             return Sample(decode_rgb(path), label, path)
         except Exception as exc:  # corrupt, truncated, zero-byte, not an image
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return Sample(None, label, path, reason[:120])
+            return Sample(None, label, path, one_line(exc, 120))
 
     def labels(self) -> list[int]:
         return [label for _, label in self.items]

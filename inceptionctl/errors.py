@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class InceptionError(Exception):
     """A problem the user can fix (bad input, missing file, unavailable backend): exit code 2."""
@@ -13,3 +15,24 @@ class CheckFailed(InceptionError):
     """A check ran and failed (parity, accuracy target): exit code 1."""
 
     exit_code = 1
+
+
+def one_line(exc: BaseException, limit: int | None = None, default: str | None = None) -> str:
+    """The message of ``exc`` as one line, for an ``error:`` line or a reason column.
+
+    A DataLoader worker wraps the real error in a traceback: its last line (without the
+    ``module.Error:`` prefix) is the message. ONNX Runtime's ``[ONNXRuntimeError] : 2 : X :``
+    prefix and torchvision's C++ source locations are dropped. An empty message gives
+    ``default`` (else the exception's type name).
+    """
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        text = default or type(exc).__name__
+    elif any("Traceback (most recent call last)" in ln for ln in lines):
+        head, sep, rest = lines[-1].partition(": ")
+        text = rest if sep and "." in head and " " not in head else lines[-1]
+    else:
+        text = lines[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^\w+, \S+:\d+, ", "", text)
+    return text[:limit] if limit else text

@@ -26,7 +26,7 @@ from .crops import normalize, take_crops
 from .data import (IMG_EXTENSIONS, Collate, DataError, FileSource, ImageSource, KeyedSampler,
                    _class_folders, _ground_truth, decode_rgb, default_workers, digits,
                    image_folder)
-from .errors import InceptionError
+from .errors import InceptionError, one_line
 from .recipe import Recipe
 
 
@@ -415,7 +415,7 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
             try:
                 image = decode_rgb(path)
             except Exception as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+                reason = one_line(exc, default="unreadable")
                 if strict:
                     raise DataError(f"{path}: cannot read image ({reason})") from None
                 bad.append((str(path), reason))

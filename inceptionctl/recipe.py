@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import InceptionError
+from .errors import InceptionError, one_line
 
 Path_ = tuple[Union[str, int], ...]
 
@@ -264,7 +264,7 @@ class _Context:
 def _yaml_error(source: str, exc: yaml.YAMLError) -> RecipeError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f"{source}:{mark.line + 1}" if mark is not None else source
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem = getattr(exc, "problem", None) or one_line(exc)
     return RecipeError(f"{where}: invalid YAML: {problem}")
 
 

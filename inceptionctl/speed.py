@@ -43,6 +43,7 @@ import torch
 
 from .errors import InceptionError
 from .recipe import Recipe
+from .runtime import autocast, resolve_device
 
 SCHEMA = "inceptionctl.speed/1"
 
@@ -227,9 +228,7 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
     recipe = opts.recipe
     size = recipe.data.input_size
     macs = count_cost(recipe).macs
-    device = torch.device(opts.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InceptionError(f"--device {opts.device}: no CUDA device is available here")
+    device = resolve_device(opts.device)
     versions: dict[str, str] = {}
     rows: list[SpeedRow] = []
     peaks: dict[str, float] = {}
@@ -296,7 +295,6 @@ def _train_row(recipe: Recipe, precision: str, batch: int, device: torch.device,
                opts: SpeedOptions, macs: int, peak: Callable[[str], float]) -> SpeedRow:
     """One training step (forward + aux + backward + SGD) as ``inceptionctl train`` runs it."""
     from .model import TrainStep, build_model
-    from .train import autocast
 
     if device.type == "cpu" and precision == "fp16":
         return SpeedRow("torch", precision, batch, "train", False, "fp16 training needs CUDA")

@@ -36,6 +36,7 @@ from .errors import CheckFailed, InceptionError
 from .files import write_text_atomic
 from .model import GoogLeNet, TrainStep, build_model
 from .recipe import Recipe, recipe_from_data  # noqa: F401
+from .runtime import autocast, resolve_device, resolve_precision
 
 
 class Interrupted(InceptionError):
@@ -136,53 +137,6 @@ def ema_update(decay: float) -> Callable[..., None]:
 
 
 # ------------------------------------------------------------------------------- precision
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InceptionError(f"--device {name}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InceptionError(f"--device {name}: no CUDA device is available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InceptionError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
-                                 f"device(s)")
-    elif device.type != "cpu":
-        raise InceptionError(f"--device {name}: expected cpu, cuda or cuda:N")
-    return device
-
-
-def cpu_bf16_supported() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """fp32, bf16 or fp16 autocast; ``auto`` picks bf16 where the hardware has it."""
-    if name not in ("auto", "fp32", "bf16", "fp16"):
-        raise InceptionError(f"--precision {name}: expected auto, fp32, bf16 or fp16")
-    if device.type == "cpu":
-        if name == "fp16":
-            raise InceptionError("--precision fp16: needs a CUDA device; on CPU use bf16 or fp32")
-        if name == "auto":
-            return "bf16" if cpu_bf16_supported() else "fp32"
-        return name
-    if name == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return name
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
 
 # ------------------------------------------------------------------------------- RNG states
 

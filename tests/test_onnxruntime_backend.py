@@ -125,7 +125,7 @@ def test_devices_and_threads(backend, tiny_onnx):
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(InceptionError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
             backend.open(tiny_onnx, device="cuda")
-    with pytest.raises(InceptionError, match="--device tpu: expected cpu, cuda or cuda:N"):
+    with pytest.raises(InceptionError, match="--device tpu: expected auto, cpu, cuda or cuda:N"):
         backend.open(tiny_onnx, device="tpu")
     with pytest.raises(InceptionError, match="--threads"):
         backend.open(tiny_onnx, threads=-1)

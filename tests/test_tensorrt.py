@@ -13,6 +13,8 @@ import onnx
 import pytest
 import torch
 
+from inceptionctl.runtime import cuda_index
+
 import inceptionctl.backends.tensorrt as trtb
 from inceptionctl.backend import BackendUnavailable, backend_for, get_backend, open_artifact
 from inceptionctl.errors import InceptionError
@@ -276,10 +278,10 @@ def test_open_without_sidecar_names_it(tmp_path, fake_tensorrt):
 
 def test_devices():
     # A TensorRT engine only runs on CUDA: the generic default device 'cpu' means the first GPU.
-    assert [trtb._cuda_index(d) for d in ("cpu", "auto", "cuda", "cuda:0", "cuda:3", None)] == \
+    assert [cuda_index(d, "TensorRT") for d in ("cpu", "auto", "cuda", "cuda:0", "cuda:3", None)] == \
         [0, 0, 0, 0, 3, 0]
     with pytest.raises(InceptionError, match="--device mps: TensorRT runs on CUDA"):
-        trtb._cuda_index("mps")
+        cuda_index("mps", "TensorRT")
 
 
 # ------------------------------------------------------------------------- build planning
