@@ -18,7 +18,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .recipe import InceptionWidths, ModelSpec, PoolSpec, Recipe, stage_pool_name, trace_shapes
+from .geometry import apply_pool, stage_pool_name, trace_shapes
+from .recipe import InceptionWidths, ModelSpec, PoolSpec, Recipe
 
 
 def make_pool(spec: PoolSpec, ceil_mode: bool) -> nn.Module:
@@ -106,8 +107,7 @@ class AuxHead(nn.Module):
         aux = spec.aux
         self.after = after
         self.pool = make_pool(aux.pool, ceil_mode=False)
-        pooled = aux.pool.output_size if aux.pool.output_size is not None else \
-            (map_size + 2 * aux.pool.padding - aux.pool.kernel) // (aux.pool.stride or aux.pool.kernel) + 1
+        pooled = apply_pool(aux.pool, map_size, ceil_mode=False)
         self.conv = ConvBlock(spec, cin, spec.width(aux.conv), 1)
         self.fc1 = nn.Linear(spec.width(aux.conv) * pooled * pooled, spec.width(aux.fc))
         self.relu = nn.ReLU(inplace=True)

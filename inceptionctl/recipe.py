@@ -21,6 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import InceptionError, one_line
+from .geometry import geometry_problem, smallest_input_size
 
 Path_ = tuple[Union[str, int], ...]
 
@@ -401,112 +402,6 @@ def to_data(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Geometry: the feature-map size after every layer (pure functions, shared with model/profile)
-# --------------------------------------------------------------------------------------------
-
-
-def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-    """Output side of a pooling window, with PyTorch's rule for ceil mode (0: it does not fit)."""
-    if size < 1 or size + 2 * padding < kernel:
-        return 0
-    span = size + 2 * padding - kernel
-    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1  # the last window must start inside the input or its left padding
-    return out
-
-
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output side of a convolution (0: the kernel does not fit)."""
-    if size < 1 or size + 2 * padding < kernel:
-        return 0
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def apply_pool(spec: PoolSpec, size: int, ceil_mode: bool) -> int:
-    if spec.output_size is not None:
-        return spec.output_size
-    assert spec.kernel is not None
-    stride = spec.stride or spec.kernel
-    return pool_out(size, spec.kernel, stride, spec.padding, ceil_mode and spec.type == "max")
-
-
-@dataclass(frozen=True)
-class FeatureMap:
-    """Shape after a named layer: channels x size x size."""
-
-    name: str
-    kind: str
-    channels: int
-    size: int
-
-
-def trace_shapes(model: ModelSpec, input_size: int) -> list[FeatureMap]:
-    """Feature-map shapes after each stem layer, Inception module, stage pool and the head pool."""
-    out: list[FeatureMap] = []
-    channels, size = model.in_channels, input_size
-    for layer in model.stem:
-        if layer.layer == "conv":
-            assert layer.out is not None
-            channels, size = model.width(layer.out), conv_out(size, layer.kernel, layer.stride,
-                                                              layer.padding)
-        else:
-            size = pool_out(size, layer.kernel, layer.stride, layer.padding,
-                            model.ceil_mode and layer.layer == "maxpool")
-        out.append(FeatureMap(layer.name, layer.layer, channels, size))
-    for stage_index, stage in enumerate(model.stages):
-        for name, widths in stage.modules.items():
-            channels = sum(model.width(w) for w in (widths.n1x1, widths.n3x3, widths.n5x5,
-                                                    widths.pool_proj))
-            out.append(FeatureMap(name, "inception", channels, size))
-        if stage.pool is not None:
-            size = apply_pool(stage.pool, size, model.ceil_mode)
-            out.append(FeatureMap(stage_pool_name(model, stage_index), f"{stage.pool.type}pool",
-                                  channels, size))
-    out.append(FeatureMap("head_pool", f"{model.head.pool.type}pool", channels,
-                          apply_pool(model.head.pool, size, False)))
-    return out
-
-
-def stage_pool_name(model: ModelSpec, stage_index: int) -> str:
-    """Name of the pool that ends a stage: after module 3b it is 'pool3', as in Table 1's order."""
-    last = list(model.stages[stage_index].modules)[-1]
-    digits = "".join(ch for ch in last if ch.isdigit()) or str(stage_index)
-    return f"pool{digits}"
-
-
-def smallest_input_size(model: ModelSpec, limit: int = 1024) -> int | None:
-    """The smallest square input for which every feature map stays at least 1x1."""
-    for size in range(1, limit + 1):
-        if _geometry_problem(model, size) is None:
-            return size
-    return None
-
-
-def _geometry_problem(model: ModelSpec, input_size: int) -> str | None:
-    shapes = trace_shapes(model, input_size)
-    for fm in shapes:
-        if fm.size < 1:
-            return f"the feature map vanishes at {fm.name}"
-    by_name = {fm.name: fm for fm in shapes}
-    pool = model.aux.pool
-    for name in model.aux.after:
-        fm = by_name.get(name)
-        if fm is not None and pool.output_size is None:
-            assert pool.kernel is not None
-            if pool.kernel > fm.size + 2 * pool.padding:
-                return f"the aux pool ({pool.kernel}x{pool.kernel}) is larger than the " \
-                       f"{fm.size}x{fm.size} map after {name}"
-    head = model.head.pool
-    if head.output_size is None and head.kernel is not None:
-        last = [fm for fm in shapes if fm.name != "head_pool"][-1]
-        if head.kernel > last.size + 2 * head.padding:
-            return f"the head pool ({head.kernel}x{head.kernel}) is larger than the " \
-                   f"{last.size}x{last.size} final map"
-    return None
-
-
-# --------------------------------------------------------------------------------------------
 # The rules of the architecture
 # --------------------------------------------------------------------------------------------
 
@@ -539,7 +434,15 @@ def _name_hint(name: str, names: list[str]) -> str:
 
 
 def _check_rules(recipe: Recipe, ctx: _Context) -> None:
-    m = recipe.model
+    """Check the rules of the architecture, section by section, in the order they are read."""
+    _check_model(recipe.model, ctx)
+    _check_data(recipe.data, recipe.model, ctx)
+    _check_train(recipe.train, ctx)
+    _check_eval(recipe.eval, ctx)
+    _check_export(recipe.export, ctx)
+
+
+def _check_model(m: ModelSpec, ctx: _Context) -> None:
     P: Path_ = ("model",)
     _positive(m.num_classes, P + ("num_classes",), ctx)
     _positive(m.in_channels, P + ("in_channels",), ctx)
@@ -548,6 +451,15 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
     if m.branch5x5_kernel not in (3, 5):
         raise ctx.error(P + ("5x5_kernel",), f"expected 5 (the paper) or 3 (torchvision), "
                                              f"got {m.branch5x5_kernel}")
+    stem_names = _check_stem(m, ctx)
+    module_names = _check_stages(m, stem_names, ctx)
+    _check_lrn(m, stem_names, ctx)
+    _check_heads(m, module_names, ctx)
+
+
+def _check_stem(m: ModelSpec, ctx: _Context) -> list[str]:
+    """Check the stem's layers; return their names, in order."""
+    P: Path_ = ("model",)
     if not m.stem:
         raise ctx.error(P + ("stem",), "expected at least one layer")
     stem_names: list[str] = []
@@ -566,6 +478,12 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
             _positive(layer.out, lp + ("out",), ctx)
         elif layer.out is not None:
             raise ctx.error(lp + ("out",), f"a {layer.layer} layer has no width")
+    return stem_names
+
+
+def _check_stages(m: ModelSpec, stem_names: list[str], ctx: _Context) -> list[str]:
+    """Check the stages' modules and pools; return the Inception modules' names, in order."""
+    P: Path_ = ("model",)
     if not m.stages:
         raise ctx.error(P + ("stages",), "expected at least one stage")
     module_names: list[str] = []
@@ -581,14 +499,23 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
                 _positive(getattr(widths, f.name), sp + ("modules", name, _field_key(f)), ctx)
         if stage.pool is not None:
             _check_pool(stage.pool, sp + ("pool",), ctx)
+    return module_names
+
+
+def _check_lrn(m: ModelSpec, stem_names: list[str], ctx: _Context) -> None:
+    P: Path_ = ("model", "lrn")
     if m.norm != "lrn" and m.lrn.after:
-        raise ctx.error(P + ("lrn", "after"), f"LRN layers need model.norm: lrn "
-                                              f"(it is '{m.norm}')")
-    _positive(m.lrn.size, P + ("lrn", "size"), ctx)
+        raise ctx.error(P + ("after",), f"LRN layers need model.norm: lrn (it is '{m.norm}')")
+    _positive(m.lrn.size, P + ("size",), ctx)
     for i, name in enumerate(m.lrn.after):
         if name not in stem_names:
-            raise ctx.error(P + ("lrn", "after", i), f"no stem layer named '{name}'"
-                                                     + _name_hint(name, stem_names))
+            raise ctx.error(P + ("after", i), f"no stem layer named '{name}'"
+                                              + _name_hint(name, stem_names))
+
+
+def _check_heads(m: ModelSpec, module_names: list[str], ctx: _Context) -> None:
+    """Check the auxiliary classifiers and the main head."""
+    P: Path_ = ("model",)
     aux = m.aux
     for i, name in enumerate(aux.after):
         if name not in module_names:
@@ -606,7 +533,9 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
         if not 0.0 <= p < 1.0:
             raise ctx.error(path, f"expected a probability in [0, 1), got {p}")
 
-    d = recipe.data
+
+def _check_data(d: DataSpec, m: ModelSpec, ctx: _Context) -> None:
+    """Check the data section against the model it feeds (channels, classes, smallest input)."""
     D: Path_ = ("data",)
     _positive(d.input_size, D + ("input_size",), ctx)
     _positive(d.resize, D + ("resize",), ctx)
@@ -623,14 +552,15 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
                                               f"to match, or to null for '0'..'N-1'")
         if len(set(d.classes)) != len(d.classes):
             raise ctx.error(D + ("classes",), "class names must be unique")
-    problem = _geometry_problem(m, d.input_size)
+    problem = geometry_problem(m, d.input_size)
     if problem is not None:
         smallest = smallest_input_size(m)
         hint = f"; the smallest valid input is {smallest}" if smallest else ""
         raise ctx.error(D + ("input_size",), f"{d.input_size} is too small for this model: "
                                              f"{problem}{hint}")
 
-    t = recipe.train
+
+def _check_train(t: TrainSpec, ctx: _Context) -> None:
     T: Path_ = ("train",)
     for key in ("epochs", "batch_size", "step_epochs"):
         _positive(getattr(t, key), T + (key,), ctx)
@@ -649,7 +579,8 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise ctx.error(T + (key,), f"expected [low, high] with 0 < low <= high, got {list(pair)}")
 
-    e = recipe.eval
+
+def _check_eval(e: EvalSpec, ctx: _Context) -> None:
     E: Path_ = ("eval",)
     _positive(e.size, E + ("size",), ctx)
     _positive(e.batch_size, E + ("batch_size",), ctx)
@@ -660,7 +591,10 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
     for i, scale in enumerate(e.scales):
         if scale < e.size:
             raise ctx.error(E + ("scales", i), f"a scale ({scale}) must be >= eval.size ({e.size})")
-    parse_batch_range(recipe.export.batch, lambda msg: ctx.error(("export", "batch"), msg))
+
+
+def _check_export(x: ExportSpec, ctx: _Context) -> None:
+    parse_batch_range(x.batch, lambda msg: ctx.error(("export", "batch"), msg))
 
 
 def parse_batch_range(text: str, fail: Any = None) -> tuple[int, int, int]:

@@ -7,9 +7,9 @@ from torch import nn
 
 from inceptionctl import build_model, load_recipe, load_weights
 from inceptionctl.checkpoint import to_model_keys
+from inceptionctl.geometry import smallest_input_size
 from inceptionctl.model import AuxHead, TrainStep
 from inceptionctl.profile import count_cost
-from inceptionctl.recipe import smallest_input_size
 
 from .conftest import SHIPPED
 

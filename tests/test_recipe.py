@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 from inceptionctl import RecipeError, load_recipe
-from inceptionctl.recipe import (available_recipes, pool_out, recipe_from_data,
-                                 smallest_input_size, trace_shapes)
+from inceptionctl.geometry import pool_out, smallest_input_size, trace_shapes
+from inceptionctl.recipe import available_recipes, recipe_from_data
 
 TINY = """
 name: tiny
