@@ -8,9 +8,11 @@ geometry of the feature maps). Every mistake raises :class:`RecipeError`, whose 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -250,16 +252,18 @@ class _Context:
         self.lines = lines or {}
         self.overrides: dict[Path_, str] = {}
 
-    def error(self, path: Path_, message: str) -> RecipeError:
+    def where(self, path: Path_) -> str:
+        """``--set KEY=VALUE`` when an override gave ``path``, else its file and line."""
         for opath, text in self.overrides.items():
             if path[: len(opath)] == opath:
-                return RecipeError(f"--set {text}: {_fmt_path(path)}: {message}")
-        where = self.source
+                return f"--set {text}"
         for cut in range(len(path), -1, -1):
             if path[:cut] in self.lines:
-                where = f"{self.source}:{self.lines[path[:cut]]}"
-                break
-        return RecipeError(f"{where}: {_fmt_path(path)}: {message}")
+                return f"{self.source}:{self.lines[path[:cut]]}"
+        return self.source
+
+    def error(self, path: Path_, message: str) -> RecipeError:
+        return RecipeError(f"{self.where(path)}: {_fmt_path(path)}: {message}")
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> RecipeError:
@@ -399,6 +403,143 @@ def to_data(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_data(v) for k, v in obj.items()}
     return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Migrations: renamed and removed keys, so older recipes and artifacts still load
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """A recipe key that was renamed (``new``) or removed (``new=None``) in version ``since``.
+
+    ``old`` and ``new`` are dotted keys as written in YAML; a ``*`` part stands for any list
+    index or mapping key (``model.stages.*.modules.*.1x1``) and names the same item on both sides.
+    """
+
+    old: str
+    new: str | None
+    since: str
+    why: str = ""
+
+
+# Applied in order, so a key renamed twice migrates through both steps. An entry stays for good:
+# checkpoints, exported models and run folders written before the change still carry the old key.
+KEY_CHANGES: tuple[KeyChange, ...] = ()
+
+
+def _find(data: Any, pattern: list[str]) -> list[tuple[Path_, list[Union[str, int]]]]:
+    """Every path in ``data`` that ``pattern`` names, with what each of its ``*`` stood for."""
+    hits: list[tuple[Path_, list[Union[str, int]], Any]] = [((), [], data)]
+    for part in pattern:
+        found: list[tuple[Path_, list[Union[str, int]], Any]] = []
+        for path, bound, node in hits:
+            items = list(node.items()) if isinstance(node, dict) else \
+                list(enumerate(node)) if isinstance(node, list) else []
+            for key, value in items:
+                if part == "*" or str(key) == part:
+                    found.append((path + (key,), bound + [key] if part == "*" else bound, value))
+        hits = found
+    return [(path, bound) for path, bound, _ in hits]
+
+
+def _fill(pattern: list[str], bound: list[Union[str, int]]) -> Path_:
+    stars = iter(bound)
+    return tuple(next(stars) if part == "*" else part for part in pattern)
+
+
+def _change_note(change: KeyChange, old: str, new: str | None) -> str:
+    why = f" ({change.why})" if change.why else ""
+    if new is None:
+        return f"{old}: removed in inceptionctl {change.since}{why}; ignored"
+    return f"{old}: renamed to {new} in inceptionctl {change.since}{why}; read as {new}"
+
+
+def _holder(data: Any, target: Path_) -> dict | None:
+    """The mapping that holds ``target``'s last key (made where missing); None where none can."""
+    node = data
+    for part in target[:-1]:
+        if isinstance(node, dict):
+            node = node.setdefault(part, {})
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node if isinstance(node, dict) else None
+
+
+def _apply_change(data: Any, change: KeyChange, ctx: _Context) -> list[str]:
+    """Move (or drop) every occurrence of one old key in ``data``, in place; return the notes."""
+    notes = []
+    for path, bound in _find(data, change.old.split(".")):
+        parent = data
+        for part in path[:-1]:
+            parent = parent[part]
+        value = parent.pop(path[-1])
+        if change.new is None:
+            notes.append(f"{ctx.where(path)}: {_change_note(change, _fmt_path(path), None)}")
+            continue
+        target = _fill(change.new.split("."), bound)
+        notes.append(f"{ctx.where(path)}: "
+                     f"{_change_note(change, _fmt_path(path), _fmt_path(target))}")
+        holder = _holder(data, target)
+        if holder is None:
+            raise ctx.error(path, f"renamed to {_fmt_path(target)}, which has no place "
+                                  f"in this recipe")
+        if target[-1] in holder:
+            raise ctx.error(path, f"renamed to {_fmt_path(target)} in inceptionctl "
+                                  f"{change.since}, which is given too; keep only the new key")
+        holder[target[-1]] = value
+        for line_path in [p for p in ctx.lines if p[: len(path)] == path]:
+            ctx.lines[target + line_path[len(path):]] = ctx.lines.pop(line_path)
+    return notes
+
+
+def _upgrade(data: Any, ctx: _Context) -> tuple[Any, list[str]]:
+    if not any(_find(data, change.old.split(".")) for change in KEY_CHANGES):
+        return data, []
+    data = copy.deepcopy(data)  # the caller's data (a checkpoint's dict) stays as it was
+    notes: list[str] = []
+    for change in KEY_CHANGES:
+        notes += _apply_change(data, change, ctx)
+    return data, notes
+
+
+def upgrade_recipe_data(data: Any, source: str = "<memory>") -> tuple[Any, list[str]]:
+    """``(data in today's spelling, one note per old key)``; ``data`` itself is left unchanged.
+
+    Every key of :data:`KEY_CHANGES` found in plain recipe data (a recipe file, or the recipe an
+    artifact carries) moves to its new place or is dropped. The recipe is not validated here.
+    """
+    return _upgrade(data, _Context(source))
+
+
+def _upgrade_override(key: str, raw: str) -> tuple[str | None, list[str]]:
+    """An override's dotted key in today's spelling (None: removed), and the notes saying so."""
+    notes = []
+    for change in KEY_CHANGES:
+        pattern, parts = change.old.split("."), key.split(".")
+        if len(parts) < len(pattern) or any(p != "*" and p != q for p, q in zip(pattern, parts)):
+            continue
+        head = ".".join(parts[: len(pattern)])
+        if change.new is None:
+            return None, notes + [f"--set {key}={raw}: " + _change_note(change, head, None)]
+        stars = [q for p, q in zip(pattern, parts) if p == "*"]
+        new_head = ".".join(map(str, _fill(change.new.split("."), stars)))
+        notes.append(f"--set {key}={raw}: " + _change_note(change, head, new_head))
+        key = ".".join([new_head, *parts[len(pattern):]])
+    return key, notes
+
+
+_NOTED: set[str] = set()
+
+
+def _note(text: str) -> None:
+    """One line on stderr, once per process: the same artifact is often read more than once."""
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,18 +840,30 @@ def parse_overrides(overrides: Any) -> list[tuple[str, str]]:
 
 def recipe_from_data(data: Any, source: str = "<memory>", overrides: Any = None,
                      lines: dict[Path_, int] | None = None) -> Recipe:
-    """Validate plain data (e.g. a recipe saved inside a checkpoint) into a Recipe."""
-    ctx = _Context(source, lines)
+    """Validate plain data (e.g. a recipe saved inside a checkpoint) into a Recipe.
+
+    Old keys (:data:`KEY_CHANGES`), in ``data`` or in ``overrides``, are read in today's
+    spelling, with one note each on stderr.
+    """
+    ctx = _Context(source, dict(lines or {}))
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: expected a mapping at the top of the recipe, "
                           f"got {_show(data)}")
+    data, notes = _upgrade(data, ctx)
+    for note in notes:
+        _note(note)
     recipe = _convert(Recipe, data, (), ctx)
     pairs = parse_overrides(overrides)
     if pairs:
         resolved = to_data(recipe)
-        for key, raw in pairs:
+        for given, raw in pairs:
+            key, notes = _upgrade_override(given, raw)
+            for note in notes:
+                _note(note)
+            if key is None:
+                continue
             path = _set_path(resolved, key, raw, ctx)
-            ctx.overrides[path] = f"{key}={raw}"
+            ctx.overrides[path] = f"{given}={raw}"
         recipe = _convert(Recipe, resolved, (), ctx)
     _check_rules(recipe, ctx)
     return dataclasses.replace(recipe, source=source)

@@ -5,8 +5,10 @@ import pickle
 import pytest
 import torch
 
-from inceptionctl import InceptionError, build_model, load_recipe, load_weights
+import inceptionctl.recipe as recipe_module
+from inceptionctl import InceptionError, RecipeError, build_model, load_recipe, load_weights
 from inceptionctl.checkpoint import load_model, read_checkpoint, save_checkpoint
+from inceptionctl.recipe import KeyChange
 
 
 @pytest.fixture
@@ -151,3 +153,30 @@ def test_missing_file_and_foreign_without_recipe(tmp_path, small):
     model, _, _ = load_model(path, recipe=small[0])  # our own bare state dict loads too
     with pytest.raises(InceptionError, match="not an inceptionctl checkpoint"):
         read_checkpoint(path)
+
+
+def test_checkpoint_whose_recipe_uses_an_old_key_loads(tmp_path, small, monkeypatch, capsys):
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "old.pt", model, recipe)
+    raw = torch.load(path, weights_only=True)
+    raw["recipe"]["train"]["polyak_decay"] = raw["recipe"]["train"].pop("ema_decay")
+    raw["recipe"]["eval"]["tta"] = True
+    torch.save(raw, path)  # as an older inceptionctl would have written it
+    with pytest.raises(RecipeError, match="unknown key 'polyak_decay'"):
+        load_model(path)  # without the migration table the old spelling is refused
+
+    monkeypatch.setattr(recipe_module, "KEY_CHANGES", (
+        KeyChange("train.polyak_decay", "train.ema_decay", since="0.2.0"),
+        KeyChange("eval.tta", None, since="0.2.0", why="nothing read it")))
+    monkeypatch.setattr(recipe_module, "_NOTED", set())
+    loaded, loaded_recipe, _info = load_model(path)
+    assert loaded_recipe == recipe and loaded_recipe.train.ema_decay == recipe.train.ema_decay
+    x = _x(recipe)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {path} (embedded recipe): train.polyak_decay: renamed to train.ema_decay in "
+        f"inceptionctl 0.2.0; read as train.ema_decay",
+        f"note: {path} (embedded recipe): eval.tta: removed in inceptionctl 0.2.0 (nothing "
+        f"read it); ignored"]
+    assert "polyak_decay" in read_checkpoint(path)["recipe"]["train"]  # the file stays as written

@@ -4,9 +4,10 @@ import dataclasses
 
 import pytest
 
+import inceptionctl.recipe as recipe_module
 from inceptionctl import RecipeError, load_recipe
 from inceptionctl.geometry import pool_out, smallest_input_size, trace_shapes
-from inceptionctl.recipe import available_recipes, recipe_from_data
+from inceptionctl.recipe import KeyChange, available_recipes, recipe_from_data, upgrade_recipe_data
 
 TINY = """
 name: tiny
@@ -212,3 +213,100 @@ def test_user_file_is_not_modified(write_recipe):
     before = path.read_bytes()
     load_recipe(path, ["model.num_classes=5"])
     assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------ renamed and removed keys
+
+
+@pytest.fixture
+def key_changes(monkeypatch):
+    """Install a migration table for one test; notes already printed are forgotten."""
+
+    def install(*changes: KeyChange) -> None:
+        monkeypatch.setattr(recipe_module, "KEY_CHANGES", changes)
+        monkeypatch.setattr(recipe_module, "_NOTED", set())
+
+    return install
+
+
+def test_a_renamed_key_in_a_recipe_file_loads_with_a_note(write_recipe, key_changes, capsys):
+    key_changes(KeyChange("model.stages.*.modules.*.pool_projection",
+                          "model.stages.*.modules.*.pool_proj", since="0.2.0"))
+    path = write_recipe(TINY.replace("pool_proj:", "pool_projection:"))
+    assert load_recipe(path) == load_recipe(write_recipe(TINY, "new.yaml"))
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {path}:9: model.stages[0].modules.3a.pool_projection: renamed to "
+        f"model.stages[0].modules.3a.pool_proj in inceptionctl 0.2.0; read as "
+        f"model.stages[0].modules.3a.pool_proj",
+        f"note: {path}:12: model.stages[1].modules.4a.pool_projection: renamed to "
+        f"model.stages[1].modules.4a.pool_proj in inceptionctl 0.2.0; read as "
+        f"model.stages[1].modules.4a.pool_proj"]
+    # A mistake in a renamed key is still located on the line where the old key is written.
+    key_changes(KeyChange("data.image_size", "data.input_size", since="0.2.0"))
+    bad = write_recipe(TINY.replace("input_size: 16", "image_size: 2"), "bad.yaml")
+    with pytest.raises(RecipeError, match=rf"^{bad}:19: data.input_size: 2 is too small"):
+        load_recipe(bad)
+
+
+def test_moved_chained_and_removed_keys(key_changes, capsys):
+    key_changes(KeyChange("train.polyak", "train.polyak_decay", since="0.2.0"),
+                KeyChange("train.polyak_decay", "train.ema_decay", since="0.3.0"),
+                KeyChange("train.aux_weight", "model.aux.loss_weight", since="0.2.0"),
+                KeyChange("eval.tta", None, since="0.2.0", why="nothing read it"))
+    shipped = load_recipe("googlenet-small")
+    old = shipped.to_dict()
+    old["train"]["polyak"] = old["train"].pop("ema_decay")
+    old["train"]["aux_weight"] = old["model"]["aux"].pop("loss_weight")
+    old["eval"]["tta"] = True
+    before = repr(old)
+    assert recipe_from_data(old, "old") == shipped
+    assert repr(old) == before  # the caller's data is not changed
+    assert capsys.readouterr().err.splitlines() == [
+        "note: old: train.polyak: renamed to train.polyak_decay in inceptionctl 0.2.0; "
+        "read as train.polyak_decay",
+        "note: old: train.polyak_decay: renamed to train.ema_decay in inceptionctl 0.3.0; "
+        "read as train.ema_decay",
+        "note: old: train.aux_weight: renamed to model.aux.loss_weight in inceptionctl 0.2.0; "
+        "read as model.aux.loss_weight",
+        "note: old: eval.tta: removed in inceptionctl 0.2.0 (nothing read it); ignored"]
+    upgraded, notes = upgrade_recipe_data(old, "old")
+    assert upgraded == shipped.to_dict() and len(notes) == 4
+    assert upgrade_recipe_data(shipped.to_dict()) == (shipped.to_dict(), [])
+
+
+def test_old_keys_in_overrides(key_changes, capsys):
+    key_changes(KeyChange("train.polyak_decay", "train.ema_decay", since="0.2.0"),
+                KeyChange("eval.tta", None, since="0.2.0"))
+    r = load_recipe("googlenet-small", ["train.polyak_decay=0.5", "eval.tta=true"])
+    assert r.train.ema_decay == 0.5 and r == load_recipe("googlenet-small", ["train.ema_decay=0.5"])
+    assert capsys.readouterr().err.splitlines() == [
+        "note: --set train.polyak_decay=0.5: train.polyak_decay: renamed to train.ema_decay in "
+        "inceptionctl 0.2.0; read as train.ema_decay",
+        "note: --set eval.tta=true: eval.tta: removed in inceptionctl 0.2.0; ignored"]
+
+
+def test_old_and_new_key_together_is_a_mistake(write_recipe, key_changes):
+    key_changes(KeyChange("train.polyak_decay", "train.ema_decay", since="0.2.0"))
+    path = write_recipe(TINY + "train:\n  polyak_decay: 0.9\n  ema_decay: 0.99\n")
+    with pytest.raises(RecipeError, match=rf"{path}:25: train.polyak_decay: renamed to "
+                                          rf"train.ema_decay in inceptionctl 0.2.0, which is "
+                                          rf"given too; keep only the new key"):
+        load_recipe(path)
+
+
+def test_notes_through_the_cli(cli, write_recipe, key_changes):
+    key_changes(KeyChange("eval.tta", None, since="0.2.0", why="nothing read it"))
+    path = write_recipe(TINY.replace("  size: 16\n", "  size: 16\n  tta: true\n"))
+    result = cli("recipes", "show", path)
+    assert result.exit_code == 0 and "tta" not in result.stdout
+    assert result.stderr.splitlines() == [
+        f"note: {path}:23: eval.tta: removed in inceptionctl 0.2.0 (nothing read it); ignored"]
+
+
+def test_the_shipped_migration_table_is_well_formed():
+    for change in recipe_module.KEY_CHANGES:
+        old = change.old.split(".")
+        assert all(old) and old[-1] != "*" and change.since
+        if change.new is not None:
+            new = change.new.split(".")
+            assert all(new) and new.count("*") == old.count("*") and new[-1] != "*"
