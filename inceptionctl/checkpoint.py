@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -176,8 +176,13 @@ def _is_aux(key: str) -> bool:
     return key.startswith("aux.")
 
 
-def _is_head(key: str) -> bool:
-    return key.startswith("fc.") or (key.startswith("aux.") and ".fc2." in key)
+def _head_test(model: nn.Module) -> Callable[[str], bool]:
+    """``key -> bool``: is a state-dict key part of a classifier layer the model declares."""
+    declared = getattr(model, "classifier_names", None)
+    if declared is None:  # a model that declares none: torchvision's GoogLeNet names
+        return lambda key: key.startswith("fc.") or (key.startswith("aux.") and ".fc2." in key)
+    names = set(declared())
+    return lambda key: key.rsplit(".", 1)[0] in names
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, reset_head: bool = False,
@@ -198,6 +203,7 @@ def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict:
     sd = to_model_keys(model, _unwrap_state_dict(obj, path))
     own = model.state_dict()
     report = LoadReport(str(path))
+    is_head = _head_test(model)
 
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -213,8 +219,8 @@ def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict:
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
 
     if reset_head:
-        report.reset = sorted({k.rsplit(".", 1)[0] for k in mismatched if _is_head(k)})
-        mismatched = [k for k in mismatched if not _is_head(k)]
+        report.reset = sorted({k.rsplit(".", 1)[0] for k in mismatched if is_head(k)})
+        mismatched = [k for k in mismatched if not is_head(k)]
     if strict and (missing or unexpected or mismatched):
         parts = []
         if missing:
@@ -225,7 +231,7 @@ def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict:
             shapes = [f"{k} {list(sd[k].shape)} vs model {list(own[k].shape)}" for k in mismatched]
             parts.append(f"{len(mismatched)} of another shape ({_short(shapes, 2)})")
         hint = ""
-        if mismatched and all(_is_head(k) for k in mismatched):
+        if mismatched and all(is_head(k) for k in mismatched):
             hint = "; pass --reset-head (reset_head=True) to fine-tune to another class count"
         raise InceptionError(f"{path}: weights do not fit this model: {'; '.join(parts)}{hint}")
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .geometry import apply_pool, stage_pool_name, trace_shapes
-from .recipe import InceptionWidths, ModelSpec, PoolSpec, Recipe
+from .recipe import InceptionWidths, ModelSpec, PoolSpec, Recipe, recipe_from_data
 
 
 def make_pool(spec: PoolSpec, ceil_mode: bool) -> nn.Module:
@@ -168,8 +168,9 @@ class GoogLeNet(nn.Module):
         self.fc = nn.Linear(self.num_features, spec.num_classes)
         self._init_weights(spec.init)
 
-    def _init_weights(self, scheme: str) -> None:
-        for m in self.modules():
+    def _init_weights(self, scheme: str, root: nn.Module | None = None) -> None:
+        """Initialise ``root``'s layers (default: the whole model) by the recipe's scheme."""
+        for m in (self if root is None else root).modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 if scheme == "xavier":
                     nn.init.xavier_uniform_(m.weight)
@@ -208,12 +209,28 @@ class GoogLeNet(nn.Module):
                     aux_logits.append(head(x))
         return self.forward_head(x), aux_logits
 
+    def classifier_names(self) -> list[str]:
+        """Names of the layers whose size is the class count: ``fc`` and each aux head's ``fc2``.
+
+        Loading weights for another class count (``load_weights(reset_head=True)``) leaves
+        exactly these as the model built them.
+        """
+        return ["fc", *(f"aux.{name}.fc2" for name in self.aux)]
+
     def reset_classifier(self, num_classes: int) -> None:
-        """New, freshly initialised main and aux output layers for ``num_classes``."""
+        """New main and aux output layers for ``num_classes``, initialised by the recipe's scheme.
+
+        ``self.recipe`` follows (``model.num_classes``; ``data.classes`` back to '0'..'N-1'), so
+        a checkpoint saved from the model and its recipe loads again.
+        """
+        self.recipe = recipe_from_data(self.recipe.to_dict(), self.recipe.source,
+                                       {"model.num_classes": num_classes, "data.classes": None})
         self.fc = nn.Linear(self.num_features, num_classes)
+        self._init_weights(self.recipe.model.init, self.fc)
         for head in self.aux.values():
             assert isinstance(head, AuxHead)
             head.fc2 = nn.Linear(head.fc2.in_features, num_classes)
+            self._init_weights(self.recipe.model.init, head.fc2)
 
     @property
     def num_classes(self) -> int:

@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from inceptionctl import build_model, load_recipe, load_weights
-from inceptionctl.checkpoint import to_model_keys
+from inceptionctl.checkpoint import load_model, save_checkpoint, to_model_keys
 from inceptionctl.geometry import smallest_input_size
 from inceptionctl.model import AuxHead, TrainStep
 from inceptionctl.profile import count_cost
@@ -156,6 +156,20 @@ def test_reset_classifier():
     model.reset_classifier(3)
     assert model.num_classes == 3
     assert all(isinstance(h, AuxHead) and h.fc2.out_features == 3 for h in model.aux.values())
+
+
+def test_reset_classifier_keeps_the_recipe_and_its_init(tmp_path):
+    model = build_model(load_recipe("googlenet-small"))
+    assert model.classifier_names() == ["fc", "aux.aux1.fc2", "aux.aux2.fc2"]
+    model.reset_classifier(3)
+    assert model.recipe.model.num_classes == 3 and model.recipe.data.classes is None
+    for layer in (model.fc, *(h.fc2 for h in model.aux.values())):  # the recipe's init:
+        assert torch.count_nonzero(layer.bias) == 0 and layer.weight.std() < 0.02  # N(0, 0.01)
+    path = save_checkpoint(tmp_path / "three.pt", model.eval(), model.recipe)
+    loaded, recipe, _info = load_model(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert recipe.model.num_classes == 3 and torch.equal(loaded(x), model(x))
 
 
 # ------------------------------------------------------------------ torchvision parity
