@@ -325,30 +325,35 @@ def _public_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
+def _convert_dataclass(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
+    """Build the dataclass ``tp`` from a mapping: no unknown keys, every required key given."""
+    if not isinstance(value, dict):
+        raise ctx.error(path, f"expected a mapping, got {_show(value)}")
+    fields = _public_fields(tp)
+    by_key = {_field_key(f): f for f in fields}
+    for key in value:
+        if key not in by_key:
+            hint = difflib.get_close_matches(str(key), list(by_key), n=1, cutoff=0.6)
+            msg = f"unknown key '{key}' (expected one of: {', '.join(by_key)})"
+            if hint:
+                msg = f"unknown key '{key}' (did you mean '{hint[0]}'?)"
+            raise ctx.error(path + (key,), msg)
+    hints = typing.get_type_hints(tp)
+    kwargs = {}
+    for f in fields:
+        key = _field_key(f)
+        if key in value:
+            kwargs[f.name] = _convert(hints[f.name], value[key], path + (key,), ctx)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ctx.error(path + (key,), "missing required key")
+    return tp(**kwargs)
+
+
 def _convert(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
     """Check ``value`` against the type ``tp`` and build it; raise a located error if it does not fit."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ctx.error(path, f"expected a mapping, got {_show(value)}")
-        fields = _public_fields(tp)
-        by_key = {_field_key(f): f for f in fields}
-        for key in value:
-            if key not in by_key:
-                hint = difflib.get_close_matches(str(key), list(by_key), n=1, cutoff=0.6)
-                msg = f"unknown key '{key}' (expected one of: {', '.join(by_key)})"
-                if hint:
-                    msg = f"unknown key '{key}' (did you mean '{hint[0]}'?)"
-                raise ctx.error(path + (key,), msg)
-        hints = typing.get_type_hints(tp)
-        kwargs = {}
-        for f in fields:
-            key = _field_key(f)
-            if key in value:
-                kwargs[f.name] = _convert(hints[f.name], value[key], path + (key,), ctx)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ctx.error(path + (key,), "missing required key")
-        return tp(**kwargs)
+        return _convert_dataclass(tp, value, path, ctx)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -373,6 +378,11 @@ def _convert(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
         if not isinstance(value, dict):
             raise ctx.error(path, f"expected a mapping, got {_show(value)}")
         return {str(k): _convert(item_type, v, path + (k,), ctx) for k, v in value.items()}
+    return _convert_scalar(tp, value, path, ctx)
+
+
+def _convert_scalar(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
+    """A bool, int, float or str, checked strictly: YAML's 1 is not true, and true is not 1."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ctx.error(path, f"expected true or false, got {_show(value)}")
