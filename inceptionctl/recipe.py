@@ -424,8 +424,9 @@ def to_data(obj: Any) -> Any:
 class KeyChange:
     """A recipe key that was renamed (``new``) or removed (``new=None``) in version ``since``.
 
-    ``old`` and ``new`` are dotted keys as written in YAML; a ``*`` part stands for any list
-    index or mapping key (``model.stages.*.modules.*.1x1``) and names the same item on both sides.
+    ``old`` and ``new`` are dotted keys as written in YAML, each ending in a mapping key; a ``*``
+    part stands for any list index or mapping key (``model.stages.*.modules.*.1x1``) and names
+    the same item on both sides.
     """
 
     old: str
@@ -527,17 +528,17 @@ def upgrade_recipe_data(data: Any, source: str = "<memory>") -> tuple[Any, list[
 
 def _upgrade_override(key: str, raw: str) -> tuple[str | None, list[str]]:
     """An override's dotted key in today's spelling (None: removed), and the notes saying so."""
-    notes = []
+    given, notes = key, []
     for change in KEY_CHANGES:
         pattern, parts = change.old.split("."), key.split(".")
         if len(parts) < len(pattern) or any(p != "*" and p != q for p, q in zip(pattern, parts)):
             continue
         head = ".".join(parts[: len(pattern)])
         if change.new is None:
-            return None, notes + [f"--set {key}={raw}: " + _change_note(change, head, None)]
+            return None, notes + [f"--set {given}={raw}: " + _change_note(change, head, None)]
         stars = [q for p, q in zip(pattern, parts) if p == "*"]
         new_head = ".".join(map(str, _fill(change.new.split("."), stars)))
-        notes.append(f"--set {key}={raw}: " + _change_note(change, head, new_head))
+        notes.append(f"--set {given}={raw}: " + _change_note(change, head, new_head))
         key = ".".join([new_head, *parts[len(pattern):]])
     return key, notes
 

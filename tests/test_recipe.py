@@ -275,14 +275,24 @@ def test_moved_chained_and_removed_keys(key_changes, capsys):
 
 
 def test_old_keys_in_overrides(key_changes, capsys):
-    key_changes(KeyChange("train.polyak_decay", "train.ema_decay", since="0.2.0"),
+    key_changes(KeyChange("train.polyak", "train.polyak_decay", since="0.1.5"),
+                KeyChange("train.polyak_decay", "train.ema_decay", since="0.2.0"),
+                KeyChange("model.stages.*.modules.*.pool_projection",
+                          "model.stages.*.modules.*.pool_proj", since="0.2.0"),
                 KeyChange("eval.tta", None, since="0.2.0"))
-    r = load_recipe("googlenet-small", ["train.polyak_decay=0.5", "eval.tta=true"])
-    assert r.train.ema_decay == 0.5 and r == load_recipe("googlenet-small", ["train.ema_decay=0.5"])
+    r = load_recipe("googlenet-small", ["train.polyak=0.5", "eval.tta=true",
+                                        "model.stages.0.modules.3a.pool_projection=7"])
+    assert r == load_recipe("googlenet-small", ["train.ema_decay=0.5",
+                                                "model.stages.0.modules.3a.pool_proj=7"])
     assert capsys.readouterr().err.splitlines() == [
-        "note: --set train.polyak_decay=0.5: train.polyak_decay: renamed to train.ema_decay in "
+        "note: --set train.polyak=0.5: train.polyak: renamed to train.polyak_decay in "
+        "inceptionctl 0.1.5; read as train.polyak_decay",
+        "note: --set train.polyak=0.5: train.polyak_decay: renamed to train.ema_decay in "
         "inceptionctl 0.2.0; read as train.ema_decay",
-        "note: --set eval.tta=true: eval.tta: removed in inceptionctl 0.2.0; ignored"]
+        "note: --set eval.tta=true: eval.tta: removed in inceptionctl 0.2.0; ignored",
+        "note: --set model.stages.0.modules.3a.pool_projection=7: "
+        "model.stages.0.modules.3a.pool_projection: renamed to model.stages.0.modules.3a.pool_proj "
+        "in inceptionctl 0.2.0; read as model.stages.0.modules.3a.pool_proj"]
 
 
 def test_old_and_new_key_together_is_a_mistake(write_recipe, key_changes):
