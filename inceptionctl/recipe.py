@@ -3,7 +3,8 @@
 A recipe is data, not code: it is read with YAML's safe constructor (no Python tags), checked
 against the dataclasses below, then against the rules of the architecture (widths, names, the
 geometry of the feature maps). Every mistake raises :class:`RecipeError`, whose text is one line:
-``FILE:LINE: dotted.key: what was expected (did you mean ...?)``.
+``FILE:LINE: dotted.key: what was expected (did you mean ...?)``. A key renamed or removed
+since a recipe or artifact was written is read through :data:`KEY_CHANGES`, with a one-line note.
 """
 
 from __future__ import annotations
