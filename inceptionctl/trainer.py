@@ -159,8 +159,8 @@ class Trainer:
     def step(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Train on ``batch`` (``.images``, ``.labels``); return (loss, not finite) on the device.
 
-        A step whose loss or gradients are not finite changes no weights, no optimizer state and
-        no Polyak copy; the schedule advances all the same, as it counts steps.
+        A step whose loss or gradients are not finite changes no parameters, no optimizer state
+        and no Polyak copy; the schedule advances all the same, as it counts steps.
         """
         x = batch.images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         y = batch.labels.to(self.device, non_blocking=True)
