@@ -444,7 +444,10 @@ def _build_model(opts: TrainOptions, recipe: Recipe, ckpt: dict[str, Any] | None
 def _restore(trainer: Trainer, ckpt: dict[str, Any], resume_path: Path,
              ctx: dist_utils.Context, log: Callable[[str], None]) -> TrainState:
     """The resumed run's state, with the trainer, the Polyak copy and the RNGs put back."""
-    state = TrainState.from_dict(ckpt["train_state"])
+    try:
+        state = TrainState.from_dict(ckpt["train_state"])
+    except InceptionError as exc:
+        raise InceptionError(f"{resume_path}: {exc}") from None
     if state.world_size != ctx.world and state.step_in_epoch:
         raise InceptionError(f"{resume_path}: saved mid-epoch by {state.world_size} "
                              f"process(es); resume it with the same number ({ctx.world} now)")
