@@ -2,8 +2,9 @@
 
 Both sides: synthetic 224x224 data, the same batch, SGD (momentum 0.9, weight decay), loss =
 main + 0.3 x (aux1 + aux2). The naive loop is torchvision's googlenet in fp32 NCHW; ours is the
-``googlenet`` recipe's model as ``inceptionctl train`` runs it (channels_last, bf16 autocast where
-the CPU has it, fp16/bf16 AMP on CUDA).
+``googlenet`` recipe's model stepped by ``inceptionctl.trainer.Trainer``, as ``inceptionctl
+train`` steps it (the recipe's loss and SGD, channels_last, bf16 autocast where the CPU has it,
+fp16/bf16 AMP on CUDA, the non-finite guard), less the Polyak copy, which the naive loop lacks.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torchvision
 from torch import nn
 
 from inceptionctl import build_model, load_recipe
-from inceptionctl.model import TrainStep
-from inceptionctl.runtime import autocast, resolve_precision
+from inceptionctl.data import Batch
+from inceptionctl.runtime import resolve_precision
+from inceptionctl.trainer import Trainer
 
 from inceptionctl.speed import peak_memory_mib, reset_peak_memory
 
@@ -44,23 +46,11 @@ def _our_step(device: torch.device, batch: int, precision: str):
     recipe = load_recipe("googlenet")
     model = realistic_(build_model(recipe)).to(device, memory_format=torch.channels_last)
     model.train()
-    step_module = TrainStep(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    trainer = Trainer(model, recipe, device, precision, ema=False)
     x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
-    ce = nn.CrossEntropyLoss()
-
-    def step():
-        with autocast(device, precision):
-            logits, aux = step_module(x)
-            loss = ce(logits, y) + 0.3 * sum(ce(a, y) for a in aux)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
-    return step
+    data = Batch(x, y, [])
+    return lambda: trainer.step(data)
 
 
 def measure(device: torch.device, batch: int = 16, warmup: int = 2, iters: int = 6,

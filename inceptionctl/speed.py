@@ -294,32 +294,24 @@ def _row(backend: str, precision: str, batch: int, mode: str, times: list[float]
 def _train_row(recipe: Recipe, precision: str, batch: int, device: torch.device,
                opts: SpeedOptions, macs: int, peak: Callable[[str], float]) -> SpeedRow:
     """One training step (forward + aux + backward + SGD) as ``inceptionctl train`` runs it."""
-    from .model import TrainStep, build_model
+    from .data import Batch
+    from .model import build_model
+    from .trainer import Trainer
 
     if device.type == "cpu" and precision == "fp16":
         return SpeedRow("torch", precision, batch, "train", False, "fp16 training needs CUDA")
     reset_peak_memory(device)
     model = build_model(recipe).to(device, memory_format=torch.channels_last).train()
-    step_module = TrainStep(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    trainer = Trainer(model, recipe, device, precision, ema=False)
     size = recipe.data.input_size
     x = torch.randn(batch, recipe.model.in_channels, size, size, device=device
                     ).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, recipe.model.num_classes, (batch,), device=device)
-    ce = torch.nn.CrossEntropyLoss()
-
-    def step() -> None:
-        with autocast(device, precision):
-            logits, aux = step_module(x)
-            loss = ce(logits, y) + recipe.model.aux.loss_weight * sum(ce(a, y) for a in aux)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    data = Batch(x, y, [])
 
     opts.log(f"timing torch training {precision} batch {batch}")
-    times = time_calls(step, device, max(1, opts.warmup), opts.iters, opts.seconds)
+    times = time_calls(lambda: trainer.step(data), device, max(1, opts.warmup), opts.iters,
+                       opts.seconds)
     # forward + backward is about 3x the forward's multiply-adds
     return _row("torch", precision, batch, "train", times, macs, 3, peak(precision), device)
 

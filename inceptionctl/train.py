@@ -4,7 +4,11 @@ loss = main + aux.loss_weight * sum(aux heads); SGD with momentum; a per-step le
 schedule (the paper's 4% every 8 epochs, or cosine / poly, with warm-up); a Polyak (EMA) copy of
 the weights that validation, ``best`` and export use. Checkpoints carry everything needed to
 continue bit-exactly: weights, EMA, optimizer, schedule, grad scaler, epoch/step, the position
-in the data order and the RNG states.
+in the data order and the RNG states (:class:`TrainState`).
+
+One step is :class:`inceptionctl.trainer.Trainer`'s; this module runs it over the data: set up,
+train an epoch, validate and save, sum up. The host reads the steps' losses, the signals and the
+non-finite guard once per ``log_every`` steps, in one all-reduce.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import random
 import signal
 import sys
@@ -25,7 +28,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from . import distributed as dist_utils
 from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
@@ -34,9 +36,10 @@ from .data import (KeyedSampler, Transformed, default_workers, eval_transform, l
                    open_data, steps_per_epoch, train_transform)
 from .errors import CheckFailed, InceptionError
 from .files import write_text_atomic
-from .model import GoogLeNet, TrainStep, build_model
+from .model import GoogLeNet, build_model
 from .recipe import Recipe, recipe_from_data  # noqa: F401
 from .runtime import autocast, resolve_device, resolve_precision
+from .trainer import Trainer
 
 
 class Interrupted(InceptionError):
@@ -68,6 +71,7 @@ class TrainOptions:
     max_nonfinite: int = 5
     max_steps: int | None = None
     synthetic_count: int = 512
+    log_every: int = 10  # steps between host syncs: loss, progress, signals, the non-finite guard
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     progress: bool | None = None  # None: a live bar when stderr is a terminal
 
@@ -90,53 +94,45 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------------------- learning rate
+@dataclass
+class TrainState:
+    """Where a run stands: what ``last.pt`` holds as ``train_state`` and what ``--resume`` reads.
 
-class Schedule:
-    """Learning-rate factor per optimizer step (a LambdaLR lambda; plain attributes only)."""
-
-    def __init__(self, recipe: Recipe, steps_per_epoch: int):
-        t = recipe.train
-        self.kind, self.steps_per_epoch = t.schedule, max(1, steps_per_epoch)
-        self.total = max(1, t.epochs * self.steps_per_epoch)
-        self.warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
-        self.step_epochs, self.gamma, self.power = t.step_epochs, t.gamma, t.poly_power
-
-    def __call__(self, step: int) -> float:
-        if self.warmup and step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.kind == "step":  # the paper: x gamma every step_epochs epochs
-            return self.gamma ** ((step // self.steps_per_epoch) // self.step_epochs)
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return (1.0 - progress) ** self.power
-
-
-# ------------------------------------------------------------------------------ averaging
-
-def ema_update(decay: float) -> Callable[..., None]:
-    """Polyak / EMA averaging for ``AveragedModel``, with the usual warm-up of the decay.
-
-    After ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))``, so the average does not
-    drag the random initialisation along for the first thousands of steps of a short run.
+    The weights and their Polyak copy sit beside it in the checkpoint (``state_dict``,
+    ``ema_state_dict``); the optimizer, schedule, scaler and Polyak count come from
+    :meth:`Trainer.state_dict` when the state is saved.
     """
 
-    @torch.no_grad()
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor],
-               n_averaged: torch.Tensor) -> None:
-        n = float(n_averaged.item())
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        if torch.is_floating_point(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        else:  # integer buffers (num_batches_tracked): follow the model
-            for e, p in zip(ema_params, params):
-                e.copy_(p)
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps taken in the current epoch (its position in the data order)
+    global_step: int = 0
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    skipped_nonfinite: int = 0
+    world_size: int = 1
+    ema_n_averaged: torch.Tensor | None = None
 
-    return update
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "TrainState":
+        # runs saved before world_size was recorded were single-process runs
+        optional = {"world_size": 1, "ema_n_averaged": None}
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in state and f.name not in optional:
+                raise InceptionError(f"training state without '{f.name}': not a last.pt this "
+                                     f"inceptionctl wrote")
+            values[f.name] = state.get(f.name, optional.get(f.name))
+        values["history"] = list(values["history"])
+        return cls(**values)
 
-# ------------------------------------------------------------------------------- precision
 
 # ------------------------------------------------------------------------------- RNG states
 
@@ -241,6 +237,7 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
         self._last_line = 0.0
+        self._lines = 0
 
     def start(self, epoch: int, epochs: int, total: int, done: int) -> None:
         if not self.enabled:
@@ -258,6 +255,7 @@ class Progress:
             self._bar.start()
             self._task = self._bar.add_task("train", total=total, completed=done, info="")
         self._started = self._last_line = time.monotonic()
+        self._lines = 0
 
     def update(self, step: int, loss: float, lr: float, ips: float) -> None:
         if not self.enabled:
@@ -265,11 +263,12 @@ class Progress:
         info = f"loss {loss:.4f}  lr {lr:.4g}  {ips:,.0f} img/s"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, info=info)
-        elif step == self.total or time.monotonic() - self._last_line >= 10.0 or step == 1:
+        elif step == self.total or time.monotonic() - self._last_line >= 10.0 or not self._lines:
             left = (self.total - step) * (time.monotonic() - self._started) / max(1, step)
             self.log(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.total}  {info}"
                      f"  eta {left:.0f}s")
             self._last_line = time.monotonic()
+            self._lines += 1
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -340,65 +339,93 @@ def train(opts: TrainOptions) -> TrainResult:
         ctx.shutdown()
 
 
-def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
-    log = opts.log if ctx.is_main else (lambda msg: None)
+# ---------------------------------------------------------------------------------- the setup
+
+@dataclass
+class _Run:
+    """The facts of one run that every piece of the loop reads."""
+
+    opts: TrainOptions
+    ctx: dist_utils.Context
+    recipe: Recipe
+    out: Path
+    device: torch.device
+    precision: str
+    per_epoch: int
+    log: Callable[[str], None]
+    writer: Any = None  # a tensorboard SummaryWriter on rank 0 with --tensorboard
+
+
+@dataclass
+class _Loaders:
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    sampler: KeyedSampler  # the training order: its epoch and skip place a resumed run
+    per_epoch: int
+    workers: int
+
+
+def _open_resume(opts: TrainOptions, log: Callable[[str], None]
+                 ) -> tuple[Recipe, dict[str, Any] | None, Path | None]:
+    """The recipe to train, and the checkpoint and path of the run to continue (or None)."""
     recipe = opts.recipe
     resume_path = _find_resume(opts, recipe.name)
-    ckpt = None
-    if resume_path is not None:
-        ckpt = read_checkpoint(resume_path)
-        if not ckpt.get("train_state"):
-            raise InceptionError(f"{resume_path}: holds no training state (a 'best' checkpoint "
-                                 f"or an export); resume from the run's last.pt")
-        # The run's own recipe; only train.epochs may change (to extend a run).
-        other = [o for o in opts.overrides if not o.split("=", 1)[0].strip() == "train.epochs"]
-        if other:
-            raise InceptionError(f"--resume {resume_path.parent}: a resumed run keeps its recipe; "
-                                 f"only train.epochs can change (not {other[0]})")
-        recipe = checkpoint_recipe(ckpt, str(resume_path), opts.overrides or None)
-        saved_data = ckpt.get("meta", {}).get("data")
-        if saved_data is not None and opts.data != saved_data:
-            raise InceptionError(f"--resume {resume_path.parent}: the run trains on "
-                                 f"'{saved_data}', not '{opts.data}' (pass --data {saved_data})")
-        if opts.out is not None and Path(opts.out).resolve() != resume_path.parent.resolve():
-            raise InceptionError(f"--resume {resume_path.parent}: the run continues in its own "
-                                 f"folder, not --out {opts.out}")
-    elif opts.resume == "auto":
-        log("resume auto: no earlier run found, starting a new one")
+    if resume_path is None:
+        if opts.resume == "auto":
+            log("resume auto: no earlier run found, starting a new one")
+        return recipe, None, None
+    ckpt = read_checkpoint(resume_path)
+    if not ckpt.get("train_state"):
+        raise InceptionError(f"{resume_path}: holds no training state (a 'best' checkpoint "
+                             f"or an export); resume from the run's last.pt")
+    # The run's own recipe; only train.epochs may change (to extend a run).
+    other = [o for o in opts.overrides if not o.split("=", 1)[0].strip() == "train.epochs"]
+    if other:
+        raise InceptionError(f"--resume {resume_path.parent}: a resumed run keeps its recipe; "
+                             f"only train.epochs can change (not {other[0]})")
+    recipe = checkpoint_recipe(ckpt, str(resume_path), opts.overrides or None)
+    saved_data = ckpt.get("meta", {}).get("data")
+    if saved_data is not None and opts.data != saved_data:
+        raise InceptionError(f"--resume {resume_path.parent}: the run trains on "
+                             f"'{saved_data}', not '{opts.data}' (pass --data {saved_data})")
+    if opts.out is not None and Path(opts.out).resolve() != resume_path.parent.resolve():
+        raise InceptionError(f"--resume {resume_path.parent}: the run continues in its own "
+                             f"folder, not --out {opts.out}")
+    return recipe, ckpt, resume_path
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _loaders(opts: TrainOptions, recipe: Recipe, splits: Any, ctx: dist_utils.Context,
+             device: torch.device) -> _Loaders:
+    """This rank's training and validation loaders; the workers are split between ranks."""
     t = recipe.train
-
-    device = resolve_device(opts.device, ctx.local_rank)
-    precision = resolve_precision(opts.precision, device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch.manual_seed(t.seed)
-    random.seed(t.seed)
-    np.random.seed(t.seed)
-
-    splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count)
-    recipe = _check_classes(recipe, splits.classes, opts.data)
-    if len(splits.train) < t.batch_size * ctx.world:
-        raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "
-                             f"batch ({t.batch_size} x {ctx.world} processes)")
-
-    out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
     if opts.workers is not None and opts.workers < 0:
         raise InceptionError(f"--workers: expected 0 or more, got {opts.workers}")
     workers = default_workers() if opts.workers is None else opts.workers
     if ctx.world > 1 and opts.workers is None:
         workers = max(1, workers // ctx.world)
     pin = device.type == "cuda"
-
     train_set = Transformed(splits.train, train_transform(recipe), t.seed)
     val_set = Transformed(splits.val, eval_transform(recipe), t.seed)
     train_sampler = KeyedSampler(len(train_set), 0, t.seed, ctx.rank, ctx.world, shuffle=True)
     val_sampler = KeyedSampler(len(val_set), 0, t.seed, ctx.rank, ctx.world, shuffle=False)
-    train_loader = loader(train_set, train_sampler, t.batch_size, workers, opts.strict_data,
-                          pin, drop_last=True)
-    val_loader = loader(val_set, val_sampler, recipe.eval.batch_size, min(workers, 2),
-                        opts.strict_data, pin, drop_last=False)
-    per_epoch = steps_per_epoch(len(train_set), t.batch_size, ctx.world)
+    return _Loaders(
+        train=loader(train_set, train_sampler, t.batch_size, workers, opts.strict_data, pin,
+                     drop_last=True),
+        val=loader(val_set, val_sampler, recipe.eval.batch_size, min(workers, 2),
+                   opts.strict_data, pin, drop_last=False),
+        sampler=train_sampler, per_epoch=steps_per_epoch(len(train_set), t.batch_size, ctx.world),
+        workers=workers)
 
+
+def _build_model(opts: TrainOptions, recipe: Recipe, ckpt: dict[str, Any] | None,
+                 device: torch.device, log: Callable[[str], None]) -> GoogLeNet:
+    """The model on ``device``: freshly initialised, from ``--weights``, or the resumed run's."""
     model: GoogLeNet = build_model(recipe)
     if opts.weights is not None and ckpt is None:
         from .backend import resolve_artifact
@@ -409,215 +436,325 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
             log(f"weights: {note}")
     memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    ema = (AveragedModel(model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True)
-           if t.ema_decay is not None else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                                nesterov=t.nesterov and t.momentum > 0,
-                                weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(recipe, per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    best_top1, best_epoch, skipped_nonfinite = -1.0, -1, 0
     if ckpt is not None:
-        state = ckpt["train_state"]
-        if state.get("world_size", 1) != ctx.world and state["step_in_epoch"]:
-            raise InceptionError(f"{resume_path}: saved mid-epoch by {state['world_size']} "
-                                 f"process(es); resume it with the same number ({ctx.world} now)")
         model.load_state_dict(ckpt["state_dict"])
-        if ema is not None and ckpt.get("ema_state_dict") is not None:
-            ema.module.load_state_dict(ckpt["ema_state_dict"])
-            ema.n_averaged.copy_(state["ema_n_averaged"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        history, best_top1, best_epoch = list(state["history"]), state["best_top1"], state["best_epoch"]
-        skipped_nonfinite = state["skipped_nonfinite"]
-        set_rng_state(state["rng"])
-        log(f"resuming {resume_path} at epoch {epoch + 1}, step {step_in_epoch} "
-            f"(global step {global_step})")
+    return model
 
-    step_module: nn.Module = TrainStep(model)
-    if ctx.world > 1:
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None)
-    if opts.compile:
-        step_module = torch.compile(step_module)
-    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
 
-    writer = None
-    if opts.tensorboard and ctx.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise InceptionError("--tensorboard: the tensorboard package is not installed "
-                                 "(pip install tensorboard)") from None
-        writer = SummaryWriter(str(out / "tensorboard"))
+def _restore(trainer: Trainer, ckpt: dict[str, Any], resume_path: Path,
+             ctx: dist_utils.Context, log: Callable[[str], None]) -> TrainState:
+    """The resumed run's state, with the trainer, the Polyak copy and the RNGs put back."""
+    try:
+        state = TrainState.from_dict(ckpt["train_state"])
+    except InceptionError as exc:
+        raise InceptionError(f"{resume_path}: {exc}") from None
+    if state.world_size != ctx.world and state.step_in_epoch:
+        raise InceptionError(f"{resume_path}: saved mid-epoch by {state.world_size} "
+                             f"process(es); resume it with the same number ({ctx.world} now)")
+    if trainer.ema is not None and ckpt.get("ema_state_dict") is not None:
+        trainer.ema.module.load_state_dict(ckpt["ema_state_dict"])
+    trainer.load_state_dict(state.to_dict())
+    set_rng_state(state.rng)
+    log(f"resuming {resume_path} at epoch {state.epoch + 1}, step {state.step_in_epoch} "
+        f"(global step {state.global_step})")
+    return state
 
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None or opts.overrides:  # a resumed run's recipe.yaml changes only with epochs
-            write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
-        log(f"run folder: {out}")
-        log(f"training {recipe.name} ({model.num_params():,} params) on {splits.description}; "
-            f"{device} {precision}, {ctx.world} process(es), batch {t.batch_size} x {ctx.world}, "
-            f"{per_epoch} steps/epoch, {t.epochs} epochs, {workers} loader workers")
 
+def _tensorboard(opts: TrainOptions, ctx: dist_utils.Context, out: Path) -> Any:
+    if not (opts.tensorboard and ctx.is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InceptionError("--tensorboard: the tensorboard package is not installed "
+                             "(pip install tensorboard)") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _announce(run: _Run, model: GoogLeNet, splits: Any, loaders: _Loaders,
+              resumed: bool) -> None:
+    """Create the run folder, write its recipe and say what is about to happen (rank 0)."""
+    if not run.ctx.is_main:
+        return
+    t, out = run.recipe.train, run.out
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed or run.opts.overrides:  # a resumed run's recipe.yaml changes only with epochs
+        write_text_atomic(out / "recipe.yaml", run.recipe.to_yaml())
+    run.log(f"run folder: {out}")
+    run.log(f"training {run.recipe.name} ({model.num_params():,} params) on {splits.description}; "
+            f"{run.device} {run.precision}, {run.ctx.world} process(es), batch {t.batch_size} x "
+            f"{run.ctx.world}, {run.per_epoch} steps/epoch, {t.epochs} epochs, "
+            f"{loaders.workers} loader workers")
+
+
+# ------------------------------------------------------------------------------- host syncs
+
+@dataclass
+class _Epoch:
+    """What one epoch's steps add up to, as read at the host syncs."""
+
+    started: float
+    seen: int = 0  # images trained on, all ranks
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    bad_images: list[tuple[str, str]] = field(default_factory=list)
+
+    def images_per_s(self) -> float:
+        return self.seen / max(1e-9, time.monotonic() - self.started)
+
+
+class _Interval:
+    """The steps since the last host sync: their losses and non-finite flags wait on the device.
+
+    :meth:`sync` reads them, with the stop signals of every rank, in one all-reduce; the
+    non-finite guard and the log see each step there, in order.
+    """
+
+    def __init__(self, log_every: int):
+        self.log_every = max(1, log_every)
+        self.losses: list[torch.Tensor] = []
+        self.bad: list[torch.Tensor] = []
+        self.steps: list[tuple[int, int, int, int, float]] = []  # global, epoch, in epoch, n, lr
+        self.consecutive_bad = 0
+
+    def add(self, loss: torch.Tensor, bad: torch.Tensor, state: TrainState, images: int,
+            lr: float) -> None:
+        self.losses.append(loss.float())
+        self.bad.append(bad)
+        self.steps.append((state.global_step, state.epoch, state.step_in_epoch, images, lr))
+
+    def due(self) -> bool:
+        return len(self.steps) >= self.log_every
+
+    def _reduce(self, run: _Run, signum: int | None) -> tuple[int, list[float], list[float]]:
+        """(the signal any rank got or 0, per step the mean loss, per step the ranks not finite)."""
+        device = self.losses[0].device if self.losses else torch.device("cpu")
+        signals = torch.tensor([float(signum == signal.SIGINT), float(signum == signal.SIGTERM)],
+                               dtype=torch.float64, device=device)
+        parts = [signals]
+        if self.steps:
+            parts += [torch.stack(self.losses).double(), torch.stack(self.bad).double()]
+        values = run.ctx.all_reduce_sum(torch.cat(parts)).tolist()
+        k = len(self.steps)
+        sig = signal.SIGTERM if values[1] else signal.SIGINT if values[0] else 0
+        return int(sig), [v / run.ctx.world for v in values[2:2 + k]], values[2 + k:]
+
+    def sync(self, run: _Run, state: TrainState, epoch: _Epoch, signum: int | None,
+             progress: Progress) -> int:
+        """Account the pending steps; return the signal any rank got (0: none).
+
+        Raises CheckFailed, without saving, when the loss was not finite for
+        ``--max-nonfinite`` steps in a row.
+        """
+        sig, losses, bad = self._reduce(run, signum)
+        last_loss = None
+        for (step, ep, in_epoch, images, lr), loss, b in zip(self.steps, losses, bad):
+            if b:
+                state.skipped_nonfinite += 1
+                self.consecutive_bad += 1
+                run.log(f"non-finite loss at step {step} (epoch {ep + 1}, step {in_epoch}): "
+                        f"step skipped")
+                if self.consecutive_bad >= run.opts.max_nonfinite:
+                    progress.stop()
+                    raise _nonfinite_error(run, self.consecutive_bad, step, ep, in_epoch)
+                continue
+            self.consecutive_bad = 0
+            epoch.seen += images * run.ctx.world
+            epoch.loss_sum += loss
+            epoch.loss_n += 1
+            last_loss = loss
+            if run.writer is not None:
+                run.writer.add_scalar("train/loss", loss, step)
+                run.writer.add_scalar("train/lr", lr, step)
+        if last_loss is not None:
+            progress.update(state.step_in_epoch, last_loss, self.steps[-1][4],
+                            epoch.images_per_s())
+        self.losses, self.bad, self.steps = [], [], []
+        return sig
+
+
+def _nonfinite_error(run: _Run, count: int, step: int, epoch: int, in_epoch: int) -> CheckFailed:
+    last = run.out / "last.pt"
+    return CheckFailed(f"loss not finite for {count} steps in a row, the last at step {step} "
+                       f"(epoch {epoch + 1}, step {in_epoch}); stopped without saving"
+                       + (f"; the last good checkpoint {last} is intact" if last.exists()
+                          else "") + " (lower train.lr?)")
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+def _train_epoch(run: _Run, trainer: Trainer, state: TrainState, loaders: _Loaders,
+                 interval: _Interval, stop: StopFlag, progress: Progress
+                 ) -> tuple[str | None, _Epoch]:
+    """Train to the end of the epoch, a signal or --max-steps; return (why it stopped, totals)."""
+    t, max_steps = run.recipe.train, run.opts.max_steps
+    loaders.sampler.epoch, loaders.sampler.skip = state.epoch, state.step_in_epoch * t.batch_size
+    trainer.model.train()
+    progress.start(state.epoch, t.epochs, run.per_epoch, state.step_in_epoch)
+    epoch, stop_reason = _Epoch(time.monotonic()), None
+    for batch in loaders.train:
+        epoch.bad_images += batch.bad
+        if batch.images.numel() == 0:
+            state.step_in_epoch += 1
+            continue
+        loss, bad = trainer.step(batch)
+        state.step_in_epoch += 1
+        state.global_step += 1
+        interval.add(loss, bad, state, len(batch.labels), trainer.lr)
+        at_max = max_steps is not None and state.global_step >= max_steps
+        # alone, a signal needs no one's agreement: act on it after this step
+        if interval.due() or at_max or (run.ctx.world == 1 and stop.signum):
+            signum = interval.sync(run, state, epoch, stop.signum, progress)
+            if signum:
+                stop.signum, stop_reason = signum, "signal"
+                break
+        if at_max:
+            stop_reason = "max_steps"
+            break
+    if interval.steps:  # the epoch's last steps
+        signum = interval.sync(run, state, epoch, stop.signum, progress)
+        if signum and stop_reason is None:
+            stop.signum, stop_reason = signum, "signal"
+    progress.stop()
+    return stop_reason, epoch
+
+
+def _report_bad_images(run: _Run, epoch: int, bad: list[tuple[str, str]]) -> int:
+    """Say which images of the epoch could not be read; return how many, over all ranks."""
+    total = int(run.ctx.all_reduce_sum(torch.tensor([float(len(bad))]))[0].item())
+    if total and run.ctx.is_main:
+        shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
+        run.log(f"epoch {epoch + 1}: skipped {total} unreadable image(s): {shown}"
+                + (" ..." if len(bad) > 3 else ""))
+    return total
+
+
+def _end_of_epoch(run: _Run, trainer: Trainer, state: TrainState, epoch: _Epoch,
+                  val: torch.utils.data.DataLoader) -> None:
+    """Validate, record the epoch in metrics.jsonl, and save ``best`` (if it is) and ``last``."""
+    t = run.recipe.train
+    # fp32, so the accuracy recorded (and `best`) is what eval and fp32 exports reproduce
+    metrics = validate(trainer.eval_model, val, run.device, "fp32", run.opts.channels_last,
+                       run.ctx)
+    seconds = time.monotonic() - epoch.started
+    record = {"epoch": state.epoch + 1, "step": state.global_step,
+              "train_loss": epoch.loss_sum / max(1, epoch.loss_n), "val_top1": metrics["top1"],
+              "val_top5": metrics["top5"], "val_loss": metrics["loss"], "lr": trainer.lr,
+              "img_per_s": epoch.seen / max(1e-9, seconds), "seconds": seconds,
+              "weights": "ema" if trainer.ema is not None else "model"}
+    state.history.append(record)
+    state.epoch += 1
+    state.step_in_epoch = 0
+    improved = metrics["top1"] > state.best_top1
+    if improved:
+        state.best_top1, state.best_epoch = metrics["top1"], state.epoch
+    if run.ctx.is_main:
+        run.log(f"epoch {state.epoch}/{t.epochs}: train loss {record['train_loss']:.4f}  val "
+                f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+                f"{record['img_per_s']:,.0f} img/s  {record['seconds']:.1f}s"
+                + ("  (best)" if improved else ""))
+        if run.writer is not None:
+            run.writer.add_scalar("val/top1", metrics["top1"], state.global_step)
+            run.writer.add_scalar("val/top5", metrics["top5"], state.global_step)
+        write_text_atomic(run.out / "metrics.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in state.history))
+        if improved:
+            _save(run, "best", trainer, state)
+    _save(run, "last", trainer, state)
+
+
+def _save(run: _Run, kind: str, trainer: Trainer, state: TrainState) -> Path:
+    """Write ``best.pt`` (weights) or ``last.pt`` (weights and the TrainState) on rank 0."""
+    path = run.out / f"{kind}.pt"
+    if not run.ctx.is_main:
+        return path
+    meta = {"epoch": state.epoch, "global_step": state.global_step, "data": run.opts.data,
+            "precision": run.precision, "history": state.history[-1:] if state.history else []}
+    train_state = None
+    if kind == "last":
+        train_state = dataclasses.replace(state, **trainer.state_dict(), rng=rng_state(),
+                                          world_size=run.ctx.world).to_dict()
+    save_checkpoint(path, trainer.model, run.recipe,
+                    ema_state_dict=trainer.ema.state_dict() if trainer.ema is not None else None,
+                    meta=meta, train_state=train_state)
+    return path
+
+
+def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int | None,
+             seconds: float, skipped_images: int) -> TrainResult:
+    """The run's result and its closing line; a signal ends it as Interrupted (130 / 143)."""
+    out, history = run.out, state.history
+    if stop_reason == "signal":
+        code = 130 if signum == signal.SIGINT else 143
+        raise Interrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step_in_epoch}: "
+                          f"saved {out / 'last.pt'}; resume with: inceptionctl train --resume "
+                          f"{out}", code)
+    last = history[-1] if history else {"val_top1": None, "val_top5": None}
+    result = TrainResult(run=str(out), epochs=state.epoch,
+                         best_top1=state.best_top1 if history else None,
+                         best_epoch=state.best_epoch if history else None,
+                         last_top1=last["val_top1"], last_top5=last["val_top5"], seconds=seconds,
+                         steps=state.global_step, skipped_nonfinite=state.skipped_nonfinite,
+                         skipped_images=skipped_images, history=history)
+    if run.ctx.is_main:
+        done = "stopped at --max-steps" if stop_reason == "max_steps" else "done"
+        best = (f"best val top-1 {state.best_top1:.2f}% (epoch {state.best_epoch})" if history
+                else "no validation yet (stopped inside the first epoch)")
+        run.log(f"{done}: {state.epoch} epoch(s), {state.global_step} steps in {seconds:.1f}s; "
+                f"{best}; run folder {out}")
+    return result
+
+
+def _setup(opts: TrainOptions, ctx: dist_utils.Context
+           ) -> tuple[_Run, Trainer, TrainState, _Loaders]:
+    """Everything the loop needs: the run's facts, the trainer, its state and the loaders."""
+    log = opts.log if ctx.is_main else (lambda msg: None)
+    recipe, ckpt, resume_path = _open_resume(opts, log)
+    device = resolve_device(opts.device, ctx.local_rank)
+    precision = resolve_precision(opts.precision, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    _seed_everything(recipe.train.seed)
+    splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count)
+    recipe = _check_classes(recipe, splits.classes, opts.data)
+    t = recipe.train
+    if len(splits.train) < t.batch_size * ctx.world:
+        raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "
+                             f"batch ({t.batch_size} x {ctx.world} processes)")
+    out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
+    loaders = _loaders(opts, recipe, splits, ctx, device)
+    model = _build_model(opts, recipe, ckpt, device, log)
+    trainer = Trainer(model, recipe, device, precision, steps_per_epoch=loaders.per_epoch,
+                      world_size=ctx.world, compile=opts.compile,
+                      channels_last=opts.channels_last)
+    state = (_restore(trainer, ckpt, resume_path, ctx, log)
+             if ckpt is not None and resume_path is not None else TrainState(world_size=ctx.world))
+    run = _Run(opts, ctx, recipe, out, device, precision, loaders.per_epoch, log,
+               writer=_tensorboard(opts, ctx, out))
+    _announce(run, model, splits, loaders, resumed=ckpt is not None)
+    return run, trainer, state, loaders
+
+
+def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
+    run, trainer, state, loaders = _setup(opts, ctx)
+    t, max_steps = run.recipe.train, opts.max_steps
     progress = Progress(ctx.is_main, sys.stderr.isatty() if opts.progress is None else opts.progress,
                         opts.log)
-    stop_reason: str | None = None
-    consecutive_bad = 0
-    skipped_images = 0
-    started = time.monotonic()
-
-    def save(kind: str) -> Path:
-        state = {
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
-            "best_top1": best_top1, "best_epoch": best_epoch,
-            "skipped_nonfinite": skipped_nonfinite, "world_size": ctx.world,
-            "ema_n_averaged": ema.n_averaged.detach().cpu() if ema is not None else None,
-        }
-        meta = {"epoch": epoch, "global_step": global_step, "data": opts.data,
-                "precision": precision, "history": history[-1:] if history else []}
-        path = out / f"{kind}.pt"
-        if ctx.is_main:
-            save_checkpoint(path, model, recipe,
-                            ema_state_dict=ema.module.state_dict() if ema is not None else None,
-                            meta=meta, train_state=state if kind == "last" else None)
-        return path
-
-    if opts.max_steps is not None and global_step >= opts.max_steps:
-        stop_reason = "max_steps"
+    interval = _Interval(opts.log_every)
+    started, skipped_images = time.monotonic(), 0
+    stop_reason = "max_steps" if max_steps is not None and state.global_step >= max_steps else None
     with StopFlag() as stop:
-        while epoch < t.epochs and stop_reason is None:
-            train_sampler.epoch, train_sampler.skip = epoch, step_in_epoch * t.batch_size
-            model.train()
-            progress.start(epoch, t.epochs, per_epoch, step_in_epoch)
-            epoch_start, seen, loss_sum, loss_n = time.monotonic(), 0, 0.0, 0
-            epoch_bad: list[tuple[str, str]] = []
-            for batch in train_loader:
-                epoch_bad += batch.bad
-                if batch.images.numel() == 0:
-                    step_in_epoch += 1
-                    continue
-                x = batch.images.to(device, non_blocking=True, memory_format=memory_format)
-                y = batch.labels.to(device, non_blocking=True)
-                with autocast(device, precision):
-                    logits, aux = step_module(x)
-                    loss = criterion(logits, y)
-                    for a in aux:
-                        loss = loss + recipe.model.aux.loss_weight * criterion(a, y)
-                finite = ctx.all_true(bool(torch.isfinite(loss.detach()).item()))
-                if not finite:
-                    optimizer.zero_grad(set_to_none=True)
-                    skipped_nonfinite += 1
-                    consecutive_bad += 1
-                    log(f"non-finite loss at step {global_step + 1} (epoch {epoch + 1}, step "
-                        f"{step_in_epoch + 1}): step skipped")
-                    if consecutive_bad >= opts.max_nonfinite:
-                        progress.stop()
-                        last = out / "last.pt"
-                        raise CheckFailed(
-                            f"loss not finite for {consecutive_bad} steps in a row, the last at "
-                            f"step {global_step + 1} (epoch {epoch + 1}, step {step_in_epoch + 1}); "
-                            f"stopped without saving"
-                            + (f"; the last good checkpoint {last} is intact" if last.exists()
-                               else "") + " (lower train.lr?)")
-                    step_in_epoch += 1
-                    global_step += 1
-                    scheduler.step()
-                    continue
-                consecutive_bad = 0
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                step_in_epoch += 1
-                global_step += 1
-                seen += len(y) * ctx.world
-                loss_sum += loss.item()
-                loss_n += 1
-                ips = seen / max(1e-9, time.monotonic() - epoch_start)
-                progress.update(step_in_epoch, loss.item(), scheduler.get_last_lr()[0], ips)
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss.item(), global_step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-                signum = ctx.any_value(stop.signum or 0)
-                if signum:
-                    stop_reason = "signal"
-                    stop.signum = signum
-                    break
-                if opts.max_steps is not None and global_step >= opts.max_steps:
-                    stop_reason = "max_steps"
-                    break
-            progress.stop()
-            bad_total = ctx.all_reduce_sum(torch.tensor([float(len(epoch_bad))]))[0].item()
-            skipped_images += int(bad_total)
-            if bad_total and ctx.is_main:
-                shown = "; ".join(f"{p} ({r})" for p, r in epoch_bad[:3])
-                log(f"epoch {epoch + 1}: skipped {int(bad_total)} unreadable image(s): {shown}"
-                    + (" ..." if len(epoch_bad) > 3 else ""))
-            if stop_reason is not None and step_in_epoch < per_epoch:
+        while state.epoch < t.epochs and stop_reason is None:
+            stop_reason, epoch = _train_epoch(run, trainer, state, loaders, interval, stop,
+                                              progress)
+            skipped_images += _report_bad_images(run, state.epoch, epoch.bad_images)
+            if stop_reason is not None and state.step_in_epoch < run.per_epoch:
                 break  # mid-epoch stop: save the position, no validation
-            # fp32, so the accuracy recorded (and `best`) is what eval and fp32 exports reproduce
-            metrics = validate(eval_model(), val_loader, device, "fp32", opts.channels_last, ctx)
-            record = {"epoch": epoch + 1, "step": global_step,
-                      "train_loss": loss_sum / max(1, loss_n), "val_top1": metrics["top1"],
-                      "val_top5": metrics["top5"], "val_loss": metrics["loss"],
-                      "lr": scheduler.get_last_lr()[0],
-                      "img_per_s": seen / max(1e-9, time.monotonic() - epoch_start),
-                      "seconds": time.monotonic() - epoch_start,
-                      "weights": "ema" if ema is not None else "model"}
-            history.append(record)
-            epoch += 1
-            step_in_epoch = 0
-            improved = metrics["top1"] > best_top1
-            if improved:
-                best_top1, best_epoch = metrics["top1"], epoch
-            if ctx.is_main:
-                log(f"epoch {epoch}/{t.epochs}: train loss {record['train_loss']:.4f}  val top-1 "
-                    f"{metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-                    f"{record['img_per_s']:,.0f} img/s  {record['seconds']:.1f}s"
-                    + ("  (best)" if improved else ""))
-                if writer is not None:
-                    writer.add_scalar("val/top1", metrics["top1"], global_step)
-                    writer.add_scalar("val/top5", metrics["top5"], global_step)
-                write_text_atomic(out / "metrics.jsonl",
-                                  "".join(json.dumps(r) + "\n" for r in history))
-                if improved:
-                    save("best")
-            save("last")
-        if stop_reason is not None and step_in_epoch:
-            save("last")
+            _end_of_epoch(run, trainer, state, epoch, loaders.val)
+        if stop_reason is not None and state.step_in_epoch:
+            _save(run, "last", trainer, state)
         ctx.barrier()
-
-    if writer is not None:
-        writer.close()
-    seconds = time.monotonic() - started
-    if stop_reason == "signal":
-        code = 130 if stop.signum == signal.SIGINT else 143
-        raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step_in_epoch}: saved "
-                          f"{out / 'last.pt'}; resume with: inceptionctl train --resume {out}",
-                          code)
-    last = history[-1] if history else {"val_top1": None, "val_top5": None}
-    result = TrainResult(run=str(out), epochs=epoch,
-                         best_top1=best_top1 if history else None,
-                         best_epoch=best_epoch if history else None,
-                         last_top1=last["val_top1"], last_top5=last["val_top5"], seconds=seconds,
-                         steps=global_step, skipped_nonfinite=skipped_nonfinite,
-                         skipped_images=skipped_images, history=history)
-    if ctx.is_main:
-        state = "stopped at --max-steps" if stop_reason == "max_steps" else "done"
-        best = (f"best val top-1 {best_top1:.2f}% (epoch {best_epoch})" if history
-                else "no validation yet (stopped inside the first epoch)")
-        log(f"{state}: {epoch} epoch(s), {global_step} steps in {seconds:.1f}s; {best}; "
-            f"run folder {out}")
-    return result
+    if run.writer is not None:
+        run.writer.close()
+    return _summary(run, state, stop_reason, stop.signum, time.monotonic() - started,
+                    skipped_images)

@@ -13,7 +13,7 @@ import torch
 
 from inceptionctl import CheckFailed, InceptionError, load_recipe
 from inceptionctl.checkpoint import read_checkpoint
-from inceptionctl.train import TrainOptions, train
+from inceptionctl.train import TrainOptions, TrainState, train
 
 from .test_data import _bad_files, make_folder
 
@@ -63,6 +63,41 @@ def test_resume_is_bit_identical(tmp_path, tiny_recipe, stop_at, workers):
     assert a["train_state"]["scheduler"]["last_epoch"] == b["train_state"]["scheduler"]["last_epoch"]
     init = read_checkpoint(tmp_path / "split" / "last.pt")  # and the weights did move
     assert not torch.equal(init["state_dict"]["fc.weight"], torch.zeros_like(init["state_dict"]["fc.weight"]))
+
+
+def test_train_state_round_trip_through_last_pt(tmp_path, tiny_recipe):
+    train(_opts(load_recipe(tiny_recipe), tmp_path, max_steps=50))  # past one epoch
+    saved = read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]
+    state = TrainState.from_dict(saved)
+    assert (state.epoch, state.step_in_epoch, state.global_step) == (1, 6, 50)
+    assert len(state.history) == 1 and state.best_epoch == 1 and state.world_size == 1
+    again = state.to_dict()
+    assert list(again) == list(saved)  # exactly the keys last.pt holds, in its order
+    for key, value in saved.items():  # what was read is what is written back
+        assert again[key] == value if key == "history" else again[key] is value, key
+    assert TrainState.from_dict(again).to_dict().keys() == saved.keys()
+    # runs saved before world_size was recorded were single-process runs
+    older = {k: v for k, v in saved.items() if k != "world_size"}
+    assert TrainState.from_dict(older).world_size == 1
+    with pytest.raises(InceptionError, match="without 'optimizer'"):
+        TrainState.from_dict({k: v for k, v in saved.items() if k != "optimizer"})
+
+
+def test_host_syncs_once_per_log_interval(tmp_path, tiny_recipe, monkeypatch):
+    from inceptionctl import distributed
+
+    calls = []
+    real = distributed.Context.all_reduce_sum
+    monkeypatch.setattr(distributed.Context, "all_reduce_sum",
+                        lambda self, t: calls.append(t.numel()) or real(self, t))
+    logs = []
+    train(_opts(load_recipe(tiny_recipe), tmp_path, max_steps=20, log_every=5, logs=logs))
+    # 4 syncs of (2 signals + 5 losses + 5 flags), then the epoch's unreadable-image count
+    assert calls == [12, 12, 12, 12, 1]
+    calls.clear()
+    train(_opts(load_recipe(tiny_recipe), tmp_path, "whole", max_steps=44, log_every=10))
+    # one epoch of 44 steps: 4 full intervals, the last 4 steps, images, then validation
+    assert calls == [22, 22, 22, 22, 10, 1, 5]
 
 
 def test_run_folder_records(tmp_path, tiny_recipe):

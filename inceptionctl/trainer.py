@@ -1,0 +1,228 @@
+"""One training step as the paper trains: the loss, SGD, the learning-rate schedule, the Polyak copy.
+
+``train`` runs :class:`Trainer` over its data; ``profile --time --train`` and the benchmarks time
+the same :meth:`Trainer.step`, so all three pay for the same work. A step never waits for the
+host: its loss and its non-finite flag stay on the device until the caller reads them (``train``
+does once per log interval), and a step whose gradients are not finite changes no weights there
+and then, on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .model import GoogLeNet, TrainStep
+from .recipe import Recipe
+from .runtime import autocast
+
+
+# ---------------------------------------------------------------------------------- the loss
+
+def compute_loss(logits: Tensor, aux: list[Tensor], labels: Tensor, recipe: Recipe) -> Tensor:
+    """The paper's training loss: CE(main) + ``model.aux.loss_weight`` x CE(each aux head).
+
+    Every term uses the recipe's ``train.label_smoothing``.
+    """
+    smoothing = recipe.train.label_smoothing
+    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+    for a in aux:
+        loss = loss + recipe.model.aux.loss_weight * nn.functional.cross_entropy(
+            a, labels, label_smoothing=smoothing)
+    return loss
+
+
+# ------------------------------------------------------------------------------ learning rate
+
+class Schedule:
+    """Learning-rate factor per optimizer step (a LambdaLR lambda; plain attributes only)."""
+
+    def __init__(self, recipe: Recipe, steps_per_epoch: int):
+        t = recipe.train
+        self.kind, self.steps_per_epoch = t.schedule, max(1, steps_per_epoch)
+        self.total = max(1, t.epochs * self.steps_per_epoch)
+        self.warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
+        self.step_epochs, self.gamma, self.power = t.step_epochs, t.gamma, t.poly_power
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "step":  # the paper: x gamma every step_epochs epochs
+            return self.gamma ** ((step // self.steps_per_epoch) // self.step_epochs)
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return (1.0 - progress) ** self.power
+
+
+# ---------------------------------------------------------------------------------- averaging
+
+def ema_decay_per_update(decay: float, world_size: int, batch_size: int,
+                         ema_steps: int = 1) -> float:
+    """The decay of one EMA update when ``world_size`` processes of ``batch_size`` images each
+    step together and the average is updated every ``ema_steps`` steps.
+
+    The recipe's ``train.ema_decay`` is per step of one process, i.e. per ``batch_size`` images.
+    As in torchvision's reference (alpha scaled by ``world_size * batch_size * ema_steps /
+    epochs``), the weight of each update, alpha = 1 - decay, grows with the images an update
+    covers, so ``--nproc N`` averages over the same span of data as one process; alpha is capped
+    at 1 (the copy then just follows the weights).
+    """
+    images = world_size * batch_size * ema_steps
+    if images == batch_size:  # the recipe's own span: its decay, to the bit
+        return decay
+    return 1.0 - min(1.0, (1.0 - decay) * images / batch_size)
+
+
+class Polyak:
+    """The Polyak (EMA) copy of the weights that validation, ``best`` and export use.
+
+    After ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))``, so the average does not
+    drag the random initialisation along for the first thousands of steps of a short run; the
+    first update copies the weights. ``n`` lives on the device, so an update never waits for the
+    host, and an update with ``ok`` false (a skipped step) leaves the copy and ``n`` as they were.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        device = next(model.parameters()).device
+        self.n_averaged = torch.zeros((), dtype=torch.long, device=device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.module.state_dict()
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, ok: Tensor) -> None:
+        ema = [*self.module.parameters(), *self.module.buffers()]
+        now = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        n = self.n_averaged.double()
+        d = torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
+        # weight 1 on the first update copies the weights; 0 on a skipped step keeps the copy
+        w = torch.where(n == 0, 1.0, 1.0 - d) * ok
+        floats = [i for i, e in enumerate(ema) if torch.is_floating_point(e)]
+        if floats:
+            weights = {e.dtype: w.to(e.dtype) for e in (ema[i] for i in floats)}
+            torch._foreach_lerp_([ema[i] for i in floats], [now[i] for i in floats],
+                                 [weights[ema[i].dtype] for i in floats])
+        for e, p in zip(ema, now):
+            if not torch.is_floating_point(e):  # num_batches_tracked: follows the model
+                e.copy_(torch.where(ok, p, e))
+        self.n_averaged += ok.long()
+
+
+# --------------------------------------------------------------------------------- the step
+
+class Trainer:
+    """The recipe's optimizer, schedule, grad scaler and Polyak copy around one model.
+
+    :meth:`step` is one training step as ``train`` runs it; ``world_size`` > 1 wraps the forward
+    pass in DDP (the process group must exist) and scales the EMA decay to the global batch.
+    """
+
+    def __init__(self, model: GoogLeNet, recipe: Recipe, device: torch.device, precision: str, *,
+                 steps_per_epoch: int = 1, world_size: int = 1, ema: bool = True,
+                 compile: bool = False, channels_last: bool = True):
+        t = recipe.train
+        self.model, self.recipe, self.device, self.precision = model, recipe, device, precision
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.ema = (Polyak(model, ema_decay_per_update(t.ema_decay, world_size, t.batch_size))
+                    if ema and t.ema_decay is not None else None)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                                         nesterov=t.nesterov and t.momentum > 0,
+                                         weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           Schedule(recipe, steps_per_epoch))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        step_module: nn.Module = TrainStep(model)
+        if world_size > 1:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:
+            step_module = torch.compile(step_module)
+        self.step_module = step_module
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation and ``best`` measure: the Polyak copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def step(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Train on ``batch`` (``.images``, ``.labels``); return (loss, not finite) on the device.
+
+        A step whose loss or gradients are not finite changes no parameters, no optimizer state
+        and no Polyak copy; the schedule advances all the same, as it counts steps.
+        """
+        x = batch.images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        y = batch.labels.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            logits, aux = self.step_module(x)
+            loss = compute_loss(logits, aux, y, self.recipe)
+        self.scaler.scale(loss).backward()
+        bad = ~torch.isfinite(loss.detach())
+        if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps itself
+            self.scaler.unscale_(self.optimizer)
+            ok = ~self._nonfinite_grads()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            found = self._nonfinite_grads()
+            self._step_unless(found)
+            bad = bad | found
+            ok = ~found
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, ok)
+        return loss.detach(), bad
+
+    def _nonfinite_grads(self) -> Tensor:
+        """True (a 0-d tensor on the device) when any gradient holds an inf or a NaN.
+
+        Under DDP the gradients are already averaged, so every process decides alike.
+        """
+        found = torch.zeros(1, device=self.device)
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if grads:  # the check GradScaler uses, with a scale of exactly 1
+            torch._amp_foreach_non_finite_check_and_unscale_(
+                grads, found, torch.ones(1, device=self.device))
+        return found[0] > 0
+
+    @torch.no_grad()
+    def _step_unless(self, found: Tensor) -> None:
+        """``optimizer.step()``, undone on the device when ``found`` (non-finite gradients)."""
+        state = self.optimizer.state
+        before = [p.clone() for p in self._params]
+        # a buffer the skipped step would create starts from zero: the same next step as none
+        old_bufs = [state.get(p, {}).get("momentum_buffer") for p in self._params]
+        old_bufs = [b.clone() if b is not None else torch.zeros_like(p)
+                    for b, p in zip(old_bufs, self._params)]
+        self.optimizer.step()
+        for p, old, old_buf in zip(self._params, before, old_bufs):
+            p.copy_(torch.where(found, old, p))
+            buf = state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.copy_(torch.where(found, old_buf, buf))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer, schedule, scaler and Polyak count: ``train_state`` keys of ``last.pt``."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema_n_averaged": (self.ema.n_averaged.detach().cpu()
+                                   if self.ema is not None else None)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema_n_averaged") is not None:
+            self.ema.n_averaged.copy_(state["ema_n_averaged"])

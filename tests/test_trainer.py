@@ -1,0 +1,162 @@
+"""One training step: the paper's loss, the EMA decay per update, the device-side non-finite guard."""
+
+import pytest
+import torch
+from torch import nn
+
+from inceptionctl import build_model, load_recipe
+from inceptionctl.data import Batch
+from inceptionctl.trainer import Polyak, Trainer, compute_loss, ema_decay_per_update
+
+
+@pytest.mark.parametrize("sets", [[], ["train.label_smoothing=0.1", "model.aux.loss_weight=0.5"]])
+def test_compute_loss_is_main_plus_weighted_aux(sets):
+    recipe = load_recipe("googlenet", sets)
+    w, smoothing = recipe.model.aux.loss_weight, recipe.train.label_smoothing
+    assert w == (0.5 if sets else 0.3)  # the paper's 0.3 unless the recipe says otherwise
+    logits, aux1, aux2 = (torch.randn(8, 1000) for _ in range(3))
+    y = torch.randint(0, 1000, (8,))
+
+    def ce(z):
+        return nn.functional.cross_entropy(z, y, label_smoothing=smoothing)
+
+    expected = ce(logits) + w * (ce(aux1) + ce(aux2))
+    assert torch.allclose(compute_loss(logits, [aux1, aux2], y, recipe), expected, atol=1e-6)
+    assert torch.equal(compute_loss(logits, [], y, recipe), ce(logits))  # no aux heads: main only
+    if smoothing:
+        plain = nn.functional.cross_entropy(logits, y)
+        assert not torch.allclose(compute_loss(logits, [], y, recipe), plain)
+
+
+def test_ema_decay_scales_with_world_size():
+    # one process: the recipe's decay itself, to the bit
+    for decay in (0.9, 0.99, 0.9999, 0.99998):
+        assert ema_decay_per_update(decay, 1, 32) == decay
+    # torchvision's reference: alpha = 1 - decay, scaled by the images an update covers
+    for decay in (0.9, 0.9999):
+        for world, batch, steps in ((2, 32, 1), (8, 16, 1), (4, 64, 2), (1, 32, 3)):
+            images = world * batch * steps
+            expected = 1.0 - min(1.0, (1.0 - decay) * images / batch)
+            assert ema_decay_per_update(decay, world, batch, steps) == pytest.approx(expected, abs=0)
+    assert ema_decay_per_update(0.9999, 2, 32) == pytest.approx(0.9998)
+    # N processes average over the same span of images as one: 1 / alpha updates of N batches
+    one, eight = 0.9999, ema_decay_per_update(0.9999, 8, 32)
+    assert 8 * 32 / (1 - eight) == pytest.approx(32 / (1 - one), rel=1e-9)
+    assert ema_decay_per_update(0.9, 16, 32) == 0.0  # alpha capped at 1: follow the weights
+
+
+def test_polyak_warmup_copy_and_skip():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    ema = Polyak(model, decay=0.5)
+    yes, no = torch.tensor(True), torch.tensor(False)
+
+    def nudge():
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(5, 4))  # moves the running stats, counts a batch
+
+    nudge()
+    ema.update(model, yes)  # the first update copies
+    for e, p in zip(ema.module.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(e, p)
+    for n in (1, 2, 3):
+        before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+        nudge()
+        ema.update(model, no)  # a skipped step: nothing moves
+        for k, v in ema.module.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        assert int(ema.n_averaged) == n
+        ema.update(model, yes)
+        d = min(0.5, (1 + n) / (10 + n))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                assert torch.allclose(ema.module.state_dict()[k], d * before[k] + (1 - d) * v,
+                                      atol=1e-6), k
+            else:
+                assert torch.equal(ema.module.state_dict()[k], v)
+        assert int(ema.n_averaged) == n + 1
+
+
+def _trainer(tiny_recipe, **kw):
+    recipe = load_recipe(tiny_recipe)
+    model = build_model(recipe).to(memory_format=torch.channels_last)
+    trainer = Trainer(model, recipe, torch.device("cpu"), "fp32", steps_per_epoch=10, **kw)
+    data = Batch(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)), [])
+    return trainer, data
+
+
+def test_step_returns_device_values_and_moves_the_weights(tiny_recipe):
+    trainer, data = _trainer(tiny_recipe)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    loss, bad = trainer.step(data)
+    assert loss.dim() == 0 and torch.isfinite(loss) and not bad
+    assert not torch.equal(before["fc.weight"], trainer.model.state_dict()["fc.weight"])
+    assert int(trainer.ema.n_averaged) == 1 and trainer.scheduler.last_epoch == 1
+    assert set(trainer.state_dict()) == {"optimizer", "scheduler", "scaler", "ema_n_averaged"}
+
+
+def _poison(monkeypatch):
+    """NaN logits from the next forward pass on, as a diverged model gives them."""
+    from inceptionctl import model as model_mod
+
+    real = model_mod.GoogLeNet.forward_train
+
+    def poisoned(self, x):
+        logits, aux = real(self, x)
+        return logits * float("nan"), aux
+
+    monkeypatch.setattr(model_mod.GoogLeNet, "forward_train", poisoned)
+    return lambda: monkeypatch.setattr(model_mod.GoogLeNet, "forward_train", real)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_nonfinite_step_changes_no_weights(tiny_recipe, first, monkeypatch):
+    trainer, data = _trainer(tiny_recipe)
+    if not first:  # momentum buffers exist by then
+        trainer.step(data)
+        trainer.step(data)
+    weights = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    ema = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    momentum = {i: s["momentum_buffer"].clone() for i, s in
+                trainer.optimizer.state_dict()["state"].items()}
+    n, last_epoch = int(trainer.ema.n_averaged), trainer.scheduler.last_epoch
+    heal = _poison(monkeypatch)
+    loss, bad = trainer.step(data)
+    heal()
+    assert bool(bad) and not torch.isfinite(loss)
+    for k, v in trainer.model.named_parameters():  # batch-norm statistics move in the forward
+        assert torch.equal(v, weights[k]), k
+    for k, v in trainer.ema.module.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    assert int(trainer.ema.n_averaged) == n
+    assert trainer.scheduler.last_epoch == last_epoch + 1  # the schedule counts every step
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        if i in momentum:
+            assert torch.equal(s["momentum_buffer"], momentum[i])
+        else:  # made by the skipped first step: zero, the same next step as no buffer
+            assert not s["momentum_buffer"].any()
+    # and training goes on from there
+    loss, bad = trainer.step(data)
+    assert torch.isfinite(loss) and not bad
+    assert not torch.equal(weights["fc.weight"], trainer.model.state_dict()["fc.weight"])
+
+
+def test_first_step_after_a_skipped_one_equals_a_first_step(tiny_recipe, monkeypatch):
+    torch.manual_seed(1)
+    a, data = _trainer(tiny_recipe)
+    b, _ = _trainer(tiny_recipe)
+    b.model.load_state_dict(a.model.state_dict())
+    b.ema.module.load_state_dict(a.ema.module.state_dict())
+    heal = _poison(monkeypatch)
+    b.step(data)  # skipped
+    heal()
+    b.scheduler = torch.optim.lr_scheduler.LambdaLR(b.optimizer, a.scheduler.lr_lambdas[0])
+    torch.manual_seed(2)
+    a.step(data)
+    torch.manual_seed(2)
+    b.step(data)
+    b_params = dict(b.model.named_parameters())
+    for k, v in a.model.named_parameters():
+        assert torch.equal(v, b_params[k]), k
