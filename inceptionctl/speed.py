@@ -31,7 +31,6 @@ Unavailable backends get a row with ``available: false`` and the reason, never a
 
 from __future__ import annotations
 
-import json
 import platform
 import tempfile
 import time
@@ -386,6 +385,3 @@ def plot(report: SpeedReport, path: Path) -> Path:
     plt.close(fig)
     return path
 
-
-def dumps(report: SpeedReport) -> str:
-    return json.dumps(report.to_json(), indent=2)
