@@ -5,7 +5,8 @@ to stderr. A user error ends in one line on stderr and exit code 2; a failed che
 Each command module owns its renderer; this module only parses options and dispatches.
 
 Ctrl-C needs no handler here: ``train`` catches SIGINT / SIGTERM itself (it saves, then ends
-with 130 / 143), and typer's main loop turns a KeyboardInterrupt anywhere else into its exit.
+with 130 / 143), and typer's main loop ends any other command on a KeyboardInterrupt (exit 130),
+so none ever reaches ``main``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -120,12 +121,12 @@ class Int8Flavour(str, Enum):
     tensorrt = "tensorrt"
 
 
-def _expected(option: str, value: Any, choices: type[Enum]) -> InceptionError:
+def _expected(option: str, value: Any, allowed: Sequence[str]) -> InceptionError:
     """``--opt VALUE: expected a, b or c``, with a 'did you mean' when one is close."""
-    allowed = [str(c.value) for c in choices]
+    listed = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
     close = difflib.get_close_matches(str(value), allowed, n=1)
-    return InceptionError(f"{option} {value}: expected {', '.join(allowed[:-1])} or "
-                          f"{allowed[-1]}" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return InceptionError(f"{option} {value}: expected {listed}"
+                          + (f" (did you mean '{close[0]}'?)" if close else ""))
 
 
 def _one_of(option: str, choices: type[Enum]) -> Callable[[Any], Any]:
@@ -137,7 +138,7 @@ def _one_of(option: str, choices: type[Enum]) -> Callable[[Any], Any]:
         try:
             return choices(value)
         except ValueError:
-            raise _expected(option, value, choices) from None
+            raise _expected(option, value, [str(c.value) for c in choices]) from None
 
     return parse
 
@@ -147,7 +148,8 @@ def _list_of(option: str, choices: type[Enum]) -> Callable[[Any], str]:
 
     def parse(value: Any) -> str:
         for item in str(value).split(","):
-            _one_of(option, choices)(item.strip())
+            if item.strip():
+                _one_of(option, choices)(item.strip())
         return str(value)
 
     return parse

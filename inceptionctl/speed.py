@@ -384,4 +384,3 @@ def plot(report: SpeedReport, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
-
