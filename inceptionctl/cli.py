@@ -2,25 +2,42 @@
 
 Results go to stdout (a rich table, or one JSON document with ``--json``); progress and logs go
 to stderr. A user error ends in one line on stderr and exit code 2; a failed check in exit 1.
+Each command module owns its renderer; this module only parses options and dispatches.
+
+Ctrl-C needs no handler here: ``train`` catches SIGINT / SIGTERM itself (it saves, then ends
+with 130 / 143), and typer's main loop ends any other command on a KeyboardInterrupt (exit 130),
+so none ever reaches ``main``.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from . import __version__
 from .errors import InceptionError, one_line
 
 
-class _Group(typer.core.TyperGroup):
+class _NoFlagMetavars:
+    """A flag takes no value, so its help row shows none (typer would print ``<bool>``)."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Group(_NoFlagMetavars, typer.core.TyperGroup):
     """Turns every InceptionError raised by a command into one line and its exit code."""
 
     def invoke(self, ctx: typer.Context) -> Any:
@@ -29,6 +46,10 @@ class _Group(typer.core.TyperGroup):
         except InceptionError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             raise typer.Exit(exc.exit_code) from None
+
+
+class _Command(_NoFlagMetavars, typer.core.TyperCommand):
+    """A command whose flags show no metavar in ``--help``."""
 
 
 def _usage_error(exc: Any) -> None:
@@ -56,14 +77,121 @@ app.add_typer(recipes_app, name="recipes")
 # Wide enough for the tables when stdout is a file or a pipe, the terminal's width otherwise.
 console = Console(width=None if sys.stdout.isatty() else 200)
 
+
+# ----------------------------------------------------------------------------- fixed choices
+
+class TrainPrecision(str, Enum):
+    """``train --precision``: fp32 or autocast bf16 / fp16; auto picks by the hardware."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class ExportPrecision(str, Enum):
+    """``export --precision``: the union over targets; export checks the one it builds."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class TimedPrecision(str, Enum):
+    """``profile --precision``: each item of the list."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class CalibMethod(str, Enum):
+    """``export --calib-method``: how INT8 calibration picks each activation's range."""
+
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class Int8Flavour(str, Enum):
+    """``export --int8-flavour``: u8 activations for ONNX Runtime's CPU, or symmetric s8."""
+
+    cpu = "cpu"
+    tensorrt = "tensorrt"
+
+
+def _expected(option: str, value: Any, allowed: Sequence[str]) -> InceptionError:
+    """``--opt VALUE: expected a, b or c``, with a 'did you mean' when one is close."""
+    listed = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    return InceptionError(f"{option} {value}: expected {listed}"
+                          + (f" (did you mean '{close[0]}'?)" if close else ""))
+
+
+def _one_of(option: str, choices: type[Enum]) -> Callable[[Any], Any]:
+    """A parser giving the member a value names; anything else is one error line."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, choices):
+            return value
+        try:
+            return choices(value)
+        except ValueError:
+            raise _expected(option, value, [str(c.value) for c in choices]) from None
+
+    return parse
+
+
+def _list_of(option: str, choices: type[Enum]) -> Callable[[Any], str]:
+    """A parser for a comma-separated list whose every item is one of ``choices``."""
+
+    def parse(value: Any) -> str:
+        for item in str(value).split(","):
+            if item.strip():
+                _one_of(option, choices)(item.strip())
+        return str(value)
+
+    return parse
+
+
+# --------------------------------------------------------------------------- shared options
+
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a recipe key (repeatable), e.g. model.num_classes=10.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", metavar="auto|cpu|cuda[:N]", help="Device: auto (the GPU when there is one), "
+                                                  "cpu, cuda or cuda:N.")]
+RecipeOpt = Annotated[str, typer.Option(
+    "--recipe", "-r", metavar="NAME|PATH", help="Recipe: a shipped name or a YAML file.")]
+ForeignRecipeOpt = Annotated[Optional[str], typer.Option(
+    "--recipe", metavar="NAME|PATH", help="Recipe naming the architecture of foreign weights.")]
+BackendOpt = Annotated[Optional[str], typer.Option(
+    "--backend", metavar="NAME", help="Force a backend (default: by artifact).")]
+BackendsOpt = Annotated[str, typer.Option(
+    "--backend", metavar="all|NAME[,NAME...]", help="Backends to time: all, or a list such as "
+                                                    "torch,onnxruntime.")]
+TrainPrecisionOpt = Annotated[TrainPrecision, typer.Option(
+    "--precision", parser=_one_of("--precision", TrainPrecision),
+    help="fp32 or autocast bf16 / fp16; auto picks bf16 where the hardware has it.")]
+ExportPrecisionOpt = Annotated[ExportPrecision, typer.Option(
+    "--precision", parser=_one_of("--precision", ExportPrecision),
+    help="fp32 or int8 (onnx); fp32, fp16 or int8 (tensorrt).")]
+TimedPrecisionsOpt = Annotated[str, typer.Option(
+    "--precision", metavar="fp32|bf16|fp16|int8[,...]",
+    parser=_list_of("--precision", TimedPrecision), help="Precisions to time, e.g. fp32,int8.")]
 
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def _show(*parts: Any) -> None:
+    """Print a renderer's output (a table, a line, or several) to stdout."""
+    for part in parts:
+        console.print(part)
 
 
 def _version(value: bool) -> None:
@@ -85,33 +213,16 @@ def recipes_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List the shipped recipes: name, description, parameters, multiply-adds, input size."""
     if ctx.invoked_subcommand is not None:
         return
-    from .profile import count_cost
-    from .recipe import available_recipes, load_recipe
+    from .catalog import recipe_rows, render_recipes
 
-    rows = []
-    for name in available_recipes():
-        recipe = load_recipe(name)
-        cost = count_cost(recipe)
-        rows.append({"name": name, "description": recipe.description, "params": cost.params,
-                     "params_with_aux": cost.params_with_aux, "macs": cost.macs,
-                     "input_size": recipe.data.input_size,
-                     "num_classes": recipe.model.num_classes})
+    rows = recipe_rows()
     if as_json:
         emit_json({"recipes": rows})
-        return
-    table = Table(title="recipes")
-    for col, justify in (("name", "left"), ("description", "left"), ("params", "right"),
-                         ("aux params", "right"), ("mult-adds", "right"), ("input", "right"),
-                         ("classes", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        table.add_row(r["name"], r["description"], f"{r['params']:,}",
-                      f"{r['params_with_aux'] - r['params']:,}", f"{r['macs'] / 1e9:.3f} G",
-                      f"{r['input_size']}x{r['input_size']}", str(r["num_classes"]))
-    console.print(table)
+    else:
+        _show(render_recipes(rows))
 
 
-@recipes_app.command("show")
+@recipes_app.command("show", cls=_Command)
 def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")],
                  set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Print a recipe resolved: defaults filled in and overrides applied."""
@@ -124,24 +235,26 @@ def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or path t
         sys.stdout.write(f"# {recipe.name} (from {recipe.source})\n{recipe.to_yaml()}")
 
 
-# ------------------------------------------------------------------------- commands still to come
+# --------------------------------------------------------------------------------------- commands
 
 DEFAULT_RECIPE = "googlenet-small"
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name or YAML path.")] = DEFAULT_RECIPE,
-    data: Annotated[str, typer.Option(help="Folder (ImageFolder or ILSVRC layout), 'digits' "
+    recipe: RecipeOpt = DEFAULT_RECIPE,
+    data: Annotated[str, typer.Option(metavar="PATH|digits|synthetic",
+                                      help="Folder (ImageFolder or ILSVRC layout), 'digits' "
                                            "(embedded) or 'synthetic'.")] = "digits",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<recipe>-<time>).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Start from these weights (our "
                                                          "checkpoint or torchvision's).")] = None,
     reset_head: Annotated[bool, typer.Option(help="New classifier(s) when --weights has "
                                                   "another class count.")] = False,
-    resume: Annotated[Optional[str], typer.Option(help="'auto' or a run folder / last.pt.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (autocast).")] = "auto",
+    resume: Annotated[Optional[str], typer.Option(metavar="auto|PATH",
+                                                  help="'auto' or a run folder / last.pt.")] = None,
+    device: DeviceOpt = "auto",
+    precision: TrainPrecisionOpt = TrainPrecision.auto,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = True,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: CPUs - 1).")] = None,
@@ -163,28 +276,24 @@ def train(
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_launch_torchrun(nproc))
     from .recipe import load_recipe
-    from .train import TrainOptions, train as run_training
+    from .train import TrainOptions, render, train as run_training
 
     if max_nonfinite < 1:
         raise InceptionError(f"--max-nonfinite: expected at least 1, got {max_nonfinite}")
     if max_steps is not None and max_steps < 1:
         raise InceptionError(f"--max-steps: expected at least 1, got {max_steps}")
-    opts = TrainOptions(recipe=load_recipe(recipe, set_), overrides=list(set_ or []), data=data, out=out, weights=weights,
-                        reset_head=reset_head, resume=resume, device=device,
-                        precision=precision, compile=compile_, channels_last=channels_last,
-                        workers=workers, val_split=val_split, strict_data=strict_data,
-                        tensorboard=tensorboard, max_nonfinite=max_nonfinite,
-                        max_steps=max_steps)
-    result = run_training(opts)
+    result = run_training(TrainOptions(
+        recipe=load_recipe(recipe, set_), overrides=list(set_ or []), data=data, out=out,
+        weights=weights, reset_head=reset_head, resume=resume, device=device,
+        precision=precision.value, compile=compile_, channels_last=channels_last,
+        workers=workers, val_split=val_split, strict_data=strict_data, tensorboard=tensorboard,
+        max_nonfinite=max_nonfinite, max_steps=max_steps))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:
         emit_json(result.to_json())
     else:
-        best = (f"best top-1 {result.best_top1:.2f}% (epoch {result.best_epoch})"
-                if result.best_top1 is not None else "no validation yet")
-        console.print(f"run folder: {result.run}  {best}  {result.epochs} epochs  "
-                      f"{result.seconds:.1f}s")
+        _show(render(result))
 
 
 def _launch_torchrun(nproc: int) -> int:
@@ -229,26 +338,28 @@ def _foreign_recipe(recipe: Optional[str], set_: Optional[list[str]]):
     return load_recipe(recipe, set_)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_(
     artifacts: Annotated[list[str], typer.Argument(help="Run folders, checkpoints, .onnx files or "
                                                         "engines; several = an ensemble.")],
-    data: Annotated[str, typer.Option(help="Image folder (class folders, or ILSVRC val + "
+    data: Annotated[str, typer.Option(metavar="PATH|digits",
+                                      help="Image folder (class folders, or ILSVRC val + "
                                            "ground truth) or 'digits'.")] = "digits",
-    crops: Annotated[str, typer.Option(help="1, 10, 144 or a list like 1,10,144.")] = "1",
-    backend: Annotated[Optional[str], typer.Option(help="Force a backend (default: by artifact).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    crops: Annotated[str, typer.Option(metavar="1|10|144[,...]",
+                                       help="1, 10, 144 or a list like 1,10,144.")] = "1",
+    backend: BackendOpt = None,
+    device: DeviceOpt = "cpu",
     batch_size: Annotated[Optional[int], typer.Option(help="Crops per forward pass.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N images only.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG.")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate with the paper's 1 / 10 / 144-crop protocol; several artifacts form an ensemble."""
-    from .evaluate import EvalOptions, evaluate
+    from .evaluate import EvalOptions, evaluate, plot_confusion, render, skipped_note
 
     report = evaluate(EvalOptions(artifacts=artifacts, data=data, crops=_parse_crops(crops),
                                   backend=backend, device=device, batch_size=batch_size,
@@ -257,47 +368,32 @@ def eval_(
     if report is None:  # not rank 0
         return
     if plot is not None:
-        from .plots import confusion_png
-
-        confusion_png(report.confusion, report.classes, plot,
-                      f"{report.main.models} model(s), {report.main.crops} crop(s): "
-                      f"top-1 {report.main.top1:.2f}%")
-    if report.skipped:
-        shown = "; ".join(report.skipped_paths[:3])
-        print(f"skipped {report.skipped} unreadable image(s): {shown}"
-              + (" ..." if report.skipped > 3 else ""), file=sys.stderr)
+        plot_confusion(report, plot)
+    note = skipped_note(report)
+    if note:
+        print(note, file=sys.stderr)
     if as_json:
         emit_json(report.to_json())
-        return
-    table = Table(title=f"eval: {report.images} images, backend {report.backend} ({report.device})")
-    for col in ("models", "crops", "cost", "top-1", "top-5", "top-1 err", "top-5 err",
-                "Δ top-1", "Δ top-5"):
-        table.add_column(col, justify="right")
-    for r in report.rows:
-        table.add_row(str(r.models), str(r.crops), str(r.cost), f"{r.top1:.2f}%", f"{r.top5:.2f}%",
-                      f"{100 - r.top1:.2f}%", f"{100 - r.top5:.2f}%",
-                      f"{r.delta_top1:+.2f}" if r is not report.rows[0] else "base",
-                      f"{r.delta_top5:+.2f}" if r is not report.rows[0] else "base")
-    console.print(table)
-    console.print(f"{report.images_per_s:,.1f} images/s, {report.crops_per_s:,.0f} crops/s "
-                  f"({report.seconds:.1f}s)" + (f"; confusion matrix: {plot}" if plot else ""))
+    else:
+        _show(*render(report, plot))
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files or folders.")],
-    weights: Annotated[str, typer.Option("--weights", "-w", help="Artifact to predict with.")],
+    weights: Annotated[str, typer.Option("--weights", "-w", metavar="ARTIFACT",
+                                         help="Artifact to predict with.")],
     crops: Annotated[int, typer.Option(help="1, 10 or 144 crops per image.")] = 1,
     topk: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
-    backend: Annotated[Optional[str], typer.Option(help="Force a backend.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    backend: BackendOpt = None,
+    device: DeviceOpt = "cpu",
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
-    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Classify images: the top-k classes with their probabilities."""
-    from .evaluate import predict as run_predict
+    from .evaluate import predict as run_predict, predictions_to_json, render_predictions
 
     results, bad, session = run_predict(inputs, weights, crops, topk, backend, device,
                                         strict_data, _foreign_recipe(recipe, set_))
@@ -306,113 +402,88 @@ def predict(
     if not results:
         raise InceptionError(f"none of the {len(bad)} input image(s) could be read")
     if as_json:
-        emit_json({"weights": session.info.path, "crops": crops,
-                   "predictions": [{"path": r.path, "topk": [
-                       {"class": c, "index": i, "probability": p} for c, i, p in r.topk]}
-                       for r in results],
-                   "skipped": [{"path": p, "reason": why} for p, why in bad]})
-        return
-    table = Table(title=f"predict ({crops} crop{'s' if crops > 1 else ''})")
-    table.add_column("image")
-    for j in range(len(results[0].topk)):
-        table.add_column(f"#{j + 1}")
-    from rich.markup import escape
-
-    for r in results:
-        table.add_row(escape(r.path), *[escape(f"{c} {p:.1%}") for c, _, p in r.topk])
-    console.print(table)
+        emit_json(predictions_to_json(results, bad, session.info.path, crops))
+    else:
+        _show(render_predictions(results, crops))
 
 
-@app.command("backends")
+@app.command("backends", cls=_Command)
 def backends_(as_json: JsonOpt = False) -> None:
     """List inference backends: package and version, devices, available or why not."""
-    from .backend import backend_names, get_backend
+    from .catalog import backend_rows, render_backends
 
-    rows = []
-    for name in backend_names():
-        try:
-            b = get_backend(name)
-            av = b.availability()
-            rows.append({"name": name, "package": b.package, "version": av.version,
-                         "devices": list(av.devices), "available": av.available,
-                         "reason": av.reason, "install": b.install_hint,
-                         "opens": list(b.suffixes)})
-        except InceptionError as exc:
-            rows.append({"name": name, "package": None, "version": None, "devices": [],
-                         "available": False, "reason": str(exc), "install": "", "opens": []})
+    rows = backend_rows()
     if as_json:
         emit_json({"backends": rows})
-        return
-    table = Table(title="backends")
-    for col in ("name", "package", "version", "devices", "available", "opens", "install"):
-        table.add_column(col)
-    from rich.markup import escape
-
-    for r in rows:
-        table.add_row(r["name"], r["package"] or "-", r["version"] or "-",
-                      ", ".join(r["devices"]) or "-",
-                      "yes" if r["available"] else escape(f"no: {r['reason']}"),
-                      " ".join(r["opens"]), "" if r["available"] else escape(r["install"]))
-    console.print(table)
+    else:
+        _show(render_backends(rows))
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     artifact: Annotated[str, typer.Argument(help="Run folder, checkpoint, or foreign weights "
                                                  "(with --recipe).")],
-    to: Annotated[str, typer.Option(help="onnx or tensorrt.")] = "onnx",
-    precision: Annotated[str, typer.Option(help="fp32 or int8 (onnx); fp32, fp16 or int8 "
-                                                "(tensorrt).")] = "fp32",
-    batch: Annotated[Optional[str], typer.Option(help="Batch range MIN:OPT:MAX (default: the "
-                                                      "recipe's export.batch).")] = None,
-    calib_data: Annotated[Optional[str], typer.Option(help="Calibration / parity images: "
+    to: Annotated[str, typer.Option(metavar="TARGET", help="onnx or tensorrt.")] = "onnx",
+    precision: ExportPrecisionOpt = ExportPrecision.fp32,
+    batch: Annotated[Optional[str], typer.Option(metavar="MIN:OPT:MAX",
+                                                 help="Batch range (default: the recipe's "
+                                                      "export.batch).")] = None,
+    calib_data: Annotated[Optional[str], typer.Option(metavar="PATH|digits",
+                                                      help="Calibration / parity images: "
                                                            "'digits' or a folder.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration images for INT8.")] = 256,
-    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
-    int8_flavour: Annotated[str, typer.Option(help="cpu (fastest on ONNX Runtime CPU) or "
-                                                   "tensorrt (symmetric).")] = "cpu",
+    calib_method: Annotated[CalibMethod, typer.Option(
+        parser=_one_of("--calib-method", CalibMethod),
+        help="How INT8 calibration sets each range.")] = CalibMethod.minmax,
+    int8_flavour: Annotated[Int8Flavour, typer.Option(
+        parser=_one_of("--int8-flavour", Int8Flavour),
+        help="cpu (fastest on ONNX Runtime CPU) or tensorrt (symmetric).")] = Int8Flavour.cpu,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the recipe's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output file (default: beside the "
                                                      "checkpoint).")] = None,
-    device: Annotated[str, typer.Option(help="Device for TensorRT builds and parity.")] = "cuda",
-    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    device: DeviceOpt = "cuda",
+    recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Export to ONNX (fp32 / INT8) or a TensorRT engine, with parity proven on every export."""
     from .export import ExportCheckFailed, export as run_export, render
 
-    options: dict[str, Any] = dict(out=out, precision=precision, batch=batch,
+    options: dict[str, Any] = dict(out=out, precision=precision.value, batch=batch,
                                    calib_data=calib_data, calib_samples=calib_samples,
-                                   calib_method=calib_method, int8_flavour=int8_flavour,
-                                   opset=opset, device=device, recipe=_foreign_recipe(recipe, set_))
+                                   calib_method=calib_method.value,
+                                   int8_flavour=int8_flavour.value, opset=opset, device=device,
+                                   recipe=_foreign_recipe(recipe, set_))
     try:
         report = run_export(artifact, to=to, **options)
     except ExportCheckFailed as failed:
         if as_json:
             emit_json(failed.report.to_json())
         else:
-            console.print(render(failed.report))
+            _show(render(failed.report))
         raise
     if as_json:
         emit_json(report.to_json())
     else:
-        console.print(render(report))
+        _show(render(report))
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     a: Annotated[str, typer.Argument(help="First artifact (the reference).")],
     b: Annotated[str, typer.Argument(help="Second artifact.")],
-    data: Annotated[str, typer.Option(help="random, digits or an image folder.")] = "random",
+    data: Annotated[str, typer.Option(metavar="random|digits|PATH",
+                                      help="random, digits or an image folder.")] = "random",
     samples: Annotated[int, typer.Option(help="How many images.")] = 64,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance (an element fails only "
                                              "past both).")] = 1e-3,
-    backend_a: Annotated[Optional[str], typer.Option(help="Force A's backend.")] = None,
-    backend_b: Annotated[Optional[str], typer.Option(help="Force B's backend.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    recipe: Annotated[Optional[str], typer.Option(help="Architecture of foreign weights.")] = None,
+    backend_a: Annotated[Optional[str], typer.Option(metavar="NAME",
+                                                     help="Force A's backend.")] = None,
+    backend_b: Annotated[Optional[str], typer.Option(metavar="NAME",
+                                                     help="Force B's backend.")] = None,
+    device: DeviceOpt = "cpu",
+    recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -425,23 +496,23 @@ def compare(
     if as_json:
         emit_json(report.to_json())
     else:
-        console.print(render(report))
+        _show(render(report))
     if not report.passed:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def profile(
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name, YAML path or an "
-                                                               "artifact (checkpoint / run folder).")] = "googlenet",
+    recipe: RecipeOpt = "googlenet",
     input_size: Annotated[Optional[int], typer.Option(help="Square input side (default: the "
                                                            "recipe's).")] = None,
     paper: Annotated[bool, typer.Option(help="Put the paper's Table 1 cells beside ours.")] = False,
     time_: Annotated[bool, typer.Option("--time", help="Also time the backends.")] = False,
-    backend: Annotated[str, typer.Option(help="all, or a list: torch,onnxruntime,tensorrt.")] = "all",
-    precision: Annotated[str, typer.Option(help="List of fp32, bf16, fp16, int8.")] = "fp32",
-    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8,32.")] = "1,8,32",
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    backend: BackendsOpt = "all",
+    precision: TimedPrecisionsOpt = "fp32",
+    batch: Annotated[str, typer.Option(metavar="N[,N...]",
+                                       help="Batch sizes, e.g. 1,8,32.")] = "1,8,32",
+    device: DeviceOpt = "cpu",
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
     iters: Annotated[Optional[int], typer.Option(help="Timed runs (default 10).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Time for this long instead of "
@@ -451,59 +522,21 @@ def profile(
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Table 1 of the paper counted from the built model; with --time, speed per backend."""
+    """Table 1 of the paper counted from the built model; with --time, speed per backend.
+
+    --recipe may also name an artifact (run folder or checkpoint): its embedded recipe is counted.
+    """
     from .profile import render_table1, table1
 
-    resolved = _recipe_or_artifact(recipe, set_)
-    if input_size is not None:
-        from .recipe import recipe_from_data
-
-        resolved = recipe_from_data(resolved.to_dict(), resolved.source,
-                                    {"data.input_size": input_size})
+    resolved = _recipe_or_artifact(recipe, set_, input_size)
     prof = table1(resolved, input_size)
     speed = None
     if time_:
-        from .backend import backend_names
-        from .speed import SpeedOptions, timed_profile
+        from .speed import plot as speed_plot, timed_profile
 
-        if iters is not None and iters < 1:
-            raise InceptionError(f"--iters: expected at least 1, got {iters}")
-        if warmup < 0:
-            raise InceptionError(f"--warmup: expected 0 or more, got {warmup}")
-        names = backend_names() if backend == "all" else [b.strip() for b in backend.split(",")]
-        precisions = [p.strip() for p in precision.split(",") if p.strip()]
-        for p in precisions:
-            if p not in ("fp32", "bf16", "fp16", "int8"):
-                raise InceptionError(f"--precision {p}: expected fp32, bf16, fp16 or int8")
-        try:
-            batches = [int(b) for b in batch.split(",") if b.strip()]
-        except ValueError:
-            batches = []
-        if not batches or min(batches) < 1:
-            raise InceptionError(f"--batch {batch}: expected a list of positive integers such "
-                                 f"as 1,8,32")
-        if seconds is not None and seconds <= 0:
-            raise InceptionError(f"--seconds: expected a positive duration, got {seconds}")
-        known = backend_names()
-        for name in names:
-            if name not in known:
-                from .backend import get_backend
-
-                get_backend(name)  # raises: unknown backend, with a "did you mean"
-        artifact = Path(recipe) if Path(recipe).suffix in (".pt", ".pth") or Path(recipe).is_dir() else None
-        if artifact is not None:
-            from .backend import resolve_artifact
-
-            artifact = resolve_artifact(artifact)
-        speed = timed_profile(SpeedOptions(
-            recipe=resolved, artifact=artifact, backends=names, precisions=precisions,
-            batches=batches, device=device, warmup=warmup,
-            iters=(iters or 10) if seconds is None else iters,
-            seconds=seconds, train=train_,
-            log=lambda m: print(m, file=sys.stderr, flush=True)))
+        speed = timed_profile(_speed_options(recipe, resolved, backend, precision, batch, device,
+                                             warmup, iters, seconds, train_))
         if plot is not None:
-            from .speed import plot as speed_plot
-
             speed_plot(speed, plot)
     elif plot is not None:
         raise InceptionError("--plot draws the timed profile: add --time")
@@ -513,17 +546,59 @@ def profile(
             data["speed"] = speed.to_json()
         emit_json(data)
         return
-    console.print(render_table1(prof, paper=paper))
+    _show(render_table1(prof, paper=paper))
     if speed is not None:
         from .speed import render as render_speed
 
-        console.print(render_speed(speed))
+        _show(render_speed(speed))
 
 
-def _recipe_or_artifact(name: str, set_: Optional[list[str]]):
-    """A recipe by name / YAML path, or the recipe an artifact (run folder, checkpoint) carries."""
+def _speed_options(recipe: str, resolved: Any, backend: str, precision: str, batch: str,
+                   device: str, warmup: int, iters: Optional[int], seconds: Optional[float],
+                   train_: bool) -> Any:
+    """``profile --time``'s options checked and turned into a SpeedOptions."""
+    from .backend import backend_names
+    from .speed import SpeedOptions
+
+    if iters is not None and iters < 1:
+        raise InceptionError(f"--iters: expected at least 1, got {iters}")
+    if warmup < 0:
+        raise InceptionError(f"--warmup: expected 0 or more, got {warmup}")
+    names = backend_names() if backend == "all" else [b.strip() for b in backend.split(",")]
+    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise InceptionError(f"--batch {batch}: expected a list of positive integers such "
+                             f"as 1,8,32")
+    if seconds is not None and seconds <= 0:
+        raise InceptionError(f"--seconds: expected a positive duration, got {seconds}")
+    known = backend_names()
+    for name in names:
+        if name not in known:
+            from .backend import get_backend
+
+            get_backend(name)  # raises: unknown backend, with a "did you mean"
+    artifact = Path(recipe) if Path(recipe).suffix in (".pt", ".pth") or Path(recipe).is_dir() else None
+    if artifact is not None:
+        from .backend import resolve_artifact
+
+        artifact = resolve_artifact(artifact)
+    return SpeedOptions(
+        recipe=resolved, artifact=artifact, backends=names, precisions=precisions,
+        batches=batches, device=device, warmup=warmup,
+        iters=(iters or 10) if seconds is None else iters,
+        seconds=seconds, train=train_,
+        log=lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Optional[int] = None):
+    """A recipe by name / YAML path, or the recipe an artifact (run folder, checkpoint) carries,
+    at ``input_size`` when one is given."""
     from .checkpoint import checkpoint_recipe, read_checkpoint
-    from .recipe import load_recipe
+    from .recipe import load_recipe, recipe_from_data
 
     path = Path(name)
     if path.suffix == ".onnx":
@@ -534,13 +609,14 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]]):
         from .backend import resolve_artifact
 
         ckpt_path = resolve_artifact(path)
-        return checkpoint_recipe(read_checkpoint(ckpt_path), str(ckpt_path), set_)
-    return load_recipe(name, set_)
+        resolved = checkpoint_recipe(read_checkpoint(ckpt_path), str(ckpt_path), set_)
+    else:
+        resolved = load_recipe(name, set_)
+    if input_size is None:
+        return resolved
+    return recipe_from_data(resolved.to_dict(), resolved.source, {"data.input_size": input_size})
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    """The console script (``inceptionctl``) and ``python -m inceptionctl``."""
+    app()

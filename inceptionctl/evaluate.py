@@ -432,3 +432,65 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
 def _split_batches(x: torch.Tensor, session: Session) -> list[torch.Tensor]:
     hi = session.info.batch_range[1] if session.info.batch_range else len(x)
     return list(torch.split(x, max(1, hi)))
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+def skipped_note(report: EvalReport) -> str | None:
+    """The stderr line naming the first unreadable images, or None when every image was read."""
+    if not report.skipped:
+        return None
+    shown = "; ".join(report.skipped_paths[:3])
+    return (f"skipped {report.skipped} unreadable image(s): {shown}"
+            + (" ..." if report.skipped > 3 else ""))
+
+
+def plot_confusion(report: EvalReport, path: Path) -> Path:
+    """The confusion matrix of the main row as a PNG, titled with its models, crops and top-1."""
+    from .plots import confusion_png
+
+    return confusion_png(report.confusion, report.classes, path,
+                         f"{report.main.models} model(s), {report.main.crops} crop(s): "
+                         f"top-1 {report.main.top1:.2f}%")
+
+
+def render(report: EvalReport, plot: Path | None = None) -> list[Any]:
+    """Table 3 for this run as a rich Table, then the throughput line (naming the plot file)."""
+    from rich.table import Table
+
+    table = Table(title=f"eval: {report.images} images, backend {report.backend} ({report.device})")
+    for col in ("models", "crops", "cost", "top-1", "top-5", "top-1 err", "top-5 err",
+                "Δ top-1", "Δ top-5"):
+        table.add_column(col, justify="right")
+    for r in report.rows:
+        table.add_row(str(r.models), str(r.crops), str(r.cost), f"{r.top1:.2f}%", f"{r.top5:.2f}%",
+                      f"{100 - r.top1:.2f}%", f"{100 - r.top5:.2f}%",
+                      f"{r.delta_top1:+.2f}" if r is not report.rows[0] else "base",
+                      f"{r.delta_top5:+.2f}" if r is not report.rows[0] else "base")
+    speed = (f"{report.images_per_s:,.1f} images/s, {report.crops_per_s:,.0f} crops/s "
+             f"({report.seconds:.1f}s)" + (f"; confusion matrix: {plot}" if plot else ""))
+    return [table, speed]
+
+
+def predictions_to_json(results: list[Prediction], bad: list[tuple[str, str]], weights: str,
+                        crops: int) -> dict[str, Any]:
+    """``predict --json``: the weights, crops, each image's top-k and the skipped images."""
+    return {"weights": weights, "crops": crops,
+            "predictions": [{"path": r.path, "topk": [
+                {"class": c, "index": i, "probability": p} for c, i, p in r.topk]}
+                for r in results],
+            "skipped": [{"path": p, "reason": why} for p, why in bad]}
+
+
+def render_predictions(results: list[Prediction], crops: int) -> Any:
+    """The predictions as a rich Table: one row per image, its top-k classes with probabilities."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"predict ({crops} crop{'s' if crops > 1 else ''})")
+    table.add_column("image")
+    for j in range(len(results[0].topk)):
+        table.add_column(f"#{j + 1}")
+    for r in results:
+        table.add_row(escape(r.path), *[escape(f"{c} {p:.1%}") for c, _, p in r.topk])
+    return table

@@ -31,7 +31,6 @@ Unavailable backends get a row with ``available: false`` and the reason, never a
 
 from __future__ import annotations
 
-import json
 import platform
 import tempfile
 import time
@@ -377,7 +376,3 @@ def plot(report: SpeedReport, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
-
-
-def dumps(report: SpeedReport) -> str:
-    return json.dumps(report.to_json(), indent=2)

@@ -758,3 +758,12 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
         run.writer.close()
     return _summary(run, state, stop_reason, stop.signum, time.monotonic() - started,
                     skipped_images)
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+def render(result: TrainResult) -> str:
+    """The one-line summary ``train`` prints: run folder, best top-1 and its epoch, time."""
+    best = (f"best top-1 {result.best_top1:.2f}% (epoch {result.best_epoch})"
+            if result.best_top1 is not None else "no validation yet")
+    return f"run folder: {result.run}  {best}  {result.epochs} epochs  {result.seconds:.1f}s"

@@ -117,3 +117,19 @@ def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "bad.png: cannot read image" in lines[0]
+
+
+@pytest.mark.parametrize("args,text", [
+    (["train", "--precision", "fp61"], "--precision fp61: expected auto, fp32, bf16 or fp16 "
+                                       "(did you mean 'fp16'?)"),
+    (["export", "x.pt", "--precision", "int4"], "--precision int4: expected fp32, fp16 or int8 "
+                                                "(did you mean 'int8'?)"),
+    (["export", "x.pt", "--calib-method", "minmaxx"],
+     "--calib-method minmaxx: expected minmax, entropy or percentile (did you mean 'minmax'?)"),
+    (["export", "x.pt", "--int8-flavour", "gpu"], "--int8-flavour gpu: expected cpu or tensorrt"),
+    (["profile", "--precision", "fp32,fp64"], "--precision fp64: expected fp32, bf16, fp16 or "
+                                              "int8"),
+])
+def test_choice_typos_are_caught_by_the_parser(cli, args, text):
+    """A fixed set is checked while parsing: before any file is opened, with a 'did you mean'."""
+    _one_error_line(cli(*args), text)
