@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -23,38 +22,10 @@ from . import __version__
 from . import distributed as dist_utils
 from .backend import Session, open_artifact
 from .crops import normalize, take_crops
-from .data import (IMG_EXTENSIONS, Collate, DataError, FileSource, ImageSource, KeyedSampler,
-                   _class_folders, _ground_truth, decode_rgb, default_workers, digits,
-                   image_folder)
+from .data import (Collate, DataError, ImageSource, KeyedSampler, collect_images, decode_rgb,
+                   default_workers, eval_source)
 from .errors import InceptionError, one_line
 from .recipe import Recipe
-
-
-# ------------------------------------------------------------------------------------ sources
-
-def eval_source(spec: str, classes: list[str], resize: int) -> ImageSource:
-    """The images to evaluate, labelled with the model's class indices (matched by name)."""
-    if spec == "digits":
-        source = digits(resize, "val")
-        if source.classes != classes:
-            raise DataError(f"digits: the embedded digits have classes 0..9, the model has "
-                            f"{len(classes)} classes ({', '.join(classes[:4])}...)")
-        return source
-    root = Path(spec)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder (give an image folder or 'digits')")
-    if (root / "val").is_dir():
-        root = root / "val"
-    if not _class_folders(root):
-        return FileSource(_ground_truth(root, classes), classes, str(root))
-    folder = image_folder(root)
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = [c for c in folder.classes if c not in index]
-    if unknown:
-        raise DataError(f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the "
-                        f"model's {len(classes)} classes ({', '.join(classes[:5])}...)")
-    items = [(path, index[folder.classes[label]]) for path, label in folder.items]
-    return FileSource(items, classes, str(root))
 
 
 class CropSet(Dataset):
@@ -374,24 +345,6 @@ def _backend_name(session: Session) -> str:
 class Prediction:
     path: str
     topk: list[tuple[str, int, float]]  # (class name, index, probability)
-
-
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); missing paths are an error."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file()
-                           and f.name.lower().endswith(IMG_EXTENSIONS))
-            if not found:
-                raise DataError(f"{p}: no images in this folder")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    return out
 
 
 def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
