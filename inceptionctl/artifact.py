@@ -77,22 +77,6 @@ class Kind(str, enum.Enum):
     ENGINE = "engine"           # an engine a backend built from an ONNX
 
 
-def kind_of(path: str | os.PathLike) -> Kind:
-    """The kind of artifact ``path`` is by its form (a folder, its suffix); ENGINE for the rest.
-
-    A weights file counts as a CHECKPOINT here: only reading it tells ours from foreign ones.
-    """
-    p = Path(path)
-    if p.is_dir():
-        return Kind.RUN
-    suffix = p.suffix.lower()
-    if suffix in CHECKPOINT_SUFFIXES:
-        return Kind.CHECKPOINT
-    if suffix == ONNX_SUFFIX:
-        return Kind.ONNX
-    return Kind.ENGINE
-
-
 def resolve_artifact(path: str | Path) -> Path:
     """A run folder means its best checkpoint (else last); anything else must exist."""
     p = Path(path)

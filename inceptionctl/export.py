@@ -17,7 +17,7 @@ backend's package: everything is asked of the registry.
 
 Parity is proven on every export, not assumed: the written file is opened through its backend
 and run next to the PyTorch model on the same preprocessed images, at the batch sizes of the
-declared range (:func:`inceptionctl.compare.prove_parity` states the criteria). A failed check
+declared range (:mod:`inceptionctl.compare` states the criteria). A failed check
 keeps the file and raises :class:`ExportCheckFailed` (a ``CheckFailed``, exit code 1) carrying
 the full report.
 
@@ -420,12 +420,6 @@ def export_engine(artifact: str | os.PathLike, to: str, out: str | os.PathLike |
     with open_artifact(engine, backend=to, device=device) as session:
         parity = prove_parity(job.model, session, job.check, job.bounds, precision, log)
     return _finish(_report(job, engine, to, precision, parity, started, int8), log)
-
-
-def export_tensorrt(artifact: str | os.PathLike, **options: Any) -> ExportReport:
-    """:func:`export_engine` to the built-in TensorRT plugin's target, under the name callers
-    of the library have used (the CLI goes through :func:`export`)."""
-    return export_engine(artifact, "tensorrt", **options)
 
 
 def export(artifact: str | os.PathLike, to: str = ONNX, **options: Any) -> ExportReport:
