@@ -82,7 +82,7 @@ class ExportReport:
     """What an export wrote and the proof that it computes what the checkpoint computes."""
 
     file: str
-    format: str            # onnx | tensorrt
+    format: str            # the target: onnx, or the engine builder's name (e.g. tensorrt)
     size_bytes: int
     precision: str
     batch: tuple[int, int, int]
