@@ -5,8 +5,13 @@
 through this object: running a model (:meth:`OnnxRuntimeBackend.open`) and static INT8
 quantization (:meth:`OnnxRuntimeBackend.quantize_int8`, used by ``inceptionctl export``).
 
-A session reads what the model is from the ``metadata_props`` our exporter writes (the keys are
-documented in :mod:`inceptionctl.export`); a ``.onnx`` file without them is refused with one line.
+A session reads what the model is from the ``metadata_props`` our exporter writes, through
+:func:`inceptionctl.artifact.read_onnx_metadata` (the keys are documented in
+:mod:`inceptionctl.artifact`); a ``.onnx`` file without them is refused with one line.
+
+Capabilities (:mod:`inceptionctl.backend`): it runs fp32 and int8, is the registry's
+:class:`~inceptionctl.backend.Quantizer` (flavours ``cpu`` and ``tensorrt``), and times the ONNX
+the core hands it (int8: the ``cpu`` flavour).
 
 Execution providers: ``CPUExecutionProvider`` by default; ``device="cuda[:N]"`` uses the CUDA
 provider (onnxruntime-gpu), and ``providers=["tensorrt", "cuda"]`` (short or full names) picks
@@ -24,7 +29,8 @@ from typing import Any
 
 import torch
 
-from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
+from inceptionctl.artifact import Kind, read_onnx_metadata
+from inceptionctl.backend import ArtifactInfo, Availability, Backend, BuildContext, Session
 from inceptionctl.errors import InceptionError, one_line
 from inceptionctl.files import atomic_path
 from inceptionctl.runtime import parse_device
@@ -94,28 +100,15 @@ def _resolve_providers(ort: Any, device: str, providers: Sequence[str] | None
     return chosen, (f"cuda:{index}" if kind == "cuda" else "cpu")
 
 
-def read_props(path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (weights not loaded); a clear error if unreadable."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise InceptionError(f"{path}: not a readable ONNX model ({one_line(exc, 200)})") from None
-    return {p.key: p.value for p in model.metadata_props}
-
-
 class OnnxRuntimeSession(Session):
     """One ONNX Runtime ``InferenceSession`` over one of our exported models."""
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
                  providers: Sequence[str] | None = None, **_: Any):
-        from inceptionctl.export import read_metadata
-
         path = Path(path)
         if not path.is_file():
             raise InceptionError(f"{path}: no such file")
-        meta = read_metadata(read_props(path), path)  # refuse a foreign .onnx before loading it
+        meta = read_onnx_metadata(path)  # refuse a foreign .onnx before loading it
         ort = _import_ort()
         chosen, self.device = _resolve_providers(ort, device, providers)
         if threads is not None and threads < 0:
@@ -148,7 +141,7 @@ class OnnxRuntimeSession(Session):
                                  f"graph outputs {n_out} logits")
         lo, opt, hi = meta["batch"]
         self.info = ArtifactInfo(
-            path=str(path), kind="onnx", recipe=meta["recipe"], classes=meta["classes"],
+            path=str(path), kind=Kind.ONNX.value, recipe=meta["recipe"], classes=meta["classes"],
             preprocessing=meta["preprocessing"], precision=meta["precision"],
             batch_range=(lo, hi), input_dtype=dtype,
             extra={"backend": "onnxruntime", "onnxruntime": ort.__version__,
@@ -209,6 +202,10 @@ class OnnxRuntimeBackend(Backend):
     package = PACKAGE
     install_hint = INSTALL
     suffixes = (".onnx",)
+    rank = 1
+    precisions = ("fp32", "int8")
+    builds = ("int8",)               # as a Quantizer: INT8 QDQ from an fp32 ONNX
+    flavours = tuple(FLAVOURS)
 
     def availability(self) -> Availability:
         try:
@@ -230,6 +227,12 @@ class OnnxRuntimeBackend(Backend):
              providers: Sequence[str] | None = None, **_: Any) -> Session:
         self.require()
         return OnnxRuntimeSession(Path(path), device, threads=threads, providers=providers)
+
+    def make_artifact(self, checkpoint: Path, precision: str, ctx: BuildContext
+                      ) -> tuple[Path, dict[str, Any]]:
+        """The ONNX to time: the core's fp32 export, or its INT8 QDQ in the ``cpu`` flavour
+        (the fastest here)."""
+        return (ctx.quantized("cpu") if precision == "int8" else ctx.onnx()), {}
 
     # ------------------------------------------------------------------- used by export
 

@@ -5,8 +5,9 @@
 enqueued on the current torch CUDA stream (no pycuda).
 
 An engine never travels alone: next to ``model.engine`` lies ``model.engine.json``, the
-*sidecar*, with what the source ONNX's metadata says (recipe, classes, preprocessing), the
-optimisation profile, and what the engine is tied to (TensorRT version, GPU and compute
+*sidecar*, with what the source ONNX's metadata says (recipe, classes, preprocessing, under the
+names of :mod:`inceptionctl.artifact`, which reads and writes every sidecar and ONNX metadata),
+the optimisation profile, and what the engine is tied to (TensorRT version, GPU and compute
 capability). Engines are not portable across TensorRT releases or GPU architectures, so
 :func:`check_trt_version` and :func:`check_gpu` refuse a mismatch with a rebuild hint before
 TensorRT gets to fail on it.
@@ -21,6 +22,10 @@ Precision (see :func:`plan_build`):
   (our exporter's "tensorrt" flavour), built strongly typed. Without Q/DQ nodes, *implicit*
   quantization calibrates with :class:`IInt8EntropyCalibrator2` on ``calib_batches``; TensorRT
   10 deprecates implicit quantization and 11 removes it, so it is the fallback only.
+
+Capabilities (:mod:`inceptionctl.backend`): an :class:`~inceptionctl.backend.EngineBuilder`
+(``export --to tensorrt``) that builds and runs fp32, fp16 and int8, its INT8 from the QDQ ONNX
+of the ``tensorrt`` flavour; ``profile --time`` builds its engines the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import os
 import re
 import time
@@ -39,9 +43,11 @@ from typing import Any
 
 import torch
 
+from inceptionctl import artifact
+from inceptionctl.artifact import Kind, parse_batch_profile, read_metadata, sidecar_path
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, BackendUnavailable, Session
 from inceptionctl.errors import InceptionError
-from inceptionctl.files import atomic_path, write_text_atomic
+from inceptionctl.files import atomic_path
 from inceptionctl.runtime import cuda_index
 
 PACKAGE = "tensorrt"
@@ -52,38 +58,7 @@ SIDECAR_FORMAT = "inceptionctl.tensorrt-engine"
 SIDECAR_VERSION = 1
 REBUILD = "rebuild it here with `inceptionctl export MODEL.onnx --to tensorrt`"
 
-# Where our ONNX exporter puts each fact (first key found wins). One table, so a renamed key is
-# a one-line change; every metadata_prop is also copied verbatim into the sidecar.
-METADATA_KEYS: dict[str, tuple[str, ...]] = {
-    "recipe": ("inceptionctl.recipe", "recipe"),
-    "classes": ("inceptionctl.classes", "classes"),
-    "preprocessing": ("inceptionctl.preprocessing", "preprocessing"),
-    "precision": ("inceptionctl.precision", "precision"),
-    "batch": ("inceptionctl.batch", "batch"),
-    "version": ("inceptionctl.version", "inceptionctl_version", "version"),
-    "source": ("inceptionctl.source",),   # JSON: the checkpoint it came from
-    "int8": ("inceptionctl.int8",),       # JSON: flavour, calibration method, samples (INT8 only)
-}
-
-
 # ---------------------------------------------------------------------------- pure helpers
-
-def parse_batch_profile(value: Any) -> tuple[int, int, int]:
-    """``(min, opt, max)`` from ``"MIN:OPT:MAX"``, ``"N"``, ``N`` or a 3-sequence of ints."""
-    from inceptionctl.recipe import parse_batch_range
-
-    if isinstance(value, str):
-        return parse_batch_range(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool):
-        return parse_batch_range(str(value))
-    if isinstance(value, Sequence) and len(value) == 3 \
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        lo, opt, hi = (int(v) for v in value)
-        if 1 <= lo <= opt <= hi:
-            return lo, opt, hi
-    raise InceptionError(f"batch range: expected MIN:OPT:MAX (or three integers) with "
-                         f"1 <= MIN <= OPT <= MAX, got {value!r}")
-
 
 def parse_version(text: str) -> tuple[int, ...]:
     """``"10.3.0.26"`` -> ``(10, 3, 0, 26)``; a suffix (``"rc1"``, ``"+cuda12"``) ends it."""
@@ -177,101 +152,23 @@ def one_line(messages: Iterable[str], limit: int = 5) -> str:
     return "; ".join(items[:limit]) + extra
 
 
-def _loads(text: str) -> Any:
-    """JSON, else YAML (a superset), never code."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        import yaml
-
-        return yaml.safe_load(text)
-
-
-def parse_onnx_metadata(props: Mapping[str, str]) -> dict[str, Any]:
-    """The facts our ONNX metadata carries, parsed tolerantly (a bad value becomes None + a note).
-
-    Returns ``recipe`` (dict), ``classes`` (list of str), ``preprocessing`` (dict), ``precision``,
-    ``batch`` ((min, opt, max)), ``version``, ``source`` (dict), ``int8`` (dict) -- each None when
-    absent or unreadable -- and ``problems`` (one line per unreadable value). The keys are those
-    :mod:`inceptionctl.export` writes (see ``METADATA_KEYS``).
-    """
-    out: dict[str, Any] = {k: None for k in METADATA_KEYS}
-    problems: list[str] = []
-    for fact, keys in METADATA_KEYS.items():
-        key = next((k for k in keys if k in props), None)
-        if key is None:
-            continue
-        raw = props[key]
-        try:
-            if fact in ("recipe", "preprocessing", "source", "int8"):
-                value = _loads(raw)
-                if not isinstance(value, dict):
-                    raise ValueError(f"expected a mapping, got {type(value).__name__}")
-            elif fact == "classes":
-                value = _loads(raw)
-                if not isinstance(value, list):
-                    raise ValueError(f"expected a list, got {type(value).__name__}")
-                value = [str(c) for c in value]
-            elif fact == "batch":
-                text = raw.strip()
-                value = parse_batch_profile(_loads(text) if text.startswith("[") else text)
-            else:
-                value = str(raw).strip() or None
-        except Exception as exc:  # tolerant by design: the engine still builds, the note says why
-            problems.append(f"metadata '{key}': {' '.join(str(exc).split())}")
-            continue
-        out[fact] = value
-    out["problems"] = problems
-    return out
-
-
-def sidecar_path(engine: str | Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
 _REQUIRED = {"tensorrt_version": str, "precision": str, "batch": list, "input": dict,
              "output": dict}
 
 
 def write_sidecar(engine: str | Path, data: Mapping[str, Any]) -> Path:
     """Write the sidecar for ``engine`` atomically; returns its path."""
-    body = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, **data}
-    path = sidecar_path(engine)
-    write_text_atomic(path, json.dumps(body, indent=2, sort_keys=False, default=str) + "\n")
-    return path
+    return artifact.write_sidecar(engine, SIDECAR_FORMAT, SIDECAR_VERSION, data)
 
 
 def read_sidecar(engine: str | Path) -> dict[str, Any]:
     """The sidecar of ``engine``, validated; one clear error naming the file when unusable."""
-    path = sidecar_path(engine)
-    if not path.is_file():
-        raise InceptionError(f"{path}: missing (every TensorRT engine needs its sidecar with the "
-                             f"recipe, classes and build facts); {REBUILD}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InceptionError(f"{path}: corrupt TensorRT sidecar ({one_line([str(exc)])}); "
-                             f"{REBUILD}") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise InceptionError(f"{path}: not an inceptionctl TensorRT sidecar (no "
-                             f"\"format\": \"{SIDECAR_FORMAT}\"); {REBUILD}")
-    if int(data.get("format_version", 0)) > SIDECAR_VERSION:
-        raise InceptionError(f"{path}: sidecar format {data.get('format_version')} is newer than "
-                             f"this inceptionctl understands ({SIDECAR_VERSION}); upgrade it")
-    for key, kind in _REQUIRED.items():
-        if not isinstance(data.get(key), kind):
-            raise InceptionError(f"{path}: corrupt TensorRT sidecar ('{key}' missing or not a "
-                                 f"{kind.__name__}); {REBUILD}")
-    try:
-        data["batch"] = list(parse_batch_profile(data["batch"]))
-    except InceptionError as exc:
-        raise InceptionError(f"{path}: corrupt TensorRT sidecar ({exc}); {REBUILD}") from None
+    data = artifact.read_sidecar(engine, SIDECAR_FORMAT, SIDECAR_VERSION, kind="TensorRT",
+                                 required=_REQUIRED, rebuild=REBUILD)
     if not isinstance(data["input"].get("name"), str) or \
             not isinstance(data["output"].get("name"), str):
-        raise InceptionError(f"{path}: corrupt TensorRT sidecar (input/output name missing); "
-                             f"{REBUILD}")
+        raise InceptionError(f"{sidecar_path(engine)}: corrupt TensorRT sidecar (input/output "
+                             f"name missing); {REBUILD}")
     return data
 
 
@@ -486,16 +383,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
     written back, to make rebuilds fast.
     """
     onnx_path, out = Path(onnx_path), Path(out)
-    if precision not in PRECISIONS:
-        raise InceptionError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
-    lo, opt, hi = parse_batch_profile(batch)
-    if out.suffix.lower() not in TensorRTBackend.suffixes:
-        raise InceptionError(f"{out}: a TensorRT engine must end in "
-                             f"{' or '.join(TensorRTBackend.suffixes)}")
-    if not onnx_path.is_file():
-        raise InceptionError(f"{onnx_path}: no such file")
-    if workspace_gib <= 0:
-        raise InceptionError(f"workspace: expected a positive size in GiB, got {workspace_gib}")
+    profile = _check_build_request(onnx_path, out, precision, batch, workspace_gib)
     if isinstance(calib_batches, torch.Tensor):
         calib_batches = [calib_batches]
     av = TensorRTBackend().require()
@@ -504,7 +392,59 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
     if index >= torch.cuda.device_count():
         raise InceptionError(f"--device {device}: no such CUDA device (have "
                              f"{', '.join(av.devices)})")
+    facts, meta = _read_onnx(onnx_path)
+    trt = _import_trt()
+    plan = plan_build(precision, has_qdq=facts["has_qdq"], has_fp16=facts["has_fp16"],
+                      calibration=bool(calib_batches), features=trt_features(trt),
+                      where=str(onnx_path))
+    if calib_batches and not plan.calibrate:
+        log(f"note: {onnx_path} carries its own quantization; calibration data not used")
+    job = _Build(trt, onnx_path, precision, profile, plan, index, workspace_gib,
+                 Path(timing_cache) if timing_cache else None, list(calib_batches or []), log)
+    started = time.perf_counter()
+    blob, io = _build_serialized(job)
+    _write_engine(out, blob, {
+        "engine": out.name,
+        "engine_sha256": hashlib.sha256(blob).hexdigest(),
+        "precision": precision,
+        "quantization": plan.quantization,
+        "strongly_typed": plan.strongly_typed,
+        "batch": list(profile),
+        **io,
+        "tensorrt_version": str(trt.__version__),
+        "cuda_version": torch.version.cuda,
+        "gpu": _gpu(index),
+        "workspace_gib": workspace_gib,
+        "inceptionctl_version": _our_version(),
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **artifact.sidecar_facts({"path": str(onnx_path), "sha256": _sha256(onnx_path)}, meta),
+        "metadata": facts["metadata"],
+    })
+    log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {sidecar_path(out).name} in "
+        f"{time.perf_counter() - started:.1f}s")
+    return out
 
+
+def _check_build_request(onnx_path: Path, out: Path, precision: str,
+                         batch: tuple[int, int, int] | str, workspace_gib: float
+                         ) -> tuple[int, int, int]:
+    """The batch profile, once the arguments are known good (before TensorRT is asked)."""
+    if precision not in PRECISIONS:
+        raise InceptionError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+    profile = parse_batch_profile(batch)
+    if out.suffix.lower() not in TensorRTBackend.suffixes:
+        raise InceptionError(f"{out}: a TensorRT engine must end in "
+                             f"{' or '.join(TensorRTBackend.suffixes)}")
+    if not onnx_path.is_file():
+        raise InceptionError(f"{onnx_path}: no such file")
+    if workspace_gib <= 0:
+        raise InceptionError(f"workspace: expected a positive size in GiB, got {workspace_gib}")
+    return profile
+
+
+def _read_onnx(onnx_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ONNX's graph facts (:func:`onnx_facts`) and our metadata, read by the one reader
+    (:func:`inceptionctl.artifact.read_metadata`); what TensorRT cannot take is refused here."""
     import onnx
 
     try:
@@ -514,136 +454,138 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
                              f"({one_line([str(exc)])})") from None
     facts = onnx_facts(model)
     del model
-    meta = parse_onnx_metadata(facts["metadata"])
-    for note in meta["problems"]:
-        log(f"warning: {onnx_path}: {note}")
+    meta = read_metadata(facts["metadata"], onnx_path)
     if facts["qdq_problem"]:
         raise InceptionError(f"{onnx_path}: {facts['qdq_problem']}; export the TensorRT INT8 "
                              f"flavour (--to tensorrt --precision int8)")
     if len(facts["inputs"]) != 1:
         raise InceptionError(f"{onnx_path}: expected one input (images), found "
                              f"{[n for n, _ in facts['inputs']] or 'none'}")
+    return facts, meta
 
-    trt = _import_trt()
-    plan = plan_build(precision, has_qdq=facts["has_qdq"], has_fp16=facts["has_fp16"],
-                      calibration=bool(calib_batches), features=trt_features(trt),
-                      where=str(onnx_path))
-    if calib_batches and not plan.calibrate:
-        log(f"note: {onnx_path} carries its own quantization; calibration data not used")
-    version = str(trt.__version__)
-    major = parse_version(version)[0]
-    dev = torch.device("cuda", index)
-    started = time.perf_counter()
 
-    with torch.cuda.device(index):
+@dataclass
+class _Build:
+    """One engine build: what TensorRT is given, decided before it is called."""
+
+    trt: Any
+    onnx_path: Path
+    precision: str
+    profile: tuple[int, int, int]
+    plan: BuildPlan
+    index: int
+    workspace_gib: float
+    timing_cache: Path | None
+    calib_batches: list[torch.Tensor]
+    log: Callable[[str], Any]
+
+
+def _build_serialized(job: _Build) -> tuple[bytes, dict[str, Any]]:
+    """The serialized engine, and its input and output as the sidecar records them."""
+    trt, lo, opt, hi = job.trt, *job.profile
+    with torch.cuda.device(job.index):
         torch.cuda.init()  # TensorRT uses the CUDA context torch makes current
         logger = _logger(trt)
         builder = trt.Builder(logger)
-        flags = 0
-        if major < 10:  # 10.x: explicit batch is the only mode and the flag is gone in 11
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        if plan.strongly_typed:
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        log(f"tensorrt {version}: parsing {onnx_path}")
-        if not parser.parse_from_file(str(onnx_path)):
-            errs = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise InceptionError(f"{onnx_path}: TensorRT could not parse it: "
-                                 f"{one_line(errs or logger.errors) or 'unknown parser error'}")
-        if network.num_inputs != 1 or network.num_outputs < 1:
-            raise InceptionError(f"{onnx_path}: expected one input and one output, TensorRT sees "
-                                 f"{network.num_inputs} and {network.num_outputs}")
-        inp = network.get_input(0)
-        dims = list(inp.shape)
-        if len(dims) != 4 or any(d < 1 for d in dims[1:]):
-            raise InceptionError(f"{onnx_path}: input '{inp.name}' must be [N, C, H, W] with fixed "
-                                 f"C, H, W, got {dims}")
-        chw = (int(dims[1]), int(dims[2]), int(dims[3]))
-        if dims[0] >= 1 and not lo == hi == dims[0]:
-            raise InceptionError(f"{onnx_path}: the batch axis is fixed at {dims[0]}; export "
-                                 f"with a dynamic batch to build the profile {lo}:{opt}:{hi}")
-
+        network, parser, inp, chw = _parse_network(job, builder, logger)
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-        for name in plan.set_flags:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
+                                     int(job.workspace_gib * (1 << 30)))
+        for name in job.plan.set_flags:
             config.set_flag(getattr(trt.BuilderFlag, name))
-        for name in plan.clear_flags:
+        for name in job.plan.clear_flags:
             config.clear_flag(getattr(trt.BuilderFlag, name))
         profile = builder.create_optimization_profile()
         profile.set_shape(inp.name, (lo, *chw), (opt, *chw), (hi, *chw))
         if config.add_optimization_profile(profile) < 0:
-            raise InceptionError(f"{onnx_path}: TensorRT rejected the profile {lo}:{opt}:{hi} "
-                                 f"({one_line(logger.errors)})")
-        calibrator = None
-        if plan.calibrate:
-            chunks = calibration_chunks(calib_batches or [], opt, chw)
-            calib_profile = builder.create_optimization_profile()
-            shape = (int(chunks[0].shape[0]), *chw)
-            calib_profile.set_shape(inp.name, shape, shape, shape)
-            config.set_calibration_profile(calib_profile)
-            calibrator = _entropy_calibrator(trt, chunks, dev)
-            config.int8_calibrator = calibrator
-            log(f"calibrating on {sum(c.shape[0] for c in chunks)} samples "
-                f"(entropy calibrator, implicit quantization: deprecated in TensorRT 10)")
-        cache_path = Path(timing_cache) if timing_cache else None
-        if cache_path is not None:
-            cached = cache_path.read_bytes() if cache_path.is_file() else b""
+            raise InceptionError(f"{job.onnx_path}: TensorRT rejected the profile "
+                                 f"{lo}:{opt}:{hi} ({one_line(logger.errors)})")
+        calibrator = _set_calibration(job, builder, config, inp.name, chw) \
+            if job.plan.calibrate else None
+        if job.timing_cache is not None:
+            cached = job.timing_cache.read_bytes() if job.timing_cache.is_file() else b""
             config.set_timing_cache(config.create_timing_cache(cached), False)
-
-        mode = "strongly typed" if plan.strongly_typed else \
-            f"builder flags {','.join(plan.set_flags) or '-'}"
-        log(f"building {precision} engine ({plan.quantization}, {mode}, batch {lo}:{opt}:{hi}, "
-            f"input {inp.name} {list(chw)}) on {torch.cuda.get_device_name(index)}")
+        mode = "strongly typed" if job.plan.strongly_typed else \
+            f"builder flags {','.join(job.plan.set_flags) or '-'}"
+        job.log(f"building {job.precision} engine ({job.plan.quantization}, {mode}, batch "
+                f"{lo}:{opt}:{hi}, input {inp.name} {list(chw)}) on "
+                f"{torch.cuda.get_device_name(job.index)}")
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise InceptionError(f"{onnx_path}: TensorRT failed to build the {precision} engine: "
-                                 f"{one_line(logger.errors) or 'no reason given'}")
-        output_names = [network.get_output(i).name for i in range(network.num_outputs)]
-        if cache_path is not None:
-            try:
-                with atomic_path(cache_path) as tmp:
-                    tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
-            except OSError as exc:  # a cache is an optimisation: say so, keep the engine
-                log(f"warning: {cache_path}: timing cache not saved ({exc.strerror or exc})")
-        gpu = _gpu(index)
-        del calibrator
+            raise InceptionError(f"{job.onnx_path}: TensorRT failed to build the {job.precision} "
+                                 f"engine: {one_line(logger.errors) or 'no reason given'}")
+        outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+        _save_timing_cache(job, config)
+        del calibrator, parser
+    io = {"input": {"name": inp.name, "shape": [-1, *chw]},
+          "output": {"name": "logits" if "logits" in outputs else outputs[0]}}
+    return bytes(memoryview(serialized)), io
 
-    blob = bytes(memoryview(serialized))
+
+def _parse_network(job: _Build, builder: Any, logger: Any
+                   ) -> tuple[Any, Any, Any, tuple[int, int, int]]:
+    """The network parsed from the ONNX, its parser (kept alive with it), its input and C, H, W."""
+    trt, (lo, opt, hi) = job.trt, job.profile
+    version = str(trt.__version__)
+    flags = 0
+    if parse_version(version)[0] < 10:  # 10.x: explicit batch is the only mode; 11 drops the flag
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if job.plan.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    job.log(f"tensorrt {version}: parsing {job.onnx_path}")
+    if not parser.parse_from_file(str(job.onnx_path)):
+        errs = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise InceptionError(f"{job.onnx_path}: TensorRT could not parse it: "
+                             f"{one_line(errs or logger.errors) or 'unknown parser error'}")
+    if network.num_inputs != 1 or network.num_outputs < 1:
+        raise InceptionError(f"{job.onnx_path}: expected one input and one output, TensorRT "
+                             f"sees {network.num_inputs} and {network.num_outputs}")
+    inp = network.get_input(0)
+    dims = list(inp.shape)
+    if len(dims) != 4 or any(d < 1 for d in dims[1:]):
+        raise InceptionError(f"{job.onnx_path}: input '{inp.name}' must be [N, C, H, W] with "
+                             f"fixed C, H, W, got {dims}")
+    if dims[0] >= 1 and not lo == hi == dims[0]:
+        raise InceptionError(f"{job.onnx_path}: the batch axis is fixed at {dims[0]}; export "
+                             f"with a dynamic batch to build the profile {lo}:{opt}:{hi}")
+    return network, parser, inp, (int(dims[1]), int(dims[2]), int(dims[3]))
+
+
+def _set_calibration(job: _Build, builder: Any, config: Any, name: str,
+                     chw: tuple[int, int, int]) -> Any:
+    """Implicit INT8: the calibration profile and an entropy calibrator over the batches."""
+    chunks = calibration_chunks(job.calib_batches, job.profile[1], chw)
+    calib_profile = builder.create_optimization_profile()
+    shape = (int(chunks[0].shape[0]), *chw)
+    calib_profile.set_shape(name, shape, shape, shape)
+    config.set_calibration_profile(calib_profile)
+    calibrator = _entropy_calibrator(job.trt, chunks, torch.device("cuda", job.index))
+    config.int8_calibrator = calibrator
+    job.log(f"calibrating on {sum(c.shape[0] for c in chunks)} samples "
+            f"(entropy calibrator, implicit quantization: deprecated in TensorRT 10)")
+    return calibrator
+
+
+def _save_timing_cache(job: _Build, config: Any) -> None:
+    if job.timing_cache is None:
+        return
+    try:
+        with atomic_path(job.timing_cache) as tmp:
+            tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    except OSError as exc:  # a cache is an optimisation: say so, keep the engine
+        job.log(f"warning: {job.timing_cache}: timing cache not saved ({exc.strerror or exc})")
+
+
+def _write_engine(out: Path, blob: bytes, sidecar: Mapping[str, Any]) -> None:
+    """The engine, then its sidecar (each atomically)."""
     try:
         with atomic_path(out) as tmp:
             tmp.write_bytes(blob)
     except OSError as exc:
         raise InceptionError(f"{out}: cannot write the engine ({exc.strerror or exc})") from None
-    out_name = "logits" if "logits" in output_names else output_names[0]
-    write_sidecar(out, {
-        "engine": out.name,
-        "engine_sha256": hashlib.sha256(blob).hexdigest(),
-        "precision": precision,
-        "quantization": plan.quantization,
-        "strongly_typed": plan.strongly_typed,
-        "batch": [lo, opt, hi],
-        "input": {"name": inp.name, "shape": [-1, *chw]},
-        "output": {"name": out_name},
-        "tensorrt_version": version,
-        "cuda_version": torch.version.cuda,
-        "gpu": gpu,
-        "workspace_gib": workspace_gib,
-        "inceptionctl_version": _our_version(),
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source_onnx": {"path": str(onnx_path), "sha256": _sha256(onnx_path),
-                        "precision": meta["precision"],
-                        "batch": list(meta["batch"]) if meta["batch"] else None,
-                        "inceptionctl_version": meta["version"], "source": meta["source"],
-                        "int8": meta["int8"]},
-        "recipe": meta["recipe"],
-        "classes": meta["classes"],
-        "preprocessing": meta["preprocessing"],
-        "metadata": facts["metadata"],
-    })
-    log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {sidecar_path(out).name} in "
-        f"{time.perf_counter() - started:.1f}s")
-    return out
+    write_sidecar(out, sidecar)
 
 
 def _check_writable(out: Path) -> None:
@@ -744,7 +686,7 @@ class TensorRTSession(Session):
         out_shape = list(self.engine.get_tensor_shape(self.output_name))
         classes = side.get("classes") or [str(i) for i in range(max(0, int(out_shape[-1])))]
         self.info = ArtifactInfo(
-            path=str(path), kind="engine", recipe=side.get("recipe") or {}, classes=classes,
+            path=str(path), kind=Kind.ENGINE.value, recipe=side.get("recipe") or {}, classes=classes,
             preprocessing=preprocessing, precision=side["precision"], batch_range=(lo, hi),
             input_dtype=self.in_dtype,
             extra={"batch_profile": (lo, opt, hi), "tensorrt": side["tensorrt_version"],
@@ -794,6 +736,10 @@ class TensorRTBackend(Backend):
     package = PACKAGE
     install_hint = "pip install 'inceptionctl[tensorrt]' (needs an NVIDIA GPU and CUDA)"
     suffixes = (".engine", ".plan")
+    rank = 2
+    precisions = PRECISIONS
+    builds = PRECISIONS
+    int8_flavour = "tensorrt"  # explicit quantization: symmetric QDQ, zero zero-points
 
     def availability(self) -> Availability:
         try:
@@ -812,9 +758,15 @@ class TensorRTBackend(Backend):
         self.require()
         return TensorRTSession(Path(path), device, **options)
 
+    def build_engine(self, onnx_path: str | Path, out: str | Path, precision: str,
+                     batch: tuple[int, int, int] | str,
+                     calib_batches: Sequence[torch.Tensor] | None = None,
+                     log: Callable[[str], Any] = print, *, device: str = "cuda:0") -> Path:
+        """:func:`build_engine` (the module's), as the registry's EngineBuilder."""
+        return build_engine(onnx_path, out, precision, batch, calib_batches, log, device=device)
+
 
 __all__ = ["BackendUnavailable", "BuildPlan", "TensorRTBackend", "TensorRTSession", "assess",
            "build_engine", "calibration_chunks", "check_gpu", "check_trt_version", "one_line",
-           "onnx_facts", "parse_batch_profile", "parse_onnx_metadata", "parse_version",
-           "plan_build", "read_sidecar", "sidecar_path", "torch_dtype", "trt_features",
-           "write_sidecar"]
+           "onnx_facts", "parse_batch_profile", "parse_version", "plan_build", "read_sidecar",
+           "sidecar_path", "torch_dtype", "trt_features", "write_sidecar"]

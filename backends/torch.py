@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from inceptionctl.artifact import CHECKPOINT_SUFFIXES, Kind, class_names, preprocessing
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
-from inceptionctl.checkpoint import class_names, load_model, preprocessing
+from inceptionctl.checkpoint import load_model
 from inceptionctl.errors import InceptionError
 from inceptionctl.runtime import resolve_device
 
@@ -29,7 +30,7 @@ class TorchSession(Session):
         self.forward = torch.compile(self.model) if compile else self.model
         self.device = str(self.device_obj)
         self.info = ArtifactInfo(
-            path=str(path), kind="checkpoint" if "meta" in info else "foreign",
+            path=str(path), kind=(Kind.CHECKPOINT if "meta" in info else Kind.FOREIGN).value,
             recipe=resolved.to_dict(), classes=info.get("classes") or class_names(resolved),
             preprocessing=preprocessing(resolved), precision=precision,
             extra={"weights": "ema" if info.get("ema") else "model",
@@ -58,7 +59,9 @@ class TorchBackend(Backend):
     name = "torch"
     package = "torch"
     install_hint = "pip install torch"
-    suffixes = (".pt", ".pth", ".ckpt", ".bin")
+    suffixes = CHECKPOINT_SUFFIXES
+    rank = 0
+    precisions = ("fp32", "bf16", "fp16")  # autocast; times the checkpoint itself
 
     def availability(self) -> Availability:
         devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

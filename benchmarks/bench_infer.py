@@ -110,13 +110,13 @@ def measure_gpu(batch: int = 32, warmup: int = 5, iters: int = 20) -> list[Goal]
     if not trt.available:
         return [Goal("GPU TensorRT fp16 vs torch eager fp32 (b32)", None, 5.0,
                      details={"torch fp32 img/s": eager}, note=f"tensorrt: {trt.reason}")]
-    from inceptionctl.export import export_tensorrt
+    from inceptionctl.export import export
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_checkpoint(Path(tmp) / "m.pt", model.cpu(), recipe)
         engine = Path(tmp) / "m.fp16.engine"
-        export_tensorrt(ckpt, out=engine, precision="fp16", batch=f"1:{batch}:{batch}",
-                        log=lambda m: None)
+        export(ckpt, to="tensorrt", out=engine, precision="fp16", batch=f"1:{batch}:{batch}",
+               log=lambda m: None)
         xc = x.cpu()
         with open_artifact(engine, device="cuda") as s:
             fp16 = _ips(lambda: s.run(xc), batch, warmup, iters, dev)

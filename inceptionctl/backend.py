@@ -10,22 +10,43 @@ Lifecycle (as Polygraphy's runners): ``backend.open(artifact) -> Session``; ``se
 returns logits; ``session.close()`` (or use the session as a context manager). ``run`` checks the
 batch's rank, dtype, channels, spatial size and batch range against the artifact and names what
 is wrong.
+
+Capabilities: the core asks a backend what it can do, never which one it is.
+
+- ``precisions``: what its sessions run (``profile --time`` times exactly these);
+  ``builds``: the precisions of the artifacts it makes from an fp32 ONNX (``export --to NAME``).
+- :meth:`Backend.make_artifact`: the file it times for a precision, made from a checkpoint with
+  what the core hands it in a :class:`BuildContext` (the fp32 ONNX, calibration images, an INT8
+  QDQ ONNX of a flavour); the default covers a backend that opens checkpoints or builds engines.
+- Optional protocols (``typing.Protocol``, ``runtime_checkable``: a plugin implements the methods
+  and attributes, no base class needed; the registry tests them with ``isinstance``):
+  :class:`Quantizer` (static INT8 QDQ of an ONNX, in the ``flavours`` it names) and
+  :class:`EngineBuilder` (an engine from an ONNX: ``export --to NAME`` for any plugin with one).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .artifact import resolve_artifact
 from .errors import InceptionError
 
+__all__ = ["GROUP", "ArtifactInfo", "Availability", "Backend", "BackendUnavailable",
+           "BuildContext", "EngineBuilder", "Quantizer", "Session", "backend_for",
+           "backend_for_suffix", "backend_names", "engine_builders", "get_backend",
+           "loadable_backends", "open_artifact", "quantizer", "resolve_artifact"]
+
 GROUP = "inceptionctl.backends"
+DEFAULT_RANK = 100  # where a plugin that declares no rank lists (and is tried for a suffix)
 
 
 class BackendUnavailable(InceptionError):
@@ -47,7 +68,7 @@ class ArtifactInfo:
     """What an opened artifact says about itself: enough to preprocess inputs and name outputs."""
 
     path: str
-    kind: str                      # checkpoint | foreign | onnx | engine
+    kind: str                      # an artifact.Kind value: checkpoint | foreign | onnx | engine
     recipe: dict[str, Any]
     classes: list[str]
     preprocessing: dict[str, Any]  # input_size, resize, mean, std, interpolation, eval_size, ...
@@ -110,6 +131,51 @@ class Session(ABC):
         self.close()
 
 
+@dataclass
+class BuildContext:
+    """What the core hands a backend that makes an artifact from a checkpoint: where to write,
+    the batch range, and the inputs it may need, each made on first use (so a backend asks only
+    for what it needs, and never imports a command module to get it)."""
+
+    workdir: Path
+    batch: tuple[int, int, int]                   # (min, opt, max)
+    onnx: Callable[[], Path]                      # the fp32 ONNX, with our metadata
+    calibration: Callable[[], list[torch.Tensor]]  # preprocessed INT8 calibration batches
+    quantized: Callable[[str], Path]              # the INT8 QDQ ONNX of a flavour
+    device: str = "cpu"
+    log: Callable[[str], Any] = lambda _msg: None
+
+
+@runtime_checkable
+class Quantizer(Protocol):
+    """Static INT8 quantization (QDQ) of an fp32 ONNX, in the ``flavours`` it names (e.g. one
+    fastest on a CPU runtime, one symmetric as an engine builder needs)."""
+
+    flavours: tuple[str, ...]
+
+    def quantize_int8(self, fp32_path: str | Path, out_path: str | Path,
+                      calib_batches: Sequence[torch.Tensor], flavour: str = ...,
+                      method: str = ..., metadata: dict[str, str] | None = None,
+                      log: Callable[[str], Any] | None = None) -> dict[str, Any]:
+        """Write ``out_path`` (atomically, metadata copied and updated with ``metadata``);
+        returns the settings used."""
+
+
+@runtime_checkable
+class EngineBuilder(Protocol):
+    """Builds an engine (a file this backend opens) from an ONNX, in the precisions of
+    ``builds``. ``int8_flavour`` names the QDQ flavour its INT8 builds start from (the core
+    quantizes with a :class:`Quantizer`), or None when it calibrates on the batches itself."""
+
+    builds: tuple[str, ...]
+    int8_flavour: str | None
+
+    def build_engine(self, onnx_path: str | Path, out: str | Path, precision: str,
+                     batch: tuple[int, int, int], calib_batches: Sequence[torch.Tensor] | None,
+                     log: Callable[[str], Any], *, device: str) -> Path:
+        """Build ``out`` from ``onnx_path`` (with whatever it keeps beside it); returns ``out``."""
+
+
 class Backend(ABC):
     """A plugin: can it run here, which artifacts it opens, and how."""
 
@@ -117,6 +183,9 @@ class Backend(ABC):
     package: str = ""            # the Python package it needs ("" if none beyond torch)
     install_hint: str = ""
     suffixes: tuple[str, ...] = ()
+    rank: int = DEFAULT_RANK                 # lower lists first and is tried first for a file
+    precisions: tuple[str, ...] = ("fp32",)  # what its sessions run
+    builds: tuple[str, ...] = ()             # precisions of the artifacts it makes from an ONNX
 
     @abstractmethod
     def availability(self) -> Availability:
@@ -128,6 +197,31 @@ class Backend(ABC):
     @abstractmethod
     def open(self, path: Path, device: str = "cpu", **options: Any) -> Session:
         """Load ``path`` for inference on ``device``."""
+
+    def make_artifact(self, checkpoint: Path, precision: str, ctx: BuildContext
+                      ) -> tuple[Path, dict[str, Any]]:
+        """The file this backend times at ``precision``, made from ``checkpoint`` (in
+        ``ctx.workdir``), and the options to open it with.
+
+        By default a backend that opens checkpoints times the checkpoint itself, and an
+        :class:`EngineBuilder` builds an engine from the checkpoint's ONNX (INT8: from the QDQ
+        ONNX of its flavour, or calibrating on ``ctx.calibration()``).
+        """
+        if self.can_open(checkpoint):
+            return checkpoint, {"precision": precision}
+        if isinstance(self, EngineBuilder) and self.suffixes:
+            int8 = precision == "int8"
+            source = ctx.quantized(self.int8_flavour) if int8 and self.int8_flavour \
+                else ctx.onnx()
+            calib = ctx.calibration() if int8 and not self.int8_flavour else None
+            out = ctx.workdir / f"model.{precision}{self.suffixes[0]}"
+            if not out.exists():
+                self.build_engine(source, out, precision, ctx.batch, calib, ctx.log,
+                                  device=ctx.device)
+            return out, {}
+        raise InceptionError(f"backend '{self.name}' makes no artifact from a checkpoint (it "
+                             f"opens {', '.join(self.suffixes) or 'nothing'}); give it a "
+                             f"make_artifact or an EngineBuilder's build_engine")
 
     def require(self) -> Availability:
         """Availability, or a BackendUnavailable error with the reason and the install hint."""
@@ -146,10 +240,18 @@ def _entry_points() -> dict[str, Any]:
 
 
 def backend_names() -> list[str]:
-    """Registered backend names, built-ins first in a fixed order, then the others sorted."""
-    names = list(_entry_points())
-    order = ["torch", "onnxruntime", "tensorrt"]
-    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
+    """Registered backend names by each backend's ``rank`` (the built-ins declare theirs), then
+    by name; a plugin that fails to load comes last (``get_backend`` names its error)."""
+    eps = _entry_points()
+
+    def rank(name: str) -> tuple[float, str]:
+        try:
+            obj = eps[name].load()
+        except Exception:  # a broken plugin still lists, last
+            return math.inf, name
+        return float(getattr(obj, "rank", DEFAULT_RANK)), name
+
+    return sorted(eps, key=rank)
 
 
 def get_backend(name: str) -> Backend:
@@ -174,19 +276,6 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def resolve_artifact(path: str | Path) -> Path:
-    """A run folder means its best checkpoint (else last); anything else must exist."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise InceptionError(f"{p}: a folder without best.pt or last.pt (not a run folder)")
-    if not p.exists():
-        raise InceptionError(f"{p}: no such file")
-    return p
-
-
 def backend_for(path: Path, forced: str | None = None) -> Backend:
     """The backend named by ``forced``, else the first registered one that opens ``path``."""
     if forced:
@@ -205,6 +294,41 @@ def backend_for(path: Path, forced: str | None = None) -> Backend:
             return backend
     raise InceptionError(f"{path}: no backend opens {path.suffix or 'files without a suffix'} "
                          f"(checkpoints .pt/.pth, ONNX .onnx, TensorRT .engine)")
+
+
+def backend_for_suffix(suffix: str) -> Backend:
+    """The first registered backend that opens files ending in ``suffix`` (e.g. ``.onnx``)."""
+    return backend_for(Path(f"model{suffix}"))
+
+
+def loadable_backends() -> list[Backend]:
+    """Every registered backend that loads, in :func:`backend_names` order (a broken plugin is
+    left out here; ``get_backend`` names its error)."""
+    out = []
+    for name in backend_names():
+        try:
+            out.append(get_backend(name))
+        except InceptionError:
+            continue
+    return out
+
+
+def engine_builders() -> dict[str, Backend]:
+    """Backends that build engines from an ONNX (:class:`EngineBuilder`), by name."""
+    return {b.name: b for b in loadable_backends() if isinstance(b, EngineBuilder)}
+
+
+def quantizer(flavour: str | None = None) -> Backend:
+    """The first registered :class:`Quantizer` (offering ``flavour`` when one is named)."""
+    found = [b for b in loadable_backends() if isinstance(b, Quantizer)]
+    for b in found:
+        if flavour is None or flavour in b.flavours:
+            return b
+    offered = sorted({f for b in found for f in b.flavours})
+    what = f"the INT8 flavour '{flavour}'" if flavour else "INT8 (QDQ) quantization"
+    raise InceptionError(f"no registered backend offers {what}"
+                         + (f" (flavours offered: {', '.join(offered)})" if offered else
+                            " (none of the installed backends quantizes ONNX)"))
 
 
 def open_artifact(path: str | Path, backend: str | None = None, device: str = "cpu",

@@ -7,7 +7,8 @@ A checkpoint is a plain dict saved with ``torch.save`` and read back with
      "recipe": {...resolved recipe...}, "classes": [...], "preprocessing": {...},
      "state_dict": {...}, "ema_state_dict": {...} | None, "meta": {...}, "train_state": {...} | None}
 
-When an EMA (Polyak) copy is present, it is what inference, export and ``load_weights`` use.
+``recipe``, ``classes`` and ``preprocessing`` are the facts every artifact carries, under the names
+:mod:`inceptionctl.artifact` gives them. When an EMA (Polyak) copy is present, it is what inference, export and ``load_weights`` use.
 Foreign weights: a torchvision ``googlenet`` state dict (``googlenet-1378be20.pth``), with or
 without its aux-head keys, loads into a model built from the ``googlenet-bn`` recipe.
 """
@@ -22,27 +23,17 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .artifact import check_format_version, class_names, preprocessing
 from .errors import InceptionError, one_line
 from .files import atomic_path
 from .recipe import Recipe, recipe_from_data
 
+__all__ = ["FORMAT", "FORMAT_VERSION", "LoadReport", "checkpoint_recipe", "class_names",
+           "is_checkpoint", "load_model", "load_weights", "load_with_facts", "preprocessing",
+           "read_checkpoint", "read_weights_file", "save_checkpoint", "to_model_keys"]
+
 FORMAT = "inceptionctl.checkpoint"
 FORMAT_VERSION = 1
-
-
-def preprocessing(recipe: Recipe) -> dict[str, Any]:
-    """What an image must go through before the model: the facts every artifact carries."""
-    d = recipe.data
-    return {"input_size": d.input_size, "resize": d.resize, "mean": list(d.mean),
-            "std": list(d.std), "interpolation": d.interpolation, "channels": recipe.model.in_channels,
-            "eval_size": recipe.eval.size, "eval_scales": list(recipe.eval.scales)}
-
-
-def class_names(recipe: Recipe) -> list[str]:
-    """Class names from the recipe, or '0'..'N-1' when it names none."""
-    if recipe.data.classes is not None:
-        return list(recipe.data.classes)
-    return [str(i) for i in range(recipe.model.num_classes)]
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, recipe: Recipe, *,
@@ -98,9 +89,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InceptionError(f"{path}: not an inceptionctl checkpoint (for foreign weights "
                              f"such as a torchvision state dict, name the architecture with "
                              f"--recipe)")
-    if obj.get("format_version", 0) > FORMAT_VERSION:
-        raise InceptionError(f"{path}: checkpoint format {obj['format_version']} is newer "
-                             f"than this inceptionctl understands ({FORMAT_VERSION})")
+    check_format_version(obj.get("format_version", 0), FORMAT_VERSION, path, "checkpoint")
     return obj
 
 
@@ -268,3 +257,17 @@ def load_model(path: str | os.PathLike, recipe: Recipe | None = None,
     info["load"] = _load_into(model, obj, path, reset_head=False, strict=True)
     model.eval()
     return model, recipe, info
+
+
+def load_with_facts(path: str | os.PathLike, recipe: Recipe | None = None, overrides: Any = None
+                    ) -> tuple[nn.Module, Recipe, list[str], dict[str, Any], dict[str, Any]]:
+    """The fp32 CPU model an artifact describes, with the facts an export of it carries:
+    ``(model, recipe, classes, preprocessing, source)``; ``source`` names the file, its kind
+    (checkpoint | foreign), the weights used (ema | model) and the checkpoint's meta."""
+    path = Path(path)
+    model, resolved, info = load_model(path, recipe=recipe, overrides=overrides)
+    model = model.float().cpu().eval()
+    classes = list(info.get("classes") or class_names(resolved))
+    source = {"file": path.name, "kind": "checkpoint" if "meta" in info else "foreign",
+              "weights": "ema" if info.get("ema") else "model", "meta": info.get("meta", {})}
+    return model, resolved, classes, preprocessing(resolved), source

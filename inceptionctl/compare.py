@@ -5,25 +5,139 @@ on input size, channels and classes). The verdict follows Polygraphy's semantics
 the logits fails only if it exceeds *both* tolerances, ``|a - b| > atol`` and
 ``|a - b| > rtol * |b|`` (B is the reference); the comparison passes when no element fails.
 Nothing is raised for a failing verdict: the report says ``passed`` and the CLI exits 1.
+
+Parity lives here too: the check every export runs (:func:`prove_parity`), an exported artifact
+against the PyTorch model on the same preprocessed images, at the batch sizes of its declared
+range (:func:`batch_plan`). fp32 passes when max |diff| <= 1e-4 x the reference's logit range
+(which also bounds any top-1 disagreement to a near-tie); fp16 / int8 pass with >= 99% top-1
+agreement; the accuracy of both (and the delta) is reported when the images are labelled.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
 from .backend import Session, open_artifact
+from .data import Samples, load_samples
 from .errors import InceptionError
-from .export import load_samples, run_batches
 from .recipe import Recipe
 
 EPS = 1e-12  # |b| below this counts as this, so relative differences stay finite
+FP32_RTOL = 1e-4       # parity: max |diff| allowed, relative to the reference's logit range
+MIN_AGREEMENT = 99.0   # parity: top-1 agreement (%) required of fp16 / int8
 
+
+# ------------------------------------------------------------------------------------ parity
+
+def batch_plan(n: int, lo: int, opt: int, hi: int) -> list[tuple[int, int]]:
+    """Chunks ``(size, padding)`` covering ``n`` samples with sizes cycling through the range's
+    MIN, OPT and MAX; a tail shorter than MIN is padded up to MIN (the padding is discarded)."""
+    cycle = sorted({lo, opt, hi})
+    plan, done, i = [], 0, 0
+    while done < n:
+        size = min(cycle[i % len(cycle)], n - done)
+        plan.append((size, max(0, lo - size)))
+        done += size
+        i += 1
+    return plan
+
+
+def run_batches(session: Any, x: Tensor, plan: list[tuple[int, int]]) -> Tensor:
+    """Logits of ``x`` run through ``session`` chunk by chunk as ``plan`` says."""
+    outs, start = [], 0
+    for size, pad in plan:
+        chunk = x[start:start + size]
+        if pad:
+            chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
+        outs.append(session.run(chunk.contiguous())[:size].float())
+        start += size
+    return torch.cat(outs)
+
+
+@torch.inference_mode()
+def torch_logits(model: torch.nn.Module, x: Tensor, chunk: int = 32) -> Tensor:
+    """The PyTorch reference: fp32 logits of ``x`` in eval mode."""
+    return torch.cat([model(part).float() for part in x.split(chunk)])
+
+
+@dataclass
+class Parity:
+    """The exported artifact against the PyTorch model on the same inputs."""
+
+    data: str
+    samples: int
+    batch_sizes: list[int]
+    max_abs_diff: float
+    mean_abs_diff: float
+    logit_range: float
+    relative_diff: float            # max_abs_diff / logit_range
+    top1_agreement: float           # %
+    criterion: str
+    passed: bool
+    tolerance: float | None = None  # fp32: the allowed max_abs_diff
+    top1_reference: float | None = None  # % on labelled samples: PyTorch fp32
+    top1_exported: float | None = None   # % on labelled samples: the export
+    top1_delta: float | None = None      # exported - reference, in points
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_parity(reference: Tensor, exported: Tensor, precision: str,
+                 labels: Tensor | None = None, data: str = "", batch_sizes: Sequence[int] = ()
+                 ) -> Parity:
+    """Compare logits: fp32 needs max |diff| <= 1e-4 x logit range; fp16 / int8 >= 99% top-1
+    agreement. Accuracies (and their delta) are filled in when ``labels`` are given."""
+    ref, out = reference.double(), exported.double()
+    diff = (out - ref).abs()
+    span = float(ref.max() - ref.min())
+    max_abs = float(diff.max())
+    agree = 100.0 * int((out.argmax(1) == ref.argmax(1)).sum()) / len(ref)
+    rel = max_abs / span if span > 0 else (0.0 if max_abs == 0 else math.inf)
+    if precision == "fp32":
+        tol = FP32_RTOL * span
+        passed = max_abs <= tol
+        criterion = f"max |diff| <= {FP32_RTOL:g} x logit range ({tol:.3g})"
+    else:
+        tol = None
+        passed = agree >= MIN_AGREEMENT
+        criterion = f"top-1 agreement >= {MIN_AGREEMENT:g}%"
+    p = Parity(data=data, samples=len(ref), batch_sizes=sorted(set(batch_sizes)),
+               max_abs_diff=max_abs, mean_abs_diff=float(diff.mean()), logit_range=span,
+               relative_diff=rel, top1_agreement=agree, criterion=criterion, passed=passed,
+               tolerance=tol)
+    if labels is not None and len(labels) == len(ref):
+        p.top1_reference = 100.0 * int((ref.argmax(1) == labels).sum()) / len(ref)
+        p.top1_exported = 100.0 * int((out.argmax(1) == labels).sum()) / len(ref)
+        p.top1_delta = p.top1_exported - p.top1_reference
+    return p
+
+
+def prove_parity(model: torch.nn.Module, session: Any, samples: Samples,
+                 batch: tuple[int, int, int], precision: str, log: Callable[[str], Any]
+                 ) -> Parity:
+    """``session`` (an exported artifact) against ``model`` on ``samples``, batch sizes cycling
+    through ``batch``'s MIN, OPT and MAX."""
+    plan = batch_plan(len(samples.images), *batch)
+    sizes = [s + p for s, p in plan]
+    log(f"parity: {len(samples.images)} samples ({samples.description}), batch sizes "
+        f"{sorted(set(sizes))}")
+    exported = run_batches(session, samples.images, plan)
+    reference = torch_logits(model, samples.images)
+    return check_parity(reference, exported, precision, samples.labels, samples.description,
+                        sizes)
+
+
+# -------------------------------------------------------------------------------- compare A B
 
 def failing_elements(a: Tensor, b: Tensor, atol: float, rtol: float) -> Tensor:
     """Mask of the elements outside tolerance: ``|a-b| > atol`` AND ``|a-b| > rtol * |b|``."""

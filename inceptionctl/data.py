@@ -14,6 +14,10 @@ Images are decoded with ``torchvision.io`` (RGB whatever the source mode: graysc
 palette); unreadable files are reported by path and skipped, or fail the run when ``strict``.
 Augmentation randomness is keyed by ``(seed, epoch, index)``, so a sample gets the same crop
 whichever worker, world size or resume point produces it.
+
+Images for the checks around an artifact come from here too: :func:`eval_source` (the images
+``eval`` scores, labelled with a model's classes), :func:`load_samples` (preprocessed images for
+parity and ``compare``) and :func:`calibration_batches` (INT8 calibration).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -268,7 +272,7 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS)
 
 
-def _class_folders(root: Path) -> list[str]:
+def class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
@@ -276,7 +280,7 @@ def image_folder(root: Path, classes: list[str] | None = None) -> FileSource:
     """An ImageFolder tree: one sub-folder of images per class."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    found = _class_folders(root)
+    found = class_folders(root)
     if not found:
         raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>)")
     if classes is not None and found != classes:
@@ -295,7 +299,7 @@ def image_folder(root: Path, classes: list[str] | None = None) -> FileSource:
     return FileSource(items, found, str(root))
 
 
-def _ground_truth(val_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+def ground_truth(val_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     """Labels of a flat ILSVRC val folder from its ground-truth file."""
     candidates = [val_dir.parent / "LOC_val_solution.csv", val_dir / "LOC_val_solution.csv",
                   val_dir.parent / "val.txt", val_dir.parent / "val_labels.txt",
@@ -363,10 +367,10 @@ def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
             if val_split <= 0:
                 raise DataError(f"{root}: has train/ but no val/ (add val/ or pass --val-split)")
             return _split(train, val_split, f"{root}/train")
-        if _class_folders(val_dir):
+        if class_folders(val_dir):
             val = image_folder(val_dir, train.classes)
         else:
-            val = FileSource(_ground_truth(val_dir, train.classes), train.classes, str(val_dir))
+            val = FileSource(ground_truth(val_dir, train.classes), train.classes, str(val_dir))
         return Splits(train, val, train.classes,
                       f"{root} ({len(train)} train / {len(val)} val, {len(train.classes)} classes)")
     if val_split < 0 or val_split >= 1:
@@ -511,3 +515,161 @@ def default_workers() -> int:
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus - 1))
 
+
+
+# --------------------------------------------------------------- images for an artifact's checks
+
+def eval_source(spec: str, classes: list[str], resize: int) -> ImageSource:
+    """The images to evaluate, labelled with the model's class indices (matched by name)."""
+    if spec == "digits":
+        source = digits(resize, "val")
+        if source.classes != classes:
+            raise DataError(f"digits: the embedded digits have classes 0..9, the model has "
+                            f"{len(classes)} classes ({', '.join(classes[:4])}...)")
+        return source
+    root = Path(spec)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (give an image folder or 'digits')")
+    if (root / "val").is_dir():
+        root = root / "val"
+    if not class_folders(root):
+        return FileSource(ground_truth(root, classes), classes, str(root))
+    folder = image_folder(root)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in folder.classes if c not in index]
+    if unknown:
+        raise DataError(f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the "
+                        f"model's {len(classes)} classes ({', '.join(classes[:5])}...)")
+    items = [(path, index[folder.classes[label]]) for path, label in folder.items]
+    return FileSource(items, classes, str(root))
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted); missing paths are an error."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file()
+                           and f.name.lower().endswith(IMG_EXTENSIONS))
+            if not found:
+                raise DataError(f"{p}: no images in this folder")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return out
+
+
+@dataclass
+class Samples:
+    """Preprocessed images the way eval feeds them (1 center crop, normalised), with labels
+    (class indices of the artifact) when the data names the artifact's classes."""
+
+    images: Tensor
+    labels: Tensor | None
+    description: str
+    skipped: int = 0
+
+
+def preprocess_image(image: Tensor, pre: Mapping[str, Any]) -> Tensor:
+    """One uint8 image as the artifact takes it: its channels, the center crop, normalised."""
+    from .crops import normalize, take_crops
+
+    channels = int(pre.get("channels", 3))
+    if image.shape[0] != channels:
+        if channels == 1:
+            image = image.float().mean(0, keepdim=True).round().to(image.dtype)
+        else:
+            raise InceptionError(f"the model takes {channels}-channel images, got "
+                                 f"{image.shape[0]} channels")
+    crop = take_crops(image, 1, int(pre["eval_size"]), [int(s) for s in pre["eval_scales"]])
+    return normalize(crop, pre["mean"], pre["std"])[0]
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (so sorted class folders all take part)."""
+    k = min(k, n)
+    if k <= 0:
+        return []
+    return sorted(set(torch.linspace(0, n - 1, k).round().long().tolist()))
+
+
+def _random_samples(pre: Mapping[str, Any], count: int, seed: int) -> Samples:
+    g = torch.Generator().manual_seed(seed)
+    channels, resize = int(pre.get("channels", 3)), int(pre["resize"])
+    h, w = resize, resize * 4 // 3  # landscape, so the center crop really crops
+    images = torch.randint(0, 256, (count, channels, h, w), generator=g, dtype=torch.uint8)
+    x = torch.stack([preprocess_image(im, pre) for im in images])
+    return Samples(x, None, f"random ({count} images, seed {seed})")
+
+
+def _folder_images(root: Path, classes: list[str], resize: int, split: str
+                   ) -> tuple[bool, str, int, Callable[[int], Sample]]:
+    """(labelled, description, count, fetch) of an image folder: the model's classes when its
+    folders name them, else its images unlabelled."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (give an image folder, 'digits' or 'random')")
+    source = None
+    if split == "train" and (root / "train").is_dir():
+        root = root / "train"
+    else:
+        try:
+            source = eval_source(str(root), classes, resize)
+        except DataError:
+            source = None  # folders that are not the model's classes: unlabelled inputs
+        if (root / "val").is_dir():
+            root = root / "val"  # where eval_source looks
+    if source is not None:
+        return True, str(root), len(source), source.load
+    files = collect_images([str(root)])
+
+    def fetch(i: int) -> Sample:
+        try:
+            return Sample(decode_rgb(files[i]), -1, str(files[i]))
+        except Exception as exc:  # an unreadable file is skipped, as eval skips it
+            return Sample(None, -1, str(files[i]), str(exc)[:120])
+
+    return False, f"{root} (unlabelled)", len(files), fetch
+
+
+def load_samples(data: str | os.PathLike | None, preprocessing: Mapping[str, Any],
+                 classes: list[str], count: int, split: str = "val", seed: int = 0) -> Samples:
+    """``count`` preprocessed images from ``data``: ``None``/``random`` (deterministic random
+    images), ``digits`` (the embedded set's ``split``) or an image folder (its ``val/`` part, or
+    for ``split="train"`` its ``train/`` part when there is one)."""
+    if count < 1:
+        raise InceptionError(f"samples: expected at least 1, got {count}")
+    pre = preprocessing
+    if data is None or str(data) == "random":
+        return _random_samples(pre, count, seed)
+    spec = str(data)
+    if spec == "digits":
+        source = digits(int(pre["resize"]), "train" if split == "train" else "val")
+        labelled = source.classes == list(classes)
+        desc = f"digits {source.name.split('-')[-1]}" + ("" if labelled else " (unlabelled)")
+        n, fetch = len(source), source.load
+    else:
+        labelled, desc, n, fetch = _folder_images(Path(spec), classes, int(pre["resize"]), split)
+    if n == 0:
+        raise DataError(f"{spec}: no images")
+    xs, ys, skipped = [], [], 0
+    for i in _spread(n, count):
+        sample = fetch(i)
+        if sample.image is None:
+            skipped += 1
+            continue
+        xs.append(preprocess_image(sample.image, pre))
+        ys.append(sample.label)
+    if not xs:
+        raise DataError(f"{spec}: none of the {n} images could be read")
+    labels = torch.tensor(ys) if labelled else None
+    return Samples(torch.stack(xs), labels, f"{desc} ({len(xs)} images)", skipped)
+
+
+def calibration_batches(data: str | os.PathLike | None, preprocessing: Mapping[str, Any],
+                        classes: list[str], count: int, batch: int = 16) -> list[Tensor]:
+    """``count`` preprocessed calibration images (the training part of ``data``) in batches."""
+    samples = load_samples(data, preprocessing, classes, count, split="train")
+    return list(samples.images.split(max(1, batch)))

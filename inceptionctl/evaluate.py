@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -23,38 +22,10 @@ from . import __version__
 from . import distributed as dist_utils
 from .backend import Session, open_artifact
 from .crops import normalize, take_crops
-from .data import (IMG_EXTENSIONS, Collate, DataError, FileSource, ImageSource, KeyedSampler,
-                   _class_folders, _ground_truth, decode_rgb, default_workers, digits,
-                   image_folder)
+from .data import (Collate, DataError, ImageSource, KeyedSampler, collect_images, decode_rgb,
+                   default_workers, eval_source)
 from .errors import InceptionError, one_line
 from .recipe import Recipe
-
-
-# ------------------------------------------------------------------------------------ sources
-
-def eval_source(spec: str, classes: list[str], resize: int) -> ImageSource:
-    """The images to evaluate, labelled with the model's class indices (matched by name)."""
-    if spec == "digits":
-        source = digits(resize, "val")
-        if source.classes != classes:
-            raise DataError(f"digits: the embedded digits have classes 0..9, the model has "
-                            f"{len(classes)} classes ({', '.join(classes[:4])}...)")
-        return source
-    root = Path(spec)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder (give an image folder or 'digits')")
-    if (root / "val").is_dir():
-        root = root / "val"
-    if not _class_folders(root):
-        return FileSource(_ground_truth(root, classes), classes, str(root))
-    folder = image_folder(root)
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = [c for c in folder.classes if c not in index]
-    if unknown:
-        raise DataError(f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the "
-                        f"model's {len(classes)} classes ({', '.join(classes[:5])}...)")
-    items = [(path, index[folder.classes[label]]) for path, label in folder.items]
-    return FileSource(items, classes, str(root))
 
 
 class CropSet(Dataset):
@@ -246,16 +217,34 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
     if 144 in opts.crops and len(scales) != 4:
         raise InceptionError(f"{info.path}: 144 crops need 4 scales, the artifact has "
                              f"{len(scales)} ({scales})")
-    classes = info.classes
-    source = eval_source(opts.data, classes, int(pre["resize"]))
+    source = eval_source(opts.data, info.classes, int(pre["resize"]))
     n_total = len(source) if opts.limit is None else min(opts.limit, len(source))
     if n_total == 0:
         raise DataError(f"{opts.data}: no images to evaluate")
-
     counts = list(dict.fromkeys(opts.crops))
-    per_image = sum(counts)
-    batch = opts.batch_size or int(info.recipe.get("eval", {}).get("batch_size", 64))
-    # a batch every member of the ensemble accepts
+    batch = _ensemble_batch(opts, sessions)
+    dataset = CropSet(source, counts, size, scales)
+    sampler = KeyedSampler(n_total, 0, 0, ctx.rank, ctx.world, shuffle=False)
+    workers = default_workers() if opts.workers is None else opts.workers
+    images_per_load = max(1, min(64, math.ceil(batch / sum(counts))))
+    loader = DataLoader(dataset, batch_size=images_per_load, sampler=sampler,
+                        num_workers=workers, collate_fn=CropCollate(opts.strict_data),
+                        prefetch_factor=4 if workers else None,
+                        persistent_workers=False)
+    sums = _run(opts, sessions, loader, counts, n_total, batch, ctx)
+    # Rows (models x crops): model 0 alone for each crop count, then the ensemble when several.
+    configs = [(1, i) for i in range(len(counts))]
+    if len(sessions) > 1:
+        configs += [(len(sessions), i) for i in range(len(counts))]
+    gathered = ctx.gather_objects(sums.top5(configs))
+    if not ctx.is_main:
+        return None
+    return _report(opts, sessions, gathered, configs, counts, n_total)
+
+
+def _ensemble_batch(opts: EvalOptions, sessions: list[Session]) -> int:
+    """The batch size: ``--batch-size`` or the recipe's, within every member's batch range."""
+    batch = opts.batch_size or int(sessions[0].info.recipe.get("eval", {}).get("batch_size", 64))
     lows = [s.info.batch_range[0] for s in sessions if s.info.batch_range]
     highs = [s.info.batch_range[1] for s in sessions if s.info.batch_range]
     if lows and max(lows) > min(highs):
@@ -263,67 +252,79 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
                              f"({', '.join(f'{s.info.path}: {s.info.batch_range}' for s in sessions)})")
     if highs:
         batch = max(max(lows), min(batch, min(highs)))
-    dataset = CropSet(source, counts, size, scales)
-    sampler = KeyedSampler(n_total, 0, 0, ctx.rank, ctx.world, shuffle=False)
-    workers = default_workers() if opts.workers is None else opts.workers
-    images_per_load = max(1, min(64, math.ceil(batch / per_image)))
-    loader = DataLoader(dataset, batch_size=images_per_load, sampler=sampler,
-                        num_workers=workers, collate_fn=CropCollate(opts.strict_data),
-                        prefetch_factor=4 if workers else None,
-                        persistent_workers=False)
+    return batch
 
-    n_counts = len(counts)
-    # Running sums of softmax probabilities per (image, crop count): model 0, and all models.
-    sums_first = torch.zeros(n_total * n_counts, len(classes))
-    sums_all = torch.zeros(n_total * n_counts, len(classes))
-    labels = torch.full((n_total,), -1, dtype=torch.long)
+
+@dataclass
+class _Sums:
+    """Running sums of softmax probabilities per (image, crop count): model 0, and all models;
+    the label of each image seen, the unreadable ones, and the work done."""
+
+    first: torch.Tensor
+    all: torch.Tensor
+    labels: torch.Tensor
+    counts: int
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    crops: int = 0
+    seconds: float = 0.0
+
+    def top5(self, configs: list[tuple[int, int]]) -> dict[str, Any]:
+        """This process's share for rank 0: per image and row (models, count index), the
+        top-5 predictions, with the labels, unreadable files, crops and time."""
+        valid = (self.labels >= 0).nonzero().flatten()
+        n_total = len(self.labels)
+        k = min(5, self.first.shape[1])
+        tops = []
+        for models, i in configs:
+            sums = (self.first if models == 1 else self.all).view(n_total, self.counts, -1)[:, i]
+            tops.append(sums[valid].topk(k, dim=1).indices)
+        return {"labels": self.labels[valid], "tops": tops, "bad": self.bad,
+                "crops": self.crops, "seconds": self.seconds}
+
+
+def _run(opts: EvalOptions, sessions: list[Session], loader: DataLoader, counts: list[int],
+         n_total: int, batch: int, ctx: dist_utils.Context) -> _Sums:
+    """Stream the crops through every session in full batches, summing softmax per image."""
+    n_counts, n_classes = len(counts), sessions[0].info.num_classes
+    sums = _Sums(torch.zeros(n_total * n_counts, n_classes),
+                 torch.zeros(n_total * n_counts, n_classes),
+                 torch.full((n_total,), -1, dtype=torch.long), n_counts)
     # Tag of each crop of one image: its count's index (the crops of count c come together).
     crop_slot = torch.cat([torch.full((c,), i, dtype=torch.long) for i, c in enumerate(counts)])
-    bad: list[tuple[str, str]] = []
     means = [torch.tensor(s.info.preprocessing["mean"]) for s in sessions]
     stds = [torch.tensor(s.info.preprocessing["std"]) for s in sessions]
 
     def pieces() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for b in loader:
-            bad.extend(b.bad)
+            sums.bad.extend(b.bad)
             if not len(b.images):
                 continue
-            labels[b.images] = b.labels
+            sums.labels[b.images] = b.labels
             tags = (b.images[:, None] * n_counts + crop_slot[None, :]).reshape(-1)
             yield b.crops, tags
 
     started = time.monotonic()
-    crops_done = 0
     log_at = started
     for chunk, tags in stream_batches(pieces(), batch):
         for m, session in enumerate(sessions):
             x = normalize(chunk, means[m], stds[m])
             probs = torch.softmax(session.run(x).float(), dim=1)
             if m == 0:
-                sums_first.index_add_(0, tags, probs)
-            sums_all.index_add_(0, tags, probs)
-        crops_done += len(chunk) * len(sessions)
+                sums.first.index_add_(0, tags, probs)
+            sums.all.index_add_(0, tags, probs)
+        sums.crops += len(chunk) * len(sessions)
         if ctx.is_main and time.monotonic() - log_at > 10:
-            rate = crops_done / (time.monotonic() - started)
-            opts.log(f"eval: {crops_done:,} crops, {rate:,.0f} crops/s")
+            rate = sums.crops / (time.monotonic() - started)
+            opts.log(f"eval: {sums.crops:,} crops, {rate:,.0f} crops/s")
             log_at = time.monotonic()
-    seconds = time.monotonic() - started
+    sums.seconds = time.monotonic() - started
+    return sums
 
-    # Per image and row (models x crops): top-5 predictions; gathered on rank 0.
-    valid = (labels >= 0).nonzero().flatten()
-    configs = [(1, i) for i in range(n_counts)]
-    if len(sessions) > 1:
-        configs += [(len(sessions), i) for i in range(n_counts)]
-    k = min(5, len(classes))
-    tops = []
-    for models, i in configs:
-        sums = (sums_first if models == 1 else sums_all).view(n_total, n_counts, -1)[:, i]
-        tops.append(sums[valid].topk(k, dim=1).indices)
-    local = {"labels": labels[valid], "tops": tops, "bad": bad, "crops": crops_done,
-             "seconds": seconds}
-    gathered = ctx.gather_objects(local)
-    if not ctx.is_main:
-        return None
+
+def _report(opts: EvalOptions, sessions: list[Session], gathered: list[dict[str, Any]],
+            configs: list[tuple[int, int]], counts: list[int], n_total: int) -> EvalReport:
+    """Rank 0: the table rows, per-class accuracy and confusion from every rank's top-5s."""
+    classes = sessions[0].info.classes
     all_labels = torch.cat([g["labels"] for g in gathered])
     all_tops = [torch.cat([g["tops"][j] for g in gathered]) for j in range(len(configs))]
     all_bad = [b for g in gathered for b in g["bad"]]
@@ -342,7 +343,6 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
     for r in rows:
         r.delta_top1, r.delta_top5 = r.top1 - base.top1, r.top5 - base.top5
     main_index = max(range(len(rows)), key=lambda j: (rows[j].models, rows[j].crops))
-    main = rows[main_index]
     pred = all_tops[main_index][:, 0]
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((all_labels, pred), torch.ones_like(pred), accumulate=True)
@@ -358,7 +358,7 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
     return EvalReport(
         artifacts=[s.info.path for s in sessions], backend=_backend_name(av), versions=versions,
         device=av.device, classes=classes, images=n, skipped=len(all_bad), crops=counts,
-        rows=rows, main=main, per_class=per_class, confusion=confusion.tolist(),
+        rows=rows, main=rows[main_index], per_class=per_class, confusion=confusion.tolist(),
         seconds=seconds, images_per_s=n / max(seconds, 1e-9),
         crops_per_s=total_crops / max(seconds, 1e-9),
         skipped_paths=[f"{p} ({r})" for p, r in all_bad])
@@ -374,24 +374,6 @@ def _backend_name(session: Session) -> str:
 class Prediction:
     path: str
     topk: list[tuple[str, int, float]]  # (class name, index, probability)
-
-
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); missing paths are an error."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file()
-                           and f.name.lower().endswith(IMG_EXTENSIONS))
-            if not found:
-                raise DataError(f"{p}: no images in this folder")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    return out
 
 
 def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,

@@ -1,9 +1,11 @@
 """The timed profile: latency and throughput per backend x precision x batch, against the machine.
 
-``inceptionctl profile --time`` builds (or loads) the model once, makes the artifact each backend
-needs (a checkpoint for torch, an ONNX file for onnxruntime, an engine for tensorrt) in a
-temporary folder, opens it through the backend registry and times ``session.run`` on a preloaded
-batch. The machine's limit is a matrix multiply measured in the same run, on the same device and
+``inceptionctl profile --time`` builds (or loads) the model once, asks each backend for the
+artifact it times (``Backend.make_artifact``: the checkpoint itself, an ONNX file, an engine) in a
+temporary folder, handing it the fp32 ONNX, calibration images and INT8 QDQ ONNX on request (a
+:class:`~inceptionctl.backend.BuildContext`), opens it through the backend registry and times
+``session.run`` on a preloaded batch. A backend is timed in the precisions it declares
+(``Backend.precisions``). The machine's limit is a matrix multiply measured in the same run, on the same device and
 precision; each row reports its achieved GFLOP/s (2 x counted multiply-adds per image) as a
 fraction of that limit.
 
@@ -36,10 +38,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 
+from .backend import BuildContext, Quantizer
 from .errors import InceptionError
 from .recipe import Recipe
 from .runtime import autocast, resolve_device
@@ -187,36 +190,55 @@ class SpeedOptions:
     log: Callable[[str], None] = lambda msg: None
 
 
-# Which precisions each built-in backend can time; other (third-party) backends: fp32.
-PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "int8"),
-              "tensorrt": ("fp32", "fp16", "int8")}
+def _build_context(ckpt: Path, tmp: Path, batches: list[int], device: torch.device,
+                   log: Callable[[str], None]) -> BuildContext:
+    """What a backend may ask for to make its timed artifact, each made once, in ``tmp``: the
+    checkpoint's fp32 ONNX, random calibration images (speed does not depend on them) and the
+    INT8 QDQ ONNX of a flavour, by the registry's quantizer for it."""
+    from .artifact import int8_props, metadata_props, write_onnx
+    from .backend import quantizer
+    from .checkpoint import load_with_facts
+    from .data import calibration_batches
 
+    batch = (1, max(batches), max(batches))
+    made: dict[str, Any] = {}
 
-def _make_artifact(backend: str, precision: str, ckpt: Path, tmp: Path, batches: list[int],
-                   log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
-    """The file ``backend`` opens for ``precision``, made from the checkpoint in ``tmp``."""
-    if backend == "torch":
-        return ckpt, {"precision": precision}
-    from .export import export_onnx, export_tensorrt
+    def facts() -> Any:
+        if "facts" not in made:
+            made["facts"] = load_with_facts(ckpt)
+        return made["facts"]
 
-    batch = f"1:{max(batches)}:{max(batches)}"
-    if backend == "onnxruntime":
-        out = tmp / f"model.{precision}.onnx"
+    def onnx() -> Path:
+        out = tmp / "model.fp32.onnx"
         if not out.exists():
-            export_onnx(ckpt, out=out, precision=precision, batch=batch, calib_data=None,
-                        calib_samples=16, log=log)
-        return out, {}
-    if backend == "tensorrt":
-        out = tmp / f"model.{precision}.engine"
+            model, recipe, classes, pre, source = facts()
+            write_onnx(model, pre, batch, int(recipe.export.opset),
+                       metadata_props(recipe, classes, pre, "fp32", batch, source), out,
+                       f"{recipe.name}: timed by inceptionctl profile")
+        return out
+
+    def calibration() -> list[torch.Tensor]:
+        if "calib" not in made:
+            _, _, classes, pre, _ = facts()
+            made["calib"] = calibration_batches(None, pre, classes, 16, batch=batch[1])
+        return made["calib"]
+
+    def quantized(flavour: str) -> Path:
+        out = tmp / f"model.int8-{flavour}.onnx"
         if not out.exists():
-            export_tensorrt(ckpt, out=out, precision=precision, batch=batch, log=log)
-        return out, {}
-    return ckpt, {}
+            calib = calibration()
+            meta = {"flavour": flavour, "calibration_method": "minmax",
+                    "calibration_samples": sum(len(b) for b in calib)}
+            quant = quantizer(flavour)
+            cast(Quantizer, quant).quantize_int8(onnx(), out, calib, flavour, "minmax",
+                                                 metadata=int8_props(meta), log=log)
+        return out
+
+    return BuildContext(tmp, batch, onnx, calibration, quantized, str(device), log)
 
 
 def timed_profile(opts: SpeedOptions) -> SpeedReport:
     """Time every backend x precision x batch (and the training step with ``train``)."""
-    from .backend import get_backend, open_artifact
     from .checkpoint import save_checkpoint
     from .model import build_model
     from .profile import count_cost
@@ -244,39 +266,50 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
             ckpt = opts.artifact
         else:
             ckpt = save_checkpoint(tmp / "model.pt", build_model(recipe), recipe)
+        ctx = _build_context(ckpt, tmp, opts.batches, device, opts.log)
         for name in opts.backends:
-            try:
-                backend = get_backend(name)
-                av = backend.availability()
-            except InceptionError as exc:
-                rows.append(SpeedRow(name, "-", 0, available=False, reason=str(exc)))
-                continue
-            if av.version:
-                versions[name] = av.version
-            for prec in opts.precisions:
-                if prec not in PRECISIONS.get(name, ("fp32",)):
-                    continue
-                if not av.available:
-                    rows.append(SpeedRow(name, prec, 0, available=False, reason=av.reason))
-                    continue
-                try:
-                    path, extra = _make_artifact(name, prec, ckpt, tmp, opts.batches, opts.log)
-                    with open_artifact(path, name, str(device), **extra) as session:
-                        for batch in opts.batches:
-                            x = torch.randn(batch, recipe.model.in_channels, size, size)
-                            reset_peak_memory(device)
-                            opts.log(f"timing {name} {prec} batch {batch}")
-                            times = time_calls(lambda: session.run(x), device, opts.warmup,
-                                               opts.iters, opts.seconds)
-                            rows.append(_row(name, prec, batch, "inference", times, macs, 1,
-                                             peak(prec), device))
-                except InceptionError as exc:
-                    rows.append(SpeedRow(name, prec, 0, available=False, reason=str(exc)))
+            rows += _time_backend(name, opts, ckpt, ctx, device, macs, peak, versions)
         if opts.train:
             for prec in [p for p in opts.precisions if p in ("fp32", "bf16", "fp16")]:
                 for batch in opts.batches:
                     rows.append(_train_row(recipe, prec, batch, device, opts, macs, peak))
     return SpeedReport(recipe.name, size, macs, machine_info(device, versions), peaks, rows)
+
+
+def _time_backend(name: str, opts: SpeedOptions, ckpt: Path, ctx: BuildContext,
+                  device: torch.device, macs: int, peak: Callable[[str], float],
+                  versions: dict[str, str]) -> list[SpeedRow]:
+    """The rows of one backend: each precision it declares that was asked for, every batch;
+    a row saying why where it cannot run or make its artifact."""
+    from .backend import get_backend, open_artifact
+
+    try:
+        backend = get_backend(name)
+        av = backend.availability()
+    except InceptionError as exc:
+        return [SpeedRow(name, "-", 0, available=False, reason=str(exc))]
+    if av.version:
+        versions[name] = av.version
+    rows: list[SpeedRow] = []
+    recipe, size = opts.recipe, opts.recipe.data.input_size
+    for prec in [p for p in opts.precisions if p in backend.precisions]:
+        if not av.available:
+            rows.append(SpeedRow(name, prec, 0, available=False, reason=av.reason))
+            continue
+        try:
+            path, extra = backend.make_artifact(ckpt, prec, ctx)
+            with open_artifact(path, name, str(device), **extra) as session:
+                for batch in opts.batches:
+                    x = torch.randn(batch, recipe.model.in_channels, size, size)
+                    reset_peak_memory(device)
+                    opts.log(f"timing {name} {prec} batch {batch}")
+                    times = time_calls(lambda: session.run(x), device, opts.warmup,
+                                       opts.iters, opts.seconds)
+                    rows.append(_row(name, prec, batch, "inference", times, macs, 1,
+                                     peak(prec), device))
+        except InceptionError as exc:
+            rows.append(SpeedRow(name, prec, 0, available=False, reason=str(exc)))
+    return rows
 
 
 def _row(backend: str, precision: str, batch: int, mode: str, times: list[float], macs: int,

@@ -14,10 +14,11 @@ from torch import nn
 
 from inceptionctl import CheckFailed, InceptionError, build_model, load_recipe
 from inceptionctl.backend import BackendUnavailable, get_backend
+from inceptionctl.artifact import read_metadata
 from inceptionctl.checkpoint import class_names, preprocessing, save_checkpoint
-from inceptionctl.export import (ExportCheckFailed, batch_plan, check_parity, default_output,
-                                 export, export_onnx, export_tensorrt, load_samples,
-                                 read_metadata, render)
+from inceptionctl.compare import batch_plan, check_parity
+from inceptionctl.data import load_samples
+from inceptionctl.export import ExportCheckFailed, default_output, export, export_onnx, render
 from inceptionctl.recipe import recipe_from_data
 
 from .conftest import SHIPPED, TINY_TRAIN
@@ -141,7 +142,7 @@ def test_metadata_round_trip(tmp_path):
 
 def test_metadata_newer_format_and_bad_json_are_refused():
     recipe = load_recipe("googlenet-small")
-    from inceptionctl.export import metadata_props
+    from inceptionctl.artifact import metadata_props
 
     props = metadata_props(recipe, class_names(recipe), preprocessing(recipe), "fp32", (1, 8, 32))
     assert read_metadata(props, "m.onnx")["classes"] == class_names(recipe)
@@ -256,7 +257,7 @@ def test_int8_from_an_image_folder(trained, tmp_path):
 # ------------------------------------------------------------------------- checks and files
 
 def test_a_failed_parity_check_keeps_the_file_and_carries_the_report(tmp_path, monkeypatch):
-    import inceptionctl.export as ex
+    import inceptionctl.compare as ex  # where the export's parity check takes its reference
 
     recipe = tiny(tmp_path)
     ckpt = make_checkpoint(tmp_path / "m.pt", recipe)
@@ -376,7 +377,7 @@ def test_tensorrt_export_here_is_a_clean_unavailable_error(tmp_path):
     if isinstance(err.value, BackendUnavailable):
         assert "not available" in text
     with pytest.raises(InceptionError, match="--precision 'bf16'"):
-        export_tensorrt(ckpt, precision="bf16", **QUIET)
+        export(ckpt, to="tensorrt", precision="bf16", **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "tiny.yaml"]
 
 

@@ -1,4 +1,5 @@
-"""Backends are plugins: a third-party package registers one exactly as the built-ins are."""
+"""Backends are plugins: a third-party package registers one exactly as the built-ins are, and
+what it declares (precisions, an engine builder) is what ``profile --time`` and ``export`` use."""
 
 import json
 import textwrap
@@ -9,10 +10,12 @@ from inceptionctl.backend import backend_names, get_backend, open_artifact
 
 PLUGIN = '''
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
+from inceptionctl.artifact import read_onnx_metadata
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
 
 
@@ -43,6 +46,54 @@ class ConstBackend(Backend):
 
     def open(self, path, device="cpu", **options):
         return ConstSession(path)
+
+    # Timed in the precisions it declares, on an artifact it makes from the core's ONNX.
+    precisions = ("fp32", "int8")
+
+    def make_artifact(self, checkpoint, precision, ctx):
+        meta = read_onnx_metadata(ctx.onnx())
+        out = ctx.workdir / f"model.{precision}.const"
+        out.write_text(json.dumps({"classes": meta["classes"],
+                                   "preprocessing": meta["preprocessing"]}))
+        return out, {}
+
+
+class CopySession(Session):
+    """Runs the ONNX its "engine" is a copy of, with onnxruntime."""
+
+    def __init__(self, path):
+        import onnxruntime
+
+        meta = read_onnx_metadata(path)
+        lo, _, hi = meta["batch"]
+        self.info = ArtifactInfo(path=str(path), kind="engine", recipe=meta["recipe"],
+                                 classes=meta["classes"], preprocessing=meta["preprocessing"],
+                                 batch_range=(lo, hi), extra={"backend": "onnxcopy"})
+        self.sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(self, batch):
+        self.check_input(batch, self.info.preprocessing["eval_size"])
+        (out,) = self.sess.run(None, {"images": batch.numpy()})
+        return torch.from_numpy(out)
+
+
+class OnnxCopyBackend(Backend):
+    """An engine builder: its engine is the ONNX, copied (declares EngineBuilder's members)."""
+
+    name = "onnxcopy"
+    suffixes = (".oc",)
+    builds = ("fp32",)
+    int8_flavour = None
+
+    def availability(self):
+        return Availability(True, "", "0.1", ("cpu",))
+
+    def open(self, path, device="cpu", **options):
+        return CopySession(path)
+
+    def build_engine(self, onnx_path, out, precision, batch, calib_batches, log, *, device):
+        shutil.copyfile(onnx_path, out)
+        return Path(out)
 '''
 
 
@@ -58,6 +109,7 @@ def plugin(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text(textwrap.dedent("""
         [inceptionctl.backends]
         const = constplug:ConstBackend
+        onnxcopy = constplug:OnnxCopyBackend
         broken = constplug_missing:Nothing
         """))
     monkeypatch.syspath_prepend(str(site))
@@ -103,3 +155,34 @@ def test_broken_plugin_is_one_clear_error(plugin, cli):
     out = cli("eval", plugin / "x.const", "--backend", "broken")
     assert out.exit_code == 2
     assert "backend 'broken' failed to load from constplug_missing:Nothing" in out.stderr
+
+
+def test_a_plugin_is_timed_in_the_precisions_it_declares(plugin, cli, tiny_recipe):
+    out = cli("profile", "--recipe", tiny_recipe, "--time", "--backend", "const,onnxcopy",
+              "--precision", "fp32,bf16,int8", "--batch", "2", "--iters", "1", "--warmup", "0",
+              "--json")
+    assert out.exit_code == 0, out.stderr
+    rows = json.loads(out.stdout)["speed"]["rows"]
+    assert {(r["backend"], r["precision"], r["batch"]) for r in rows if r["available"]} == {
+        ("const", "fp32", 2), ("const", "int8", 2),  # what it declares, nothing else
+        ("onnxcopy", "fp32", 2)}                     # an engine builder: its engine, timed
+    assert all(r["available"] for r in rows), [r["reason"] for r in rows]
+
+
+def test_a_plugin_that_builds_engines_is_an_export_target(plugin, cli, tmp_path):
+    from inceptionctl import build_model, load_recipe
+    from inceptionctl.checkpoint import save_checkpoint
+    from inceptionctl.export import targets
+
+    assert targets()[0] == "onnx" and "onnxcopy" in targets() and "const" not in targets()
+    recipe = load_recipe("googlenet-small")
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(recipe), recipe)
+    out = cli("export", ckpt, "--to", "onnxcopy", "--batch", "1:2:4", "--json")
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["file"] == str(tmp_path / "m.oc") and data["passed"]
+    assert data["parity"]["batch_sizes"] == [1, 2, 4]
+    typo = cli("export", ckpt, "--to", "onnxcopyy")
+    assert typo.exit_code == 2 and "did you mean 'onnxcopy'" in typo.stderr
+    fp16 = cli("export", ckpt, "--to", "onnxcopy", "--precision", "fp16")
+    assert fp16.exit_code == 2 and "--precision 'fp16': expected one of fp32" in fp16.stderr

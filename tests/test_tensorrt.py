@@ -407,7 +407,9 @@ def test_calibration_chunks():
 META = {
     "inceptionctl.recipe": json.dumps({"name": "tiny", "model": {"num_classes": 2}}),
     "inceptionctl.classes": json.dumps(["cat", "dog"]),
-    "inceptionctl.preprocessing": json.dumps({"input_size": 16, "mean": [0.5] * 3}),
+    "inceptionctl.preprocessing": json.dumps({"input_size": 16, "mean": [0.5] * 3,
+                                              "std": [0.5] * 3, "eval_size": 16,
+                                              "eval_scales": [18, 20]}),
     "inceptionctl.precision": "int8",
     "inceptionctl.batch": "1:8:32",
     "inceptionctl.version": "0.1.0",
@@ -417,44 +419,54 @@ META = {
 }
 
 
-def test_onnx_metadata_is_parsed():
-    got = trtb.parse_onnx_metadata(META)
+def test_onnx_metadata_is_read_by_the_one_reader():
+    """The builder reads an ONNX's facts through inceptionctl.artifact, nothing of its own."""
+    from inceptionctl.artifact import read_metadata
+
+    got = read_metadata(META, "m.onnx")
     assert got == {"recipe": {"name": "tiny", "model": {"num_classes": 2}},
-                   "classes": ["cat", "dog"], "preprocessing": {"input_size": 16,
-                                                                "mean": [0.5] * 3},
+                   "classes": ["cat", "dog"],
+                   "preprocessing": json.loads(META["inceptionctl.preprocessing"]),
                    "precision": "int8", "batch": (1, 8, 32), "version": "0.1.0",
                    "source": {"file": "best.pt", "kind": "checkpoint"},
-                   "int8": {"flavour": "tensorrt", "calibration_samples": 64}, "problems": []}
+                   "int8": {"flavour": "tensorrt", "calibration_samples": 64}}
+    assert not hasattr(trtb, "parse_onnx_metadata") and not hasattr(trtb, "METADATA_KEYS")
 
 
 def test_onnx_metadata_as_the_exporter_writes_it(trained):
-    """The exporter's keys and encodings (inceptionctl.export) are read back whole."""
-    export = pytest.importorskip("inceptionctl.export")
-    if not hasattr(export, "metadata_props"):
-        pytest.skip("inceptionctl.export has no metadata_props")
-    from inceptionctl.checkpoint import class_names, preprocessing
+    """The exporter's keys and encodings are read back whole."""
+    from inceptionctl.artifact import class_names, metadata_props, preprocessing, read_metadata
 
     recipe = trained[0]
-    props = export.metadata_props(recipe, class_names(recipe), preprocessing(recipe), "fp32",
-                                  (1, 8, 32), {"file": "best.pt"})
-    got = trtb.parse_onnx_metadata(props)
-    assert got["problems"] == [] and got["recipe"] == recipe.to_dict()
+    props = metadata_props(recipe, class_names(recipe), preprocessing(recipe), "fp32",
+                           (1, 8, 32), {"file": "best.pt"})
+    got = read_metadata(props, "m.onnx")
+    assert got["recipe"] == recipe.to_dict()
     assert got["classes"] == class_names(recipe) and got["preprocessing"] == preprocessing(recipe)
     assert (got["precision"], got["batch"], got["source"]) == ("fp32", (1, 8, 32),
                                                                {"file": "best.pt"})
 
 
-def test_onnx_metadata_is_tolerant():
-    got = trtb.parse_onnx_metadata({"recipe": "name: tiny\nmodel: {num_classes: 3}\n",
-                                    "classes": "[0, 1, 2]", "inceptionctl.batch": "[2, 4, 8]"})
-    assert got["recipe"] == {"name": "tiny", "model": {"num_classes": 3}}
-    assert got["classes"] == ["0", "1", "2"] and got["batch"] == (2, 4, 8)
-    assert got["preprocessing"] is None and got["problems"] == []
-    bad = trtb.parse_onnx_metadata({"inceptionctl.classes": "{oops", "inceptionctl.batch": "9:1:2",
-                                    "inceptionctl.preprocessing": "[1, 2]"})
-    assert bad["classes"] is None and bad["batch"] is None and bad["preprocessing"] is None
-    assert len(bad["problems"]) == 3 and all(one_line(p) for p in bad["problems"])
-    assert trtb.parse_onnx_metadata({})["problems"] == []
+def test_onnx_metadata_that_is_not_ours_is_refused_in_one_line(tmp_path, onnx_files):
+    """No second, tolerant reader: an ONNX without our facts (or with broken ones) is refused
+    before TensorRT is asked for anything."""
+    from inceptionctl.artifact import read_metadata
+
+    recipe_yaml = read_metadata({**META, "inceptionctl.recipe": "name: tiny\nmodel: {}\n"}, "m")
+    assert recipe_yaml["recipe"] == {"name": "tiny", "model": {}}  # YAML spellings still read
+    for bad, why in [({"recipe": "name: tiny", "classes": "[0, 1, 2]"}, "not an inceptionctl model"),
+                     ({**META, "inceptionctl.classes": "{oops"}, "classes is not valid JSON"),
+                     ({**META, "inceptionctl.batch": "9:1:2"}, "inceptionctl.batch"),
+                     ({**META, "inceptionctl.preprocessing": "[1, 2]"}, "should be a JSON object")]:
+        with pytest.raises(InceptionError, match=why) as exc:
+            read_metadata(bad, "m.onnx")
+        assert one_line(str(exc.value))
+    foreign = tmp_path / "foreign.onnx"
+    model = onnx.load(str(onnx_files["fp32"]))
+    del model.metadata_props[:]
+    onnx.save(model, str(foreign))
+    with pytest.raises(InceptionError, match="not an inceptionctl model"):
+        trtb._read_onnx(foreign)
 
 
 # ------------------------------------------------------------- a small model and its ONNX
@@ -571,8 +583,10 @@ def test_onnx_facts_of_a_float_export(onnx_files, trained):
     facts = trtb.onnx_facts(onnx.load(str(onnx_files["fp32"])))
     assert facts["inputs"] == [("images", [-1, 3, 16, 16])]
     assert (facts["has_qdq"], facts["has_fp16"], facts["qdq_problem"]) == (False, False, None)
-    meta = trtb.parse_onnx_metadata(facts["metadata"])
-    assert meta["problems"] == [] and meta["recipe"]["name"] == "tiny"
+    from inceptionctl.artifact import read_metadata
+
+    meta = read_metadata(facts["metadata"], onnx_files["fp32"])
+    assert meta["recipe"]["name"] == "tiny"
     assert meta["classes"] == class_names(trained[0])
     assert meta["preprocessing"]["input_size"] == 16 and meta["batch"] == (1, 8, 32)
 

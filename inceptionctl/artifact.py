@@ -1,0 +1,328 @@
+"""What an artifact is, and the one metadata format every artifact carries.
+
+An ARTIFACT is one of (:class:`Kind`):
+
+- a **run folder**: it means its ``best.pt`` (else ``last.pt``), see :func:`resolve_artifact`;
+- a **checkpoint**: our ``.pt`` (:mod:`inceptionctl.checkpoint` writes and reads it);
+- **foreign weights** (a torchvision state dict) plus the recipe that names their architecture;
+- an **ONNX** model written by ``inceptionctl export`` (fp32 or INT8 QDQ);
+- an **engine** built by a backend from an ONNX (e.g. TensorRT's ``.engine``), with its sidecar.
+
+Each carries the same facts under the same names, so ``eval``, ``export``, ``profile`` and
+``predict`` need nothing but the file: ``recipe`` (the resolved recipe, YAML spellings),
+``classes`` (index = logit), ``preprocessing`` (:func:`preprocessing`), and where they apply
+``precision``, ``batch`` (the declared range ``MIN:OPT:MAX``), ``version`` (the inceptionctl that
+wrote it), ``source`` (what it was made from) and ``int8`` (how it was quantized). Every carrier
+states a ``format`` and a ``format_version``; :func:`check_format_version` is the one rule for
+all of them: a reader refuses a version newer than it understands.
+
+==============================  ===========================================================
+ONNX ``metadata_props``         (all strings; JSON where structured)
+==============================  ===========================================================
+``inceptionctl.format``         ``inceptionctl.onnx``
+``inceptionctl.format_version`` ``1`` (readers refuse a newer one)
+``inceptionctl.version``        the inceptionctl version that wrote the file
+``inceptionctl.recipe``         the resolved recipe (JSON object, YAML spellings)
+``inceptionctl.classes``        class names (JSON list; index = logit)
+``inceptionctl.preprocessing``  JSON: input_size, resize, mean, std, interpolation, channels,
+                                eval_size, eval_scales (as in checkpoints)
+``inceptionctl.precision``      ``fp32`` or ``int8``
+``inceptionctl.batch``          the declared batch range ``MIN:OPT:MAX``
+``inceptionctl.source``         JSON: file name, kind (checkpoint | foreign), weights (ema |
+                                model), the checkpoint's meta
+``inceptionctl.int8``           (INT8 only) JSON: flavour, calibration_method,
+                                calibration_samples
+==============================  ===========================================================
+
+A checkpoint holds the same facts as plain values (``recipe``, ``classes``, ``preprocessing``,
+``inceptionctl_version``) beside its ``format``/``format_version``. An engine's sidecar
+(``model.engine.json``, :func:`write_sidecar`) holds them too, as plain JSON values under the same
+names (``recipe``, ``classes``, ``preprocessing``, ``precision``, ``batch``), plus the build facts
+of its backend, and the source ONNX's ``metadata_props`` verbatim. Backends read these facts only
+through this module (:func:`read_metadata`, :func:`read_onnx_metadata`, :func:`read_sidecar`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import InceptionError, one_line
+from .files import atomic_path, write_text_atomic
+from .recipe import Recipe, parse_batch_range
+
+FORMAT = "inceptionctl.onnx"
+FORMAT_VERSION = 1
+KEY = "inceptionctl."
+REQUIRED = ("recipe", "classes", "preprocessing", "precision", "batch")
+
+RUN_FILES = ("best.pt", "last.pt")  # what a run folder means, in order
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+ONNX_SUFFIX = ".onnx"
+
+
+class Kind(str, enum.Enum):
+    """The kinds of artifact; the value is what ``ArtifactInfo.kind`` says."""
+
+    RUN = "run"                 # a run folder (its best.pt, else last.pt)
+    CHECKPOINT = "checkpoint"   # our checkpoint
+    FOREIGN = "foreign"         # foreign weights, with a recipe naming their architecture
+    ONNX = "onnx"               # an exported ONNX model
+    ENGINE = "engine"           # an engine a backend built from an ONNX
+
+
+def resolve_artifact(path: str | Path) -> Path:
+    """A run folder means its best checkpoint (else last); anything else must exist."""
+    p = Path(path)
+    if p.is_dir():
+        for name in RUN_FILES:
+            if (p / name).is_file():
+                return p / name
+        raise InceptionError(f"{p}: a folder without best.pt or last.pt (not a run folder)")
+    if not p.exists():
+        raise InceptionError(f"{p}: no such file")
+    return p
+
+
+# ------------------------------------------------------------------------------------- facts
+
+def preprocessing(recipe: Recipe) -> dict[str, Any]:
+    """What an image must go through before the model: the facts every artifact carries."""
+    d = recipe.data
+    return {"input_size": d.input_size, "resize": d.resize, "mean": list(d.mean),
+            "std": list(d.std), "interpolation": d.interpolation, "channels": recipe.model.in_channels,
+            "eval_size": recipe.eval.size, "eval_scales": list(recipe.eval.scales)}
+
+
+def class_names(recipe: Recipe) -> list[str]:
+    """Class names from the recipe, or '0'..'N-1' when it names none."""
+    if recipe.data.classes is not None:
+        return list(recipe.data.classes)
+    return [str(i) for i in range(recipe.model.num_classes)]
+
+
+def check_format_version(version: Any, supported: int, path: str | os.PathLike, what: str,
+                         hint: str = "upgrade inceptionctl") -> None:
+    """The one rule of every carrier: refuse a ``format_version`` newer than ``supported``."""
+    text = str(version).strip()
+    if not text.isdigit() or int(text) > supported:
+        raise InceptionError(f"{path}: {what} format {version} is newer than this inceptionctl "
+                             f"understands ({supported}); {hint}")
+
+
+def parse_batch_profile(value: Any) -> tuple[int, int, int]:
+    """``(min, opt, max)`` from ``"MIN:OPT:MAX"``, ``"N"``, ``N`` or a 3-sequence of ints."""
+    if isinstance(value, str):
+        return parse_batch_range(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return parse_batch_range(str(value))
+    if isinstance(value, Sequence) and len(value) == 3 \
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        lo, opt, hi = (int(v) for v in value)
+        if 1 <= lo <= opt <= hi:
+            return lo, opt, hi
+    raise InceptionError(f"batch range: expected MIN:OPT:MAX (or three integers) with "
+                         f"1 <= MIN <= OPT <= MAX, got {value!r}")
+
+
+# --------------------------------------------------------------------------- ONNX metadata
+
+def metadata_props(recipe: Recipe, classes: list[str], preprocessing: Mapping[str, Any],
+                   precision: str, batch: tuple[int, int, int],
+                   source: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The ``metadata_props`` of an exported model (keys in the module docstring)."""
+    from . import __version__
+
+    return {
+        KEY + "format": FORMAT,
+        KEY + "format_version": str(FORMAT_VERSION),
+        KEY + "version": __version__,
+        KEY + "recipe": json.dumps(recipe.to_dict()),
+        KEY + "classes": json.dumps(list(classes)),
+        KEY + "preprocessing": json.dumps(dict(preprocessing)),
+        KEY + "precision": precision,
+        KEY + "batch": "{}:{}:{}".format(*batch),
+        KEY + "source": json.dumps(dict(source or {}), default=str),
+    }
+
+
+def int8_props(settings: Mapping[str, Any]) -> dict[str, str]:
+    """The metadata an INT8 ONNX adds to its fp32 source's: its precision and how it was made."""
+    return {KEY + "precision": "int8", KEY + "int8": json.dumps(dict(settings))}
+
+
+def _structured(text: str) -> Any:
+    """A structured value: JSON (what we write); YAML, a superset, for recipes written as YAML.
+    Never code: ``yaml.safe_load``."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        import yaml
+
+        return yaml.safe_load(text)
+
+
+def read_metadata(props: Mapping[str, str], path: str | os.PathLike) -> dict[str, Any]:
+    """Our facts from an ONNX model's ``metadata_props``; one clear line when they are not there.
+
+    Returns recipe (dict), classes (list), preprocessing (dict), precision, batch ((min, opt,
+    max)), version, source (dict) and int8 (dict or None).
+    """
+    missing = [k for k in REQUIRED if KEY + k not in props]
+    if len(missing) == len(REQUIRED) or props.get(KEY + "format", FORMAT) != FORMAT:
+        raise InceptionError(f"{path}: not an inceptionctl model: its ONNX metadata has none of "
+                             f"{', '.join(KEY + k for k in REQUIRED)} (export a checkpoint with "
+                             f"`inceptionctl export CHECKPOINT --to onnx`)")
+    if missing:
+        raise InceptionError(f"{path}: incomplete inceptionctl metadata: missing "
+                             f"{', '.join(KEY + k for k in missing)}")
+    check_format_version(props.get(KEY + "format_version", str(FORMAT_VERSION)), FORMAT_VERSION,
+                         path, "metadata")
+
+    def load(key: str, kind: type) -> Any:
+        try:
+            value = _structured(props[KEY + key])
+        except Exception as exc:  # any parse failure is the file's, said in one line
+            raise InceptionError(f"{path}: metadata {KEY + key} is not valid JSON "
+                                 f"({one_line(exc, 120)})") from None
+        if not isinstance(value, kind):
+            raise InceptionError(f"{path}: metadata {KEY + key} should be a JSON "
+                                 f"{'object' if kind is dict else 'list'}, got "
+                                 f"{type(value).__name__}")
+        return value
+
+    recipe, classes, pre = load("recipe", dict), load("classes", list), load("preprocessing", dict)
+    lacking = [k for k in ("eval_size", "eval_scales", "mean", "std") if k not in pre]
+    if lacking:
+        raise InceptionError(f"{path}: metadata {KEY}preprocessing lacks {', '.join(lacking)}")
+    batch = parse_batch_range(props[KEY + "batch"], lambda msg: InceptionError(
+        f"{path}: metadata {KEY}batch: {msg}"))
+    return {"recipe": recipe, "classes": [str(c) for c in classes], "preprocessing": pre,
+            "precision": props[KEY + "precision"], "batch": batch,
+            "version": props.get(KEY + "version"),
+            "source": load("source", dict) if KEY + "source" in props else {},
+            "int8": load("int8", dict) if KEY + "int8" in props else None}
+
+
+def read_props(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (weights not loaded); a clear error if unreadable."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InceptionError(f"{path}: not a readable ONNX model ({one_line(exc, 200)})") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_metadata` of an ONNX file: our facts, or one line saying why not."""
+    return read_metadata(read_props(path), path)
+
+
+def write_onnx(model: Any, preprocessing: Mapping[str, Any], batch: tuple[int, int, int],
+               opset: int, props: Mapping[str, str], out: str | os.PathLike,
+               doc: str = "") -> Path:
+    """Export ``model`` to ``out`` (atomically): input ``images`` with a dynamic batch axis,
+    output ``logits``, ``props`` as metadata; ``onnx.checker`` full check before writing."""
+    import onnx
+    import torch
+
+    size, channels = int(preprocessing["eval_size"]), int(preprocessing.get("channels", 3))
+    dummy = torch.zeros(batch[1], channels, size, size)
+    with tempfile.TemporaryDirectory(prefix="inceptionctl-export-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+                torch.onnx.export(model, (dummy,), str(raw), input_names=["images"],
+                                  output_names=["logits"], opset_version=opset,
+                                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                                  do_constant_folding=True, dynamo=False)
+        except Exception as exc:
+            first = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise InceptionError(f"ONNX export (opset {opset}) failed: {first}") from None
+        graph = onnx.load(str(raw))
+    graph.doc_string = doc
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, dict(props))
+    try:
+        onnx.checker.check_model(graph, full_check=True)
+    except Exception as exc:
+        raise InceptionError(f"the exported graph fails onnx.checker: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+    out = Path(out)
+    try:
+        with atomic_path(out) as tmp_out:
+            onnx.save(graph, str(tmp_out))
+    except OSError as exc:
+        raise InceptionError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    return out
+
+
+# --------------------------------------------------------------------------------- sidecars
+
+def sidecar_path(artifact: str | os.PathLike) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def write_sidecar(artifact: str | os.PathLike, fmt: str, version: int,
+                  data: Mapping[str, Any]) -> Path:
+    """Write the sidecar of ``artifact`` (``format``, ``format_version``, then ``data``)
+    atomically; returns its path."""
+    body = {"format": fmt, "format_version": version, **data}
+    path = sidecar_path(artifact)
+    write_text_atomic(path, json.dumps(body, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def read_sidecar(artifact: str | os.PathLike, fmt: str, version: int, *, kind: str,
+                 required: Mapping[str, type], rebuild: str) -> dict[str, Any]:
+    """The sidecar of ``artifact``, checked: its format and version, the ``required`` keys and
+    their types, the batch range (as a list); one clear error naming the file when unusable.
+
+    ``kind`` names the engine in messages ("TensorRT"); ``rebuild`` says how to make a new one.
+    """
+    path = sidecar_path(artifact)
+    if not path.is_file():
+        raise InceptionError(f"{path}: missing (every {kind} engine needs its sidecar with the "
+                             f"recipe, classes and build facts); {rebuild}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InceptionError(f"{path}: corrupt {kind} sidecar ({one_line(exc)}); "
+                             f"{rebuild}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise InceptionError(f"{path}: not an inceptionctl {kind} sidecar (no "
+                             f"\"format\": \"{fmt}\"); {rebuild}")
+    check_format_version(data.get("format_version", 0), version, path, "sidecar",
+                         "upgrade it")
+    for key, typ in required.items():
+        if not isinstance(data.get(key), typ):
+            raise InceptionError(f"{path}: corrupt {kind} sidecar ('{key}' missing or not a "
+                                 f"{typ.__name__}); {rebuild}")
+    if "batch" in data:
+        try:
+            data["batch"] = list(parse_batch_profile(data["batch"]))
+        except InceptionError as exc:
+            raise InceptionError(f"{path}: corrupt {kind} sidecar ({exc}); {rebuild}") from None
+    return data
+
+
+def sidecar_facts(side: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts an engine's sidecar carries, from its source ONNX's :func:`read_metadata`
+    (``metadata``): recipe, classes, preprocessing and the source ONNX's own facts."""
+    return {"recipe": metadata["recipe"], "classes": metadata["classes"],
+            "preprocessing": metadata["preprocessing"],
+            "source_onnx": {"precision": metadata["precision"],
+                            "batch": list(metadata["batch"]),
+                            "inceptionctl_version": metadata["version"],
+                            "source": metadata["source"], "int8": metadata["int8"], **side}}
