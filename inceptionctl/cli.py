@@ -129,6 +129,16 @@ def _expected(option: str, value: Any, allowed: Sequence[str]) -> InceptionError
                           + (f" (did you mean '{close[0]}'?)" if close else ""))
 
 
+def _export_target(value: str) -> str:
+    """``--to``: onnx or a registered engine builder, asked of the registry when parsed."""
+    from .export import targets
+
+    allowed = targets()
+    if value not in allowed:
+        raise _expected("--to", value, allowed)
+    return value
+
+
 def _one_of(option: str, choices: type[Enum]) -> Callable[[Any], Any]:
     """A parser giving the member a value names; anything else is one error line."""
 
@@ -423,7 +433,9 @@ def backends_(as_json: JsonOpt = False) -> None:
 def export(
     artifact: Annotated[str, typer.Argument(help="Run folder, checkpoint, or foreign weights "
                                                  "(with --recipe).")],
-    to: Annotated[str, typer.Option(metavar="TARGET", help="onnx or tensorrt.")] = "onnx",
+    to: Annotated[str, typer.Option(metavar="TARGET", parser=_export_target,
+                                    help="onnx, or a backend that builds engines "
+                                         "(tensorrt; see `inceptionctl backends`).")] = "onnx",
     precision: ExportPrecisionOpt = ExportPrecision.fp32,
     batch: Annotated[Optional[str], typer.Option(metavar="MIN:OPT:MAX",
                                                  help="Batch range (default: the recipe's "
@@ -583,7 +595,7 @@ def _speed_options(recipe: str, resolved: Any, backend: str, precision: str, bat
             get_backend(name)  # raises: unknown backend, with a "did you mean"
     artifact = Path(recipe) if Path(recipe).suffix in (".pt", ".pth") or Path(recipe).is_dir() else None
     if artifact is not None:
-        from .backend import resolve_artifact
+        from .artifact import resolve_artifact
 
         artifact = resolve_artifact(artifact)
     return SpeedOptions(
@@ -606,7 +618,7 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
                              f"model give the checkpoint it came from (or time it with "
                              f"`profile --time --backend onnxruntime`)")
     if path.is_dir() or path.suffix in (".pt", ".pth", ".ckpt"):
-        from .backend import resolve_artifact
+        from .artifact import resolve_artifact
 
         ckpt_path = resolve_artifact(path)
         resolved = checkpoint_recipe(read_checkpoint(ckpt_path), str(ckpt_path), set_)

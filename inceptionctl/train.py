@@ -428,7 +428,7 @@ def _build_model(opts: TrainOptions, recipe: Recipe, ckpt: dict[str, Any] | None
     """The model on ``device``: freshly initialised, from ``--weights``, or the resumed run's."""
     model: GoogLeNet = build_model(recipe)
     if opts.weights is not None and ckpt is None:
-        from .backend import resolve_artifact
+        from .artifact import resolve_artifact
 
         report = load_weights(model, resolve_artifact(opts.weights), reset_head=opts.reset_head)
         log(f"weights: {report.loaded} tensors from {opts.weights}")

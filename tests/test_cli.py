@@ -107,9 +107,10 @@ def test_cli_choices_are_the_library_sets():
         return tuple(m.value for m in enum)
 
     assert values(cli.TrainPrecision) == runtime.PRECISIONS
-    assert set(values(cli.ExportPrecision)) == set(export.ONNX_PRECISIONS) | set(export.TRT_PRECISIONS)
+    assert set(values(cli.ExportPrecision)) == {p for to in export.targets()
+                                                for p in export.precisions(to)}
     assert values(cli.CalibMethod) == export.CALIBRATION_METHODS
-    assert values(cli.Int8Flavour) == export.INT8_FLAVOURS
+    assert list(values(cli.Int8Flavour)) == export.int8_flavours()
     for key, choices in CHOICES.items():
         assert choices in ([m.value for m in e] for e in (
             cli.TrainPrecision, cli.ExportPrecision, cli.CalibMethod, cli.Int8Flavour,
