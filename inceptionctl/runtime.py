@@ -8,8 +8,15 @@ the process's local rank), ``cpu``, ``cuda`` or ``cuda:N``. Precisions are ``fp3
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import re
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,3 +100,155 @@ def autocast(device: torch.device, precision: str) -> Any:
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------ measured choice of precision
+#
+# Whether bf16 pays depends on the machine: on a CPU with fast bf16 matmuls (AMX, or AVX512-BF16
+# on some AMD EPYC) it trains ~1.5x faster than fp32; on an Intel Xeon with AVX512-BF16 but no
+# AMX it is ~25% slower. So ``auto`` is decided by timing a few steps of the real work in each
+# candidate, on the machine where it runs, and the decision is cached per machine, torch version,
+# recipe, batch and mode.
+
+PROBE_FORMAT = 1
+PREFER_FP32_WITHIN = 0.05  # a lower precision must be >5% faster to give up fp32's exactness
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run uses, and why: ``explicit``, ``only`` (one candidate), ``probe``
+    (measured now), ``cache`` (measured before on this machine) or ``resume`` (the run's own)."""
+
+    precision: str
+    source: str
+    rates: dict[str, float] = field(default_factory=dict)  # img/s per candidate, when measured
+    key: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"precision": self.precision, "source": self.source,
+                "rates": {k: round(v, 2) for k, v in self.rates.items()}, "key": self.key}
+
+    def describe(self) -> str:
+        """One line: the choice and the measured rates (for the log)."""
+        rates = ", ".join(f"{p} {r:,.1f} img/s" for p, r in self.rates.items())
+        how = {"probe": "measured now", "cache": "measured earlier on this machine"}.get(
+            self.source)
+        if how is None:
+            return f"precision {self.precision} ({self.source})"
+        return f"precision auto -> {self.precision} ({how}: {rates})"
+
+
+def candidates(device: torch.device) -> list[str]:
+    """What ``auto`` chooses among on ``device``: fp32 first (the tie-winner), then autocast."""
+    if device.type == "cpu":
+        return ["fp32", "bf16"] if cpu_bf16_supported() else ["fp32"]
+    found = ["fp32"]
+    if torch.cuda.is_bf16_supported():
+        found.append("bf16")
+    return found + ["fp16"]
+
+
+def machine_name(device: torch.device) -> str:
+    """The processor the work runs on: the GPU's name, else the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def cache_path() -> Path:
+    """``$XDG_CACHE_HOME/inceptionctl/precision.json`` (``~/.cache`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "inceptionctl" / "precision.json"
+
+
+def probe_key(device: torch.device, mode: str, recipe: str, batch: int, size: int) -> str:
+    return (f"{machine_name(device)} | {os.cpu_count()} cpus | torch {torch.__version__} | "
+            f"{mode} | {recipe} | batch {batch} | {size}px")
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent or damaged: measure again
+        return {}
+    if not isinstance(data, dict) or data.get("format") != PROBE_FORMAT:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_cache(path: Path, key: str, choice: PrecisionChoice) -> None:
+    from .files import write_text_atomic
+
+    entries = _read_cache(path)
+    entries[key] = {"precision": choice.precision, "rates": choice.rates,
+                    "torch": torch.__version__}
+    try:
+        write_text_atomic(path, json.dumps({"format": PROBE_FORMAT, "entries": entries},
+                                           indent=1, sort_keys=True))
+    except OSError:  # a read-only home only costs a new measurement next time
+        pass
+
+
+def pick_fastest(rates: dict[str, float]) -> str:
+    """The fastest candidate; fp32 unless another is more than 5% faster."""
+    best = max(rates, key=lambda p: rates[p])
+    if "fp32" in rates and rates[best] <= rates["fp32"] * (1 + PREFER_FP32_WITHIN):
+        return "fp32"
+    return best
+
+
+def choose_precision(requested: str, device: torch.device, probe: Callable[[str], float], *,
+                     key: str, cache: Path | None = None, use_cache: bool = True
+                     ) -> PrecisionChoice:
+    """The precision to run: an explicit one as given; ``auto`` measured with ``probe``.
+
+    ``probe(precision)`` returns images per second of the real work in that precision. The
+    decision is cached under ``key`` in ``cache`` (default :func:`cache_path`).
+    """
+    if requested != "auto":
+        return PrecisionChoice(resolve_precision(requested, device), "explicit", key=key)
+    options = candidates(device)
+    if len(options) == 1:
+        return PrecisionChoice(options[0], "only", key=key)
+    path = cache if cache is not None else cache_path()
+    if use_cache:
+        hit = _read_cache(path).get(key)
+        if isinstance(hit, dict) and hit.get("precision") in options:
+            rates = {str(k): float(v) for k, v in (hit.get("rates") or {}).items()}
+            return PrecisionChoice(hit["precision"], "cache", rates, key)
+    rates: dict[str, float] = {}
+    for order in (options, options[::-1]):  # twice, in turn: a busy moment hurts both alike
+        for p in order:
+            rates[p] = max(rates.get(p, 0.0), float(probe(p)))
+    rates = {p: rates[p] for p in options}
+    choice = PrecisionChoice(pick_fastest(rates), "probe", rates, key)
+    if use_cache:
+        _write_cache(path, key, choice)
+    return choice
+
+
+def time_rate(step: Callable[[], Any], images: int, device: torch.device,
+              budget_s: float = 0.25, min_steps: int = 2, warmup: int = 1) -> float:
+    """Images per second of ``step`` (``images`` per call): ``warmup`` calls, then at least
+    ``min_steps`` timed calls and as many as fit in ``budget_s``."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    done, started = 0, time.perf_counter()
+    while done < min_steps or time.perf_counter() - started < budget_s:
+        step()
+        sync()
+        done += 1
+    return images * done / (time.perf_counter() - started)

@@ -38,7 +38,8 @@ from .errors import CheckFailed, InceptionError
 from .files import write_text_atomic
 from .model import GoogLeNet, build_model
 from .recipe import Recipe, recipe_from_data  # noqa: F401
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import (PrecisionChoice, autocast, candidates, choose_precision, probe_key,
+                      resolve_device, resolve_precision, time_rate)
 from .trainer import Trainer
 
 
@@ -354,6 +355,7 @@ class _Run:
     per_epoch: int
     log: Callable[[str], None]
     writer: Any = None  # a tensorboard SummaryWriter on rank 0 with --tensorboard
+    precision_choice: dict[str, Any] = field(default_factory=dict)  # how --precision was decided
 
 
 @dataclass
@@ -439,6 +441,40 @@ def _build_model(opts: TrainOptions, recipe: Recipe, ckpt: dict[str, Any] | None
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
     return model
+
+
+def _choose_precision(opts: TrainOptions, recipe: Recipe, model: GoogLeNet, device: torch.device,
+                      ctx: dist_utils.Context, ckpt: dict[str, Any] | None) -> PrecisionChoice:
+    """``--precision`` as given; ``auto`` measured on this machine (rank 0 measures, every rank
+    follows), except that a resumed run keeps the precision it was saved in."""
+    if opts.precision == "auto" and ckpt is not None:
+        saved = (ckpt.get("meta") or {}).get("precision")
+        if saved in candidates(device):
+            return PrecisionChoice(saved, "resume")
+    t = recipe.train
+    key = probe_key(device, "train", recipe.name, t.batch_size, recipe.data.input_size)
+    choice = None
+    if ctx.is_main:
+        choice = choose_precision(opts.precision, device, key=key, probe=lambda p: _probe_train(
+            model, recipe, device, p, opts.channels_last))
+    return ctx.broadcast_object(choice) if ctx.active else choice
+
+
+def _probe_train(model: GoogLeNet, recipe: Recipe, device: torch.device, precision: str,
+                 channels_last: bool) -> float:
+    """Training images/s of a throwaway copy of ``model`` in ``precision``: forward, backward
+    and the optimizer step at the recipe's batch and input size. The run's RNGs are untouched."""
+    import copy
+
+    from .data import Batch
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        trainer = Trainer(copy.deepcopy(model), recipe, device, precision, ema=False,
+                          channels_last=channels_last)
+        b, s = recipe.train.batch_size, recipe.data.input_size
+        batch = Batch(torch.rand(b, recipe.model.in_channels, s, s),
+                      torch.randint(0, recipe.model.num_classes, (b,)), [])
+        return time_rate(lambda: trainer.step(batch), b, device)
 
 
 def _restore(trainer: Trainer, ckpt: dict[str, Any], resume_path: Path,
@@ -669,7 +705,8 @@ def _save(run: _Run, kind: str, trainer: Trainer, state: TrainState) -> Path:
     if not run.ctx.is_main:
         return path
     meta = {"epoch": state.epoch, "global_step": state.global_step, "data": run.opts.data,
-            "precision": run.precision, "history": state.history[-1:] if state.history else []}
+            "precision": run.precision, "precision_choice": run.precision_choice,
+            "history": state.history[-1:] if state.history else []}
     train_state = None
     if kind == "last":
         train_state = dataclasses.replace(state, **trainer.state_dict(), rng=rng_state(),
@@ -711,7 +748,7 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     log = opts.log if ctx.is_main else (lambda msg: None)
     recipe, ckpt, resume_path = _open_resume(opts, log)
     device = resolve_device(opts.device, ctx.local_rank)
-    precision = resolve_precision(opts.precision, device)
+    resolve_precision(opts.precision, device)  # a wrong --precision fails before any work
     if device.type == "cuda":
         torch.cuda.set_device(device)
     _seed_everything(recipe.train.seed)
@@ -724,13 +761,17 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
     loaders = _loaders(opts, recipe, splits, ctx, device)
     model = _build_model(opts, recipe, ckpt, device, log)
+    choice = _choose_precision(opts, recipe, model, device, ctx, ckpt)
+    precision = choice.precision
+    if choice.source in ("probe", "cache"):
+        log(choice.describe())
     trainer = Trainer(model, recipe, device, precision, steps_per_epoch=loaders.per_epoch,
                       world_size=ctx.world, compile=opts.compile,
                       channels_last=opts.channels_last)
     state = (_restore(trainer, ckpt, resume_path, ctx, log)
              if ckpt is not None and resume_path is not None else TrainState(world_size=ctx.world))
     run = _Run(opts, ctx, recipe, out, device, precision, loaders.per_epoch, log,
-               writer=_tensorboard(opts, ctx, out))
+               writer=_tensorboard(opts, ctx, out), precision_choice=choice.to_json())
     _announce(run, model, splits, loaders, resumed=ckpt is not None)
     return run, trainer, state, loaders
 

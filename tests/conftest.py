@@ -1,3 +1,5 @@
+import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -7,6 +9,12 @@ from typer.testing import CliRunner
 
 from inceptionctl.cli import app
 from inceptionctl.recipe import available_recipes
+
+
+def pytest_configure(config):
+    # measured defaults (--precision auto) cache their decision in the user's cache folder: the
+    # suite neither reads a stale one nor leaves one behind (subprocesses inherit this)
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="inceptionctl-test-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,137 @@
+"""Device and precision resolution; ``--precision auto`` decided by measuring on this machine."""
+
+import json
+
+import pytest
+import torch
+
+from inceptionctl import runtime
+from inceptionctl.errors import InceptionError
+from inceptionctl.recipe import load_recipe
+from inceptionctl.runtime import PrecisionChoice, choose_precision, pick_fastest
+
+CPU = torch.device("cpu")
+
+
+def _never(precision):
+    raise AssertionError(f"probed {precision}, but nothing should be measured")
+
+
+@pytest.fixture
+def two_candidates(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
+
+
+@pytest.mark.parametrize("rates, expected", [
+    ({"fp32": 100.0, "bf16": 150.0}, "bf16"),   # bf16 pays (an AMD EPYC with fast bf16)
+    ({"fp32": 18.2, "bf16": 13.9}, "fp32"),     # bf16 24% slower (a Xeon without AMX)
+    ({"fp32": 100.0, "bf16": 104.0}, "fp32"),   # within 5%: fp32 keeps its exactness
+    ({"fp32": 100.0, "bf16": 90.0, "fp16": 200.0}, "fp16"),
+])
+def test_auto_picks_the_fastest_with_fp32_winning_near_ties(rates, expected):
+    assert pick_fastest(rates) == expected
+
+
+def test_auto_measures_each_candidate_twice_in_turn_and_caches(two_candidates, tmp_path):
+    calls = []
+    rates = {"fp32": [10.0, 30.0], "bf16": [20.0, 25.0]}
+
+    def probe(p):
+        calls.append(p)
+        return rates[p].pop(0)
+
+    cache = tmp_path / "c.json"
+    choice = choose_precision("auto", CPU, probe, key="k", cache=cache)
+    assert calls == ["fp32", "bf16", "bf16", "fp32"]
+    # the best of the two rounds counts: fp32 30 beats bf16 25
+    assert choice == PrecisionChoice("fp32", "probe", {"fp32": 30.0, "bf16": 25.0}, "k")
+    again = choose_precision("auto", CPU, _never, key="k", cache=cache)
+    assert (again.precision, again.source, again.rates) == ("fp32", "cache", choice.rates)
+    assert "measured earlier on this machine" in again.describe()
+    other = choose_precision("auto", CPU, lambda p: {"fp32": 1.0, "bf16": 9.0}[p], key="k2",
+                             cache=cache)
+    assert other.precision == "bf16"
+    assert set(json.loads(cache.read_text())["entries"]) == {"k", "k2"}
+
+
+def test_explicit_precision_is_never_second_guessed(two_candidates, tmp_path):
+    choice = choose_precision("fp32", CPU, _never, key="k", cache=tmp_path / "c.json")
+    assert (choice.precision, choice.source) == ("fp32", "explicit")
+    assert not (tmp_path / "c.json").exists()
+    with pytest.raises(InceptionError, match="--precision fp16: needs a CUDA device"):
+        choose_precision("fp16", CPU, _never, key="k")
+
+
+def test_one_candidate_needs_no_measurement(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
+    choice = choose_precision("auto", CPU, _never, key="k", cache=tmp_path / "c.json")
+    assert (choice.precision, choice.source) == ("fp32", "only")
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"format": 99, "entries": {}}),
+                                  json.dumps({"format": 1, "entries": {"k": {"precision": "fp8"}}})])
+def test_a_damaged_or_foreign_cache_is_measured_again(two_candidates, tmp_path, text):
+    cache = tmp_path / "c.json"
+    cache.write_text(text)
+    choice = choose_precision("auto", CPU, lambda p: {"fp32": 1.0, "bf16": 2.0}[p], key="k",
+                              cache=cache)
+    assert (choice.precision, choice.source) == ("bf16", "probe")
+    assert json.loads(cache.read_text())["entries"]["k"]["precision"] == "bf16"
+
+
+def test_the_key_names_machine_torch_and_work():
+    key = runtime.probe_key(CPU, "train", "googlenet-small", 64, 32)
+    assert runtime.machine_name(CPU) in key and torch.__version__ in key
+    assert "train" in key and "googlenet-small" in key and "batch 64" in key and "32px" in key
+
+
+def test_the_probe_trains_the_real_model_in_each_candidate_without_touching_the_run():
+    from inceptionctl.model import build_model
+    from inceptionctl.train import _probe_train
+
+    recipe = load_recipe("googlenet-small", overrides=["train.batch_size=4"])
+    model = build_model(recipe)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    for precision in runtime.candidates(CPU):
+        assert _probe_train(model, recipe, CPU, precision, channels_last=True) > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_time_rate_counts_images_over_the_timed_calls():
+    calls = []
+    rate = runtime.time_rate(lambda: calls.append(1), images=8, device=CPU, budget_s=0.0,
+                             min_steps=3, warmup=2)
+    assert len(calls) == 5 and rate > 0
+
+
+def test_train_auto_records_its_measured_choice_and_a_resume_keeps_it(two_candidates, tmp_path,
+                                                                       monkeypatch):
+    from inceptionctl.checkpoint import read_checkpoint
+    from inceptionctl.train import TrainOptions, train
+
+    import inceptionctl.train as train_mod
+
+    measured = {"fp32": 50.0, "bf16": 80.0}
+    monkeypatch.setattr(train_mod, "_probe_train", lambda m, r, d, p, cl: measured[p])
+    logs: list[str] = []
+    recipe = load_recipe("googlenet-small", overrides=["train.batch_size=16"])
+
+    def opts(**kw):
+        return TrainOptions(recipe=recipe, data="synthetic", synthetic_count=32,
+                            out=tmp_path / "run", runs_dir=tmp_path / "runs", workers=0,
+                            log=logs.append, progress=False, **kw)
+
+    train(opts(max_steps=1))
+    assert "precision auto -> bf16 (measured now: fp32 50.0 img/s, bf16 80.0 img/s)" in logs
+    meta = read_checkpoint(tmp_path / "run" / "last.pt")["meta"]
+    assert meta["precision"] == "bf16"
+    assert meta["precision_choice"]["source"] == "probe"
+    assert meta["precision_choice"]["rates"] == measured
+    # the machine now measures fp32 faster, but a resumed run keeps what it was trained in
+    measured.update(fp32=500.0)
+    logs.clear()
+    train(opts(max_steps=2, resume="auto"))
+    meta = read_checkpoint(tmp_path / "run" / "last.pt")["meta"]
+    assert meta["precision"] == "bf16" and meta["precision_choice"]["source"] == "resume"
