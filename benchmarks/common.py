@@ -27,6 +27,7 @@ class Goal:
     unit: str = "x"
     details: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # kept in bench.json only
 
     @property
     def ok(self) -> bool | None:
@@ -47,9 +48,18 @@ def report(goals: list[Goal], out: Path) -> int:
                             for k, v in g.details.items())
         table.add_row(g.name, measured, f">= {g.target:g}{g.unit}", ok,
                       (details + (f"; {g.note}" if g.note else "")))
-    Console(width=200).print(table)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = {"machine": machine_info(device, {}), "goals": [dict(asdict(g), ok=g.ok) for g in goals]}
+    machine = machine_info(device, {})
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["cpu_flags"].items())
+    console = Console(width=200)
+    console.print(f"machine: {machine['cpu']} ({machine['threads']} threads; {flags}; oneDNN "
+                  f"bf16 {'yes' if machine['cpu_bf16'] else 'no'})"
+                  + (f"; GPU {machine['gpu']}" if machine["gpu"] else ""), highlight=False)
+    for g in goals:
+        if "decision" in g.extra:
+            console.print(f"{g.name}: {g.extra['decision']}", highlight=False)
+    console.print(table)
+    data = {"machine": machine, "goals": [dict(asdict(g), ok=g.ok) for g in goals]}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, out)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     goals = []
     cpu = torch.device("cpu")
     if args.quick:
-        goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1))
+        goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1, probe_budget_s=0.0))
         goals.append(bench_eval.measure("googlenet-small", images=2, batch=16, iters=1,
                                         image_size=(48, 40), workers=0))
         goals += bench_infer.measure(batch=2, warmup=0, iters=1, recipe_name="googlenet-small")

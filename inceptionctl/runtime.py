@@ -162,6 +162,23 @@ def machine_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "unknown cpu"
 
 
+CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni", "avx512f")
+
+
+def cpu_features() -> dict[str, bool]:
+    """The CPU flags that decide low-precision speed (from /proc/cpuinfo; all False elsewhere)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {f: f in flags for f in CPU_FLAGS}
+
+
 def cache_path() -> Path:
     """``$XDG_CACHE_HOME/inceptionctl/precision.json`` (``~/.cache`` when unset)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -33,7 +33,6 @@ Unavailable backends get a row with ``available: false`` and the reason, never a
 
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -159,15 +158,11 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int 
 
 
 def machine_info(device: torch.device, versions: dict[str, str]) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     from . import __version__
+    from .runtime import cpu_bf16_supported, cpu_features, machine_name
 
-    return {"device": str(device), "cpu": cpu,
+    return {"device": str(device), "cpu": machine_name(torch.device("cpu")),
+            "cpu_flags": cpu_features(), "cpu_bf16": cpu_bf16_supported(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "threads": torch.get_num_threads(),
             "versions": {"inceptionctl": __version__, "torch": torch.__version__, **versions}}
