@@ -299,6 +299,7 @@ def _ce(z, y, eps):
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_the_real_step_trains_on_main_plus_weighted_aux(tiny_recipe, smoothing):
     w = load_recipe("googlenet").model.aux.loss_weight
+    assert load_recipe(tiny_recipe).model.aux.loss_weight == PAPER_AUX_WEIGHT  # the default too
     trainer = _trainer(tiny_recipe, {"model.aux.after": ["3a", "4a"], "model.aux.loss_weight": w,
                                      "train.label_smoothing": smoothing})
     before = TrainStep(copy.deepcopy(trainer.model)).train()
