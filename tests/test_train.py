@@ -238,6 +238,7 @@ def test_bad_data_in_training(tmp_path, tiny_recipe):
 
 
 def _cli(*args, env=None, **kw):
+    kw.setdefault("timeout", 600)  # run() kills the child when it expires
     return subprocess.run([sys.executable, "-m", "inceptionctl", *map(str, args)],
                           capture_output=True, text=True, env=env, **kw)
 
@@ -247,6 +248,9 @@ def test_cli_errors_are_one_line(cli, tmp_path, tiny_recipe):
         (["--data", tmp_path / "nope"], "no such folder"),
         (["--device", "cuda:7"], "--device cuda:7: no CUDA device"),
         (["--precision", "fp8"], "--precision fp8: expected auto, fp32, bf16 or fp16"),
+        # GradScaler's fp16 is a CUDA mode: on CPU it is refused, pointing at what works there
+        (["--precision", "fp16", "--device", "cpu"],
+         "--precision fp16: needs a CUDA device; on CPU use bf16 or fp32"),
         (["--resume", tmp_path / "nothing"], "no checkpoint there"),
         (["--weights", tmp_path / "nope.pt"], "no such file"),
         (["--set", "train.lr=-1"], "train.lr: expected a positive number, got -1.0"),
@@ -266,16 +270,21 @@ def test_sigterm_saves_and_resumes(tmp_path, tiny_recipe):
                              tiny_recipe, "--out", run, "--set", "train.epochs=50",
                              "--workers", "0", "--precision", "fp32"],
                             stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "epoch 2/50: " in line:  # one epoch done, the second one started
-            break
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 143
-    assert "resume with: inceptionctl train --resume" in rest
+    try:
+        for line in proc.stderr:
+            if "epoch 1/50: " in line:  # the first epoch done and saved, the second begun
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 143
+        assert "resume with: inceptionctl train --resume" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
     state = read_checkpoint(run / "last.pt")["train_state"]
-    assert state["epoch"] >= 1 and state["global_step"] > 44
+    assert state["epoch"] >= 1 and state["global_step"] >= 44
     result = _cli("train", "--recipe", tiny_recipe, "--resume", run, "--max-steps",
                   state["global_step"] + 2, "--workers", "0", "--json")
     assert result.returncode == 0, result.stderr
