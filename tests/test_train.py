@@ -330,3 +330,26 @@ def test_embedded_default_reaches_95_percent(default_run):
     assert (run / "best.pt").is_file() and (run / "metrics.jsonl").is_file()
     assert report["epochs"] == load_recipe("googlenet-small").train.epochs
     print(f"default: best top-1 {report['best_top1']:.2f}% in {seconds:.1f}s wall")
+
+
+def test_no_channels_last_trains_the_same_steps(tmp_path, tiny_recipe, monkeypatch):
+    """--no-channels-last changes the memory layout only: the same run, up to float rounding."""
+    from inceptionctl import trainer as trainer_mod
+
+    layouts = []
+    real = trainer_mod.Trainer.step
+
+    def step(self, batch):
+        layouts.append(self.memory_format)
+        return real(self, batch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "step", step)
+    recipe = load_recipe(tiny_recipe, {"train.batch_size": 8})
+    runs = {}
+    for name, flag in (("nhwc", True), ("nchw", False)):
+        train(_opts(recipe, tmp_path, name, data="synthetic", synthetic_count=64, max_steps=3,
+                    channels_last=flag))
+        runs[name] = read_checkpoint(tmp_path / name / "last.pt")["state_dict"]
+    assert layouts == [torch.channels_last] * 3 + [torch.contiguous_format] * 3
+    for k, v in runs["nhwc"].items():
+        assert torch.allclose(v.float(), runs["nchw"][k].float(), atol=1e-4, rtol=1e-4), k
