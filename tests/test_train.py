@@ -67,6 +67,7 @@ def _same_rng(a: dict, b: dict) -> None:
     assert a["python"] == b["python"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,workers", [("bf16", 0), ("fp32", 1)])
 def test_resume_is_bit_identical(tmp_path, tiny_recipe, precision, workers, monkeypatch):
     """One uninterrupted run against one stopped mid-epoch, then at an epoch's end, then resumed."""
@@ -332,6 +333,7 @@ def test_embedded_default_reaches_95_percent(default_run):
     print(f"default: best top-1 {report['best_top1']:.2f}% in {seconds:.1f}s wall")
 
 
+@pytest.mark.slow
 def test_no_channels_last_trains_the_same_steps(tmp_path, tiny_recipe, monkeypatch):
     """--no-channels-last changes the memory layout only: the same run, up to float rounding."""
     from inceptionctl import trainer as trainer_mod
