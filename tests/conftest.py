@@ -95,6 +95,32 @@ def tiny_recipe(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny recipe trained for one epoch on the digits, once per session: (run, result).
+
+    Shared read-only: a test that writes into a run copies it first (see ``tiny_run_copy``).
+    """
+    from inceptionctl.recipe import load_recipe
+    from inceptionctl.train import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    recipe_path = root / "tiny.yaml"
+    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
+    result = train(TrainOptions(recipe=load_recipe(recipe_path, ["train.epochs=1"]),
+                                data="digits", out=root / "run", precision="fp32", workers=0,
+                                log=lambda m: None, progress=False))
+    return root / "run", result
+
+
+@pytest.fixture(scope="module")
+def tiny_run_copy(tiny_run, tmp_path_factory):
+    """A module's own copy of the shared tiny run, for tests that resume or write into it."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_run[0], tmp_path_factory.mktemp("tiny-copy") / "run"))
+
+
+@pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """`inceptionctl train` with no arguments, run once as a user runs it: (run, report, seconds)."""
     import json

@@ -124,13 +124,15 @@ def test_truncated_checkpoint(tmp_path, small):
 
 
 class _Exploit:
+    marker = ""  # where unpickling would write, were it ever to run code
+
     def __reduce__(self):
-        return (open, ("/tmp/inceptionctl-pwned", "w"))
+        return (open, (self.marker, "w"))
 
 
-def test_loading_never_runs_code(tmp_path, small):
-    marker = __import__("pathlib").Path("/tmp/inceptionctl-pwned")
-    marker.unlink(missing_ok=True)
+def test_loading_never_runs_code(tmp_path, small, monkeypatch):
+    marker = tmp_path / "inceptionctl-pwned"
+    monkeypatch.setattr(_Exploit, "marker", str(marker))
     path = tmp_path / "evil.pth"
     torch.save({"fc.weight": _Exploit()}, path, pickle_protocol=2)
     with pytest.raises(InceptionError, match="never code"):

@@ -9,20 +9,12 @@ import sys
 import pytest
 from PIL import Image
 
-from inceptionctl import load_recipe
-from inceptionctl.train import TrainOptions, train
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from .conftest import TINY_TRAIN
-
-    root = tmp_path_factory.mktemp("errs")
-    (root / "tiny.yaml").write_text(TINY_TRAIN.lstrip("\n"))
-    train(TrainOptions(recipe=load_recipe(root / "tiny.yaml", ["train.epochs=1"]), data="digits",
-                       out=root / "run", precision="fp32", workers=0, log=lambda m: None,
-                       progress=False))
-    return root / "run"
+def run(tiny_run_copy):
+    """The session's tiny run, copied: some tests here resume it in place."""
+    return tiny_run_copy
 
 
 def _one_error_line(result, text):

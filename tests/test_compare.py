@@ -125,3 +125,15 @@ def test_artifacts_that_cannot_share_inputs_are_one_clear_error(artifacts, tmp_p
 def test_bad_arguments(artifacts, kwargs, message):
     with pytest.raises(InceptionError, match=message):
         compare(artifacts["ckpt"], artifacts["onnx"], log=QUIET["log"], **kwargs)
+
+
+def test_the_cli_exits_1_on_a_failed_comparison_and_0_on_a_passed_one(artifacts, cli):
+    failed = cli("compare", artifacts["perturbed"], artifacts["onnx"], "--samples", "16")
+    assert failed.exit_code == 1, failed.output
+    assert "FAILED" in failed.stdout and "Traceback" not in failed.output
+    passed = cli("compare", artifacts["ckpt"], artifacts["onnx"], "--samples", "16")
+    assert passed.exit_code == 0, passed.output
+    # the same difference within loose tolerances passes
+    loose = cli("compare", artifacts["perturbed"], artifacts["onnx"], "--samples", "16",
+                "--atol", "10")
+    assert loose.exit_code == 0, loose.output

@@ -1,5 +1,7 @@
 """Data: decoding every image mode, bad files, folder layouts, keyed augmentation."""
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from inceptionctl.data import (Collate, DataError, KeyedSampler, Transformed, de
 
 
 def _save(path, mode, size=(20, 14), fmt=None):
-    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(path).encode()))  # hash() is salted per process
     rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     img = {"RGB": rgb, "L": rgb.convert("L"), "RGBA": rgb.convert("RGBA"),
            "P": rgb.convert("P"), "CMYK": rgb.convert("CMYK"), "LA": rgb.convert("LA")}[mode]

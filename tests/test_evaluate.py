@@ -14,21 +14,7 @@ from inceptionctl import load_recipe
 from inceptionctl import evaluate as ev
 from inceptionctl.backend import ArtifactInfo, Session
 from inceptionctl.evaluate import EvalOptions, evaluate, stream_batches
-from inceptionctl.train import TrainOptions, train
 
-from .conftest import TINY_TRAIN
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny recipe trained for one epoch on the digits (a few seconds)."""
-    root = tmp_path_factory.mktemp("tiny")
-    recipe_path = root / "tiny.yaml"
-    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
-    result = train(TrainOptions(recipe=load_recipe(recipe_path, ["train.epochs=1"]),
-                                data="digits", out=root / "run", precision="fp32", workers=0,
-                                log=lambda m: None, progress=False))
-    return root / "run", result
 
 
 def test_eval_reproduces_training_accuracy(tiny_run, cli):

@@ -180,6 +180,7 @@ def test_torchvision_state_dict_exports_with_the_googlenet_bn_recipe(tmp_path):
 
 # ------------------------------------------------------------------------------------ INT8
 
+@pytest.mark.slow  # trains the module's model (4 epochs)
 def test_int8_cpu_flavour_keeps_accuracy(trained, tmp_path):
     ckpt = trained / "best.pt"
     before = sha(ckpt)
@@ -201,6 +202,7 @@ def test_int8_cpu_flavour_keeps_accuracy(trained, tmp_path):
     assert sha(ckpt) == before
 
 
+@pytest.mark.slow  # trains the module's model (4 epochs)
 def test_int8_tensorrt_flavour_is_symmetric_with_zero_zero_points(trained, tmp_path):
     report = export_onnx(trained / "best.pt", out=tmp_path / "trt.int8.onnx", precision="int8",
                          calib_data="digits", calib_samples=128, int8_flavour="tensorrt",
@@ -219,6 +221,7 @@ def test_int8_tensorrt_flavour_is_symmetric_with_zero_zero_points(trained, tmp_p
                            for w in weights)
 
 
+@pytest.mark.slow  # trains the module's model (4 epochs)
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_int8_calibration_methods(trained, tmp_path, method):
     report = export_onnx(trained, out=tmp_path / f"{method}.onnx", precision="int8",
@@ -228,6 +231,7 @@ def test_int8_calibration_methods(trained, tmp_path, method):
     assert report.parity.samples == 120 and report.parity.top1_agreement >= 97.0
 
 
+@pytest.mark.slow  # trains the module's model (4 epochs)
 def test_int8_from_an_image_folder(trained, tmp_path):
     """Calibration from the folder's train/ part, parity on its val/ part (labelled by name)."""
     from torchvision.io import write_png
@@ -374,8 +378,7 @@ def test_tensorrt_export_here_is_a_clean_unavailable_error(tmp_path):
     assert err.value.exit_code == 2
     text = str(err.value)
     assert "tensorrt" in text and "\n" not in text
-    if isinstance(err.value, BackendUnavailable):
-        assert "not available" in text
+    assert isinstance(err.value, BackendUnavailable) and "not available" in text
     with pytest.raises(InceptionError, match="--precision 'bf16'"):
         export(ckpt, to="tensorrt", precision="bf16", **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "tiny.yaml"]
