@@ -117,6 +117,9 @@ class TrainState:
     skipped_nonfinite: int = 0
     world_size: int = 1
     ema_n_averaged: torch.Tensor | None = None
+    # the current epoch's training loss so far, so a mid-epoch resume records the same mean
+    epoch_loss_sum: float = 0.0
+    epoch_loss_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -124,7 +127,8 @@ class TrainState:
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "TrainState":
         # runs saved before world_size was recorded were single-process runs
-        optional = {"world_size": 1, "ema_n_averaged": None}
+        optional = {"world_size": 1, "ema_n_averaged": None, "epoch_loss_sum": 0.0,
+                    "epoch_loss_steps": 0}
         values = {}
         for f in dataclasses.fields(cls):
             if f.name not in state and f.name not in optional:
@@ -531,8 +535,6 @@ class _Epoch:
 
     started: float
     seen: int = 0  # images trained on, all ranks
-    loss_sum: float = 0.0
-    loss_n: int = 0
     bad_images: list[tuple[str, str]] = field(default_factory=list)
 
     def images_per_s(self) -> float:
@@ -596,8 +598,8 @@ class _Interval:
                 continue
             self.consecutive_bad = 0
             epoch.seen += images * run.ctx.world
-            epoch.loss_sum += loss
-            epoch.loss_n += 1
+            state.epoch_loss_sum += loss
+            state.epoch_loss_steps += 1
             last_loss = loss
             if run.writer is not None:
                 run.writer.add_scalar("train/loss", loss, step)
@@ -674,13 +676,15 @@ def _end_of_epoch(run: _Run, trainer: Trainer, state: TrainState, epoch: _Epoch,
                        run.ctx)
     seconds = time.monotonic() - epoch.started
     record = {"epoch": state.epoch + 1, "step": state.global_step,
-              "train_loss": epoch.loss_sum / max(1, epoch.loss_n), "val_top1": metrics["top1"],
+              "train_loss": state.epoch_loss_sum / max(1, state.epoch_loss_steps),
+              "val_top1": metrics["top1"],
               "val_top5": metrics["top5"], "val_loss": metrics["loss"], "lr": trainer.lr,
               "img_per_s": epoch.seen / max(1e-9, seconds), "seconds": seconds,
               "weights": "ema" if trainer.ema is not None else "model"}
     state.history.append(record)
     state.epoch += 1
     state.step_in_epoch = 0
+    state.epoch_loss_sum, state.epoch_loss_steps = 0.0, 0
     improved = metrics["top1"] > state.best_top1
     if improved:
         state.best_top1, state.best_epoch = metrics["top1"], state.epoch
