@@ -4,9 +4,10 @@ Results go to stdout (a rich table, or one JSON document with ``--json``); progr
 to stderr. A user error ends in one line on stderr and exit code 2; a failed check in exit 1.
 Each command module owns its renderer; this module only parses options and dispatches.
 
-Ctrl-C needs no handler here: ``train`` catches SIGINT / SIGTERM itself (it saves, then ends
-with 130 / 143), and typer's main loop ends any other command on a KeyboardInterrupt (exit 130),
-so none ever reaches ``main``.
+Ctrl-C ends every command with one line and exit 130. ``train`` catches SIGINT / SIGTERM itself
+(it saves, then ends with 130 / 143); any other command is ended here, in ``_Group.invoke`` and
+``main``, rather than left to typer, whose handling (a bare exit, a traceback, "Aborted!") has
+changed from one version to the next.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
         except InceptionError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _interrupted()
+            raise typer.Exit(INTERRUPTED) from None
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+
+def _interrupted() -> None:
+    """The one line a Ctrl-C leaves on stderr."""
+    print(f"interrupted (exit {INTERRUPTED})", file=sys.stderr, flush=True)
 
 
 class _Command(_NoFlagMetavars, typer.core.TyperCommand):
@@ -358,7 +370,7 @@ def eval_(
     crops: Annotated[str, typer.Option(metavar="1|10|144[,...]",
                                        help="1, 10, 144 or a list like 1,10,144.")] = "1",
     backend: BackendOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     batch_size: Annotated[Optional[int], typer.Option(help="Crops per forward pass.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N images only.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
@@ -396,7 +408,7 @@ def predict(
     crops: Annotated[int, typer.Option(help="1, 10 or 144 crops per image.")] = 1,
     topk: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
     backend: BackendOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
@@ -453,7 +465,7 @@ def export(
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the recipe's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output file (default: beside the "
                                                      "checkpoint).")] = None,
-    device: DeviceOpt = "cuda",
+    device: DeviceOpt = "auto",
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -494,7 +506,7 @@ def compare(
                                                      help="Force A's backend.")] = None,
     backend_b: Annotated[Optional[str], typer.Option(metavar="NAME",
                                                      help="Force B's backend.")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -524,7 +536,7 @@ def profile(
     precision: TimedPrecisionsOpt = "fp32",
     batch: Annotated[str, typer.Option(metavar="N[,N...]",
                                        help="Batch sizes, e.g. 1,8,32.")] = "1,8,32",
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
     iters: Annotated[Optional[int], typer.Option(help="Timed runs (default 10).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Time for this long instead of "
@@ -631,4 +643,8 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
 
 def main() -> None:
     """The console script (``inceptionctl``) and ``python -m inceptionctl``."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # a Ctrl-C while parsing or importing, before a command runs
+        _interrupted()
+        sys.exit(INTERRUPTED)

@@ -242,7 +242,7 @@ def _batch(session: Session, n: int) -> tuple[int, int, int]:
 def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike = "random",
             samples: int = 64, atol: float = 1e-4, rtol: float = 1e-3,
             backend_a: str | None = None, backend_b: str | None = None,
-            recipe: Recipe | None = None, device: str = "cpu",
+            recipe: Recipe | None = None, device: str = "auto",
             log: Callable[[str], Any] | None = None) -> CompareReport:
     """Run ``a`` and ``b`` on the same ``samples`` images of ``data`` and compare their logits."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

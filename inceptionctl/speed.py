@@ -182,7 +182,7 @@ class SpeedOptions:
     backends: list[str] = field(default_factory=lambda: ["torch"])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     batches: list[int] = field(default_factory=lambda: [1, 8, 32])
-    device: str = "cpu"
+    device: str = "auto"
     warmup: int = 3
     iters: int | None = 10  # None: time for ``seconds``
     seconds: float | None = None
