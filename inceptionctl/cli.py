@@ -456,6 +456,9 @@ def export(
                                                       help="Calibration / parity images: "
                                                            "'digits' or a folder.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration images for INT8.")] = 256,
+    check_samples: Annotated[Optional[int], typer.Option(
+        help="Parity images (default: 512 of --calib-data, or random ones covering every "
+             "batch size).")] = None,
     calib_method: Annotated[CalibMethod, typer.Option(
         parser=_one_of("--calib-method", CalibMethod),
         help="How INT8 calibration sets each range.")] = CalibMethod.minmax,
@@ -475,7 +478,7 @@ def export(
 
     options: dict[str, Any] = dict(out=out, precision=precision.value, batch=batch,
                                    calib_data=calib_data, calib_samples=calib_samples,
-                                   calib_method=calib_method.value,
+                                   calib_method=calib_method.value, check_samples=check_samples,
                                    int8_flavour=int8_flavour.value, opset=opset, device=device,
                                    recipe=_foreign_recipe(recipe, set_))
     try:
@@ -499,9 +502,9 @@ def compare(
     data: Annotated[str, typer.Option(metavar="random|digits|PATH",
                                       help="random, digits or an image folder.")] = "random",
     samples: Annotated[int, typer.Option(help="How many images.")] = 64,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance (an element fails only "
-                                             "past both).")] = 1e-3,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance (fp32 pairs).")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance, times |A| (fp32 pairs; an "
+                                             "element fails only past both).")] = 1e-3,
     backend_a: Annotated[Optional[str], typer.Option(metavar="NAME",
                                                      help="Force A's backend.")] = None,
     backend_b: Annotated[Optional[str], typer.Option(metavar="NAME",
@@ -511,7 +514,11 @@ def compare(
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run two artifacts on the same inputs; report differences, agreement and a verdict."""
+    """Run two artifacts on the same inputs; report differences, agreement and a verdict.
+
+    A is the reference. Two fp32 artifacts pass when no logit exceeds both --atol and --rtol;
+    a pair with an fp16 or int8 side passes with >= 99% top-1 agreement, as export's parity.
+    """
     from .compare import compare as run_compare, render
 
     report = run_compare(a, b, data=data, samples=samples, atol=atol, rtol=rtol,
