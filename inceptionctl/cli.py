@@ -549,6 +549,9 @@ def profile(
     seconds: Annotated[Optional[float], typer.Option(help="Time for this long instead of "
                                                           "--iters.")] = None,
     train_: Annotated[bool, typer.Option("--train", help="Also time the training step.")] = False,
+    calib_data: Annotated[Optional[str], typer.Option(
+        metavar="PATH|digits", help="INT8 calibration images (default: the embedded "
+                                    "digits).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Throughput-vs-batch PNG (with --time).")] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -565,12 +568,18 @@ def profile(
     if time_:
         from .speed import plot as speed_plot, timed_profile
 
-        speed = timed_profile(_speed_options(recipe, resolved, backend, precision, batch, device,
-                                             warmup, iters, seconds, train_))
+        options = _speed_options(recipe, resolved, backend, precision, batch, device, warmup,
+                                 iters, seconds, train_)
+        if calib_data not in (None, "digits") and not Path(str(calib_data)).is_dir():
+            raise InceptionError(f"--calib-data {calib_data}: no such folder (expected a folder "
+                                 f"of images or 'digits')")
+        options.calib_data = calib_data
+        speed = timed_profile(options)
         if plot is not None:
             speed_plot(speed, plot)
-    elif plot is not None:
-        raise InceptionError("--plot draws the timed profile: add --time")
+    elif plot is not None or calib_data is not None:
+        raise InceptionError(f"{'--plot' if plot is not None else '--calib-data'} is for the "
+                             f"timed profile: add --time")
     if as_json:
         data = prof.to_json(paper=paper)
         if speed is not None:
