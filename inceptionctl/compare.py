@@ -238,8 +238,8 @@ def judge(out_a: Tensor, out_b: Tensor, precision: str, stats: DiffStats, atol: 
         return stats.failing == 0, (f"{stats.failing:,} of {stats.elements:,} logits exceed "
                                     f"both atol {atol:g} and rtol {rtol:g} x |A|")
     parity = check_parity(out_a, out_b, precision)
-    return parity.passed, (f"{precision}: {parity.criterion} (top-1 agreement "
-                           f"{parity.top1_agreement:.2f}%)")
+    return parity.passed, (f"{precision} side: {parity.criterion}, measured "
+                           f"{parity.top1_agreement:.2f}%")
 
 
 def _backend(session: Session) -> str:
