@@ -112,7 +112,7 @@ class OnnxRuntimeSession(Session):
         ort = _import_ort()
         chosen, self.device = _resolve_providers(ort, device, providers)
         if threads is not None and threads < 0:
-            raise InceptionError(f"--threads: expected 0 (all cores) or more, got {threads}")
+            raise InceptionError(f"threads: expected 0 (all cores) or more, got {threads}")
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # errors only: no provider chatter on stderr

@@ -56,7 +56,8 @@ MIN_VERSION = (8, 6)          # the tensor-name API (set_input_shape, execute_as
 PRECISIONS = ("fp32", "fp16", "int8")
 SIDECAR_FORMAT = "inceptionctl.tensorrt-engine"
 SIDECAR_VERSION = 1
-REBUILD = "rebuild it here with `inceptionctl export MODEL.onnx --to tensorrt`"
+# Engines are built from the run (or checkpoint) they came from: export takes no ONNX as input.
+REBUILD = "rebuild it here from its run with `inceptionctl export RUN --to tensorrt`"
 
 # ---------------------------------------------------------------------------- pure helpers
 
@@ -265,7 +266,8 @@ def plan_build(precision: str, *, has_qdq: bool, has_fp16: bool, calibration: bo
                     else BuildPlan(False, ("FP16",), (), "none", False))
         if "FP16" not in feats:
             raise InceptionError(f"{where} is fp32 and this TensorRT has no FP16 builder flag; "
-                                 f"export an fp16 ONNX first (--to onnx --precision fp16)")
+                                 f"build fp32 or int8 instead (`inceptionctl export RUN --to "
+                                 f"tensorrt --precision int8`)")
         return BuildPlan(False, ("FP16",), (), "none", False)
     # int8
     if has_qdq:
@@ -273,11 +275,12 @@ def plan_build(precision: str, *, has_qdq: bool, has_fp16: bool, calibration: bo
                 else BuildPlan(False, ("INT8",), (), "explicit-qdq", False))
     if "CALIBRATOR" not in feats:
         raise InceptionError(f"{where} has no Q/DQ nodes and this TensorRT has no implicit INT8 "
-                             f"calibration; export a QDQ INT8 ONNX first (--to onnx --precision "
-                             f"int8 --calib-data ...)")
+                             f"calibration; build from the run, which quantizes first "
+                             f"(`inceptionctl export RUN --to tensorrt --precision int8`)")
     if not calibration:
         raise InceptionError(f"{where} has no Q/DQ nodes: an INT8 engine needs calibration data "
-                             f"(--calib-data PATH|digits), or build from a QDQ INT8 ONNX")
+                             f"(`inceptionctl export RUN --to tensorrt --precision int8 "
+                             f"--calib-data digits`)")
     return BuildPlan(False, ("INT8",), tf32_off, "implicit-calibration", True)
 
 
@@ -457,7 +460,8 @@ def _read_onnx(onnx_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     meta = read_metadata(facts["metadata"], onnx_path)
     if facts["qdq_problem"]:
         raise InceptionError(f"{onnx_path}: {facts['qdq_problem']}; export the TensorRT INT8 "
-                             f"flavour (--to tensorrt --precision int8)")
+                             f"flavour (`inceptionctl export RUN --to onnx --precision int8 "
+                             f"--int8-flavour tensorrt --calib-data digits`)")
     if len(facts["inputs"]) != 1:
         raise InceptionError(f"{onnx_path}: expected one input (images), found "
                              f"{[n for n, _ in facts['inputs']] or 'none'}")

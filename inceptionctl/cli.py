@@ -4,9 +4,10 @@ Results go to stdout (a rich table, or one JSON document with ``--json``); progr
 to stderr. A user error ends in one line on stderr and exit code 2; a failed check in exit 1.
 Each command module owns its renderer; this module only parses options and dispatches.
 
-Ctrl-C needs no handler here: ``train`` catches SIGINT / SIGTERM itself (it saves, then ends
-with 130 / 143), and typer's main loop ends any other command on a KeyboardInterrupt (exit 130),
-so none ever reaches ``main``.
+Ctrl-C ends every command with one line and exit 130. ``train`` catches SIGINT / SIGTERM itself
+(it saves, then ends with 130 / 143); any other command is ended here, in ``_Group.invoke`` and
+``main``, rather than left to typer, whose handling (a bare exit, a traceback, "Aborted!") has
+changed from one version to the next.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
         except InceptionError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _interrupted()
+            raise typer.Exit(INTERRUPTED) from None
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+
+def _interrupted() -> None:
+    """The one line a Ctrl-C leaves on stderr."""
+    print(f"interrupted (exit {INTERRUPTED})", file=sys.stderr, flush=True)
 
 
 class _Command(_NoFlagMetavars, typer.core.TyperCommand):
@@ -358,7 +370,7 @@ def eval_(
     crops: Annotated[str, typer.Option(metavar="1|10|144[,...]",
                                        help="1, 10, 144 or a list like 1,10,144.")] = "1",
     backend: BackendOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     batch_size: Annotated[Optional[int], typer.Option(help="Crops per forward pass.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N images only.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
@@ -396,7 +408,7 @@ def predict(
     crops: Annotated[int, typer.Option(help="1, 10 or 144 crops per image.")] = 1,
     topk: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
     backend: BackendOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
@@ -444,6 +456,9 @@ def export(
                                                       help="Calibration / parity images: "
                                                            "'digits' or a folder.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration images for INT8.")] = 256,
+    check_samples: Annotated[Optional[int], typer.Option(
+        help="Parity images (default: 512 of --calib-data, or random ones covering every "
+             "batch size).")] = None,
     calib_method: Annotated[CalibMethod, typer.Option(
         parser=_one_of("--calib-method", CalibMethod),
         help="How INT8 calibration sets each range.")] = CalibMethod.minmax,
@@ -453,7 +468,7 @@ def export(
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the recipe's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output file (default: beside the "
                                                      "checkpoint).")] = None,
-    device: DeviceOpt = "cuda",
+    device: DeviceOpt = "auto",
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -463,7 +478,7 @@ def export(
 
     options: dict[str, Any] = dict(out=out, precision=precision.value, batch=batch,
                                    calib_data=calib_data, calib_samples=calib_samples,
-                                   calib_method=calib_method.value,
+                                   calib_method=calib_method.value, check_samples=check_samples,
                                    int8_flavour=int8_flavour.value, opset=opset, device=device,
                                    recipe=_foreign_recipe(recipe, set_))
     try:
@@ -487,19 +502,23 @@ def compare(
     data: Annotated[str, typer.Option(metavar="random|digits|PATH",
                                       help="random, digits or an image folder.")] = "random",
     samples: Annotated[int, typer.Option(help="How many images.")] = 64,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance (an element fails only "
-                                             "past both).")] = 1e-3,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance (fp32 pairs).")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance, times |A| (fp32 pairs; an "
+                                             "element fails only past both).")] = 1e-3,
     backend_a: Annotated[Optional[str], typer.Option(metavar="NAME",
                                                      help="Force A's backend.")] = None,
     backend_b: Annotated[Optional[str], typer.Option(metavar="NAME",
                                                      help="Force B's backend.")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run two artifacts on the same inputs; report differences, agreement and a verdict."""
+    """Run two artifacts on the same inputs; report differences, agreement and a verdict.
+
+    A is the reference. Two fp32 artifacts pass when no logit exceeds both --atol and --rtol;
+    a pair with an fp16 or int8 side passes with >= 99% top-1 agreement, as export's parity.
+    """
     from .compare import compare as run_compare, render
 
     report = run_compare(a, b, data=data, samples=samples, atol=atol, rtol=rtol,
@@ -524,12 +543,15 @@ def profile(
     precision: TimedPrecisionsOpt = "fp32",
     batch: Annotated[str, typer.Option(metavar="N[,N...]",
                                        help="Batch sizes, e.g. 1,8,32.")] = "1,8,32",
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
     iters: Annotated[Optional[int], typer.Option(help="Timed runs (default 10).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Time for this long instead of "
                                                           "--iters.")] = None,
     train_: Annotated[bool, typer.Option("--train", help="Also time the training step.")] = False,
+    calib_data: Annotated[Optional[str], typer.Option(
+        metavar="PATH|digits", help="INT8 calibration images (default: the embedded "
+                                    "digits).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Throughput-vs-batch PNG (with --time).")] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -546,12 +568,18 @@ def profile(
     if time_:
         from .speed import plot as speed_plot, timed_profile
 
-        speed = timed_profile(_speed_options(recipe, resolved, backend, precision, batch, device,
-                                             warmup, iters, seconds, train_))
+        options = _speed_options(recipe, resolved, backend, precision, batch, device, warmup,
+                                 iters, seconds, train_)
+        if calib_data not in (None, "digits") and not Path(str(calib_data)).is_dir():
+            raise InceptionError(f"--calib-data {calib_data}: no such folder (expected a folder "
+                                 f"of images or 'digits')")
+        options.calib_data = calib_data
+        speed = timed_profile(options)
         if plot is not None:
             speed_plot(speed, plot)
-    elif plot is not None:
-        raise InceptionError("--plot draws the timed profile: add --time")
+    elif plot is not None or calib_data is not None:
+        raise InceptionError(f"{'--plot' if plot is not None else '--calib-data'} is for the "
+                             f"timed profile: add --time")
     if as_json:
         data = prof.to_json(paper=paper)
         if speed is not None:
@@ -631,4 +659,8 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
 
 def main() -> None:
     """The console script (``inceptionctl``) and ``python -m inceptionctl``."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # a Ctrl-C while parsing or importing, before a command runs
+        _interrupted()
+        sys.exit(INTERRUPTED)

@@ -1,9 +1,18 @@
 """``inceptionctl compare A B``: two artifacts (any backends or precisions) on the same inputs.
 
 Both run on the same preprocessed images (the first artifact's preprocessing; the two must agree
-on input size, channels and classes). The verdict follows Polygraphy's semantics: an element of
-the logits fails only if it exceeds *both* tolerances, ``|a - b| > atol`` and
-``|a - b| > rtol * |b|`` (B is the reference); the comparison passes when no element fails.
+on input size, channels and classes). A is the reference everywhere: in the preprocessing, in the
+tolerance rule and in the relative differences, which are taken against A's logit range (a
+per-element ratio explodes where a logit is near 0 and says nothing). The verdict follows the
+precisions compared:
+
+- two fp32 artifacts: Polygraphy's semantics, an element of the logits fails only if it exceeds
+  *both* tolerances, ``|a - b| > atol`` and ``|a - b| > rtol * |a|``; the pair passes when none
+  fails;
+- a pair with an fp16, bf16 or int8 side: the criterion export proves parity with (top-1
+  agreement >= :data:`MIN_AGREEMENT` %, :func:`check_parity`), with the logit error reported, as
+  element tolerances tuned for fp32 would fail every quantized model.
+
 Nothing is raised for a failing verdict: the report says ``passed`` and the CLI exits 1.
 
 Parity lives here too: the check every export runs (:func:`prove_parity`), an exported artifact
@@ -31,7 +40,7 @@ from .data import Samples, load_samples
 from .errors import InceptionError
 from .recipe import Recipe
 
-EPS = 1e-12  # |b| below this counts as this, so relative differences stay finite
+EPS = 1e-12  # a logit range below this counts as this, so relative differences stay finite
 FP32_RTOL = 1e-4       # parity: max |diff| allowed, relative to the reference's logit range
 MIN_AGREEMENT = 99.0   # parity: top-1 agreement (%) required of fp16 / int8
 
@@ -140,48 +149,58 @@ def prove_parity(model: torch.nn.Module, session: Any, samples: Samples,
 # -------------------------------------------------------------------------------- compare A B
 
 def failing_elements(a: Tensor, b: Tensor, atol: float, rtol: float) -> Tensor:
-    """Mask of the elements outside tolerance: ``|a-b| > atol`` AND ``|a-b| > rtol * |b|``."""
+    """Mask of the elements outside tolerance, A the reference: ``|a-b| > atol`` AND
+    ``|a-b| > rtol * |a|``."""
     diff = (a.double() - b.double()).abs()
-    return (diff > atol) & (diff > rtol * b.double().abs())
+    return (diff > atol) & (diff > rtol * a.double().abs())
 
 
 @dataclass
 class DiffStats:
-    """Element-wise differences of two logit tensors ``[N, K]`` (B the reference)."""
+    """Element-wise differences of two logit tensors ``[N, K]`` (A the reference)."""
 
     max_abs_diff: float
     mean_abs_diff: float
-    max_rel_diff: float
-    mean_rel_diff: float
-    failing: int
+    logit_range: float            # max - min of A's logits
+    max_rel_diff: float           # max |a-b| / A's logit range
+    mean_rel_diff: float          # mean |a-b| / A's logit range
+    failing: int                  # elements past both atol and rtol
     elements: int
     worst: tuple[int, int]        # (sample, class) of the largest absolute difference
     top1_agreement: float         # %
-    top5_overlap: float           # % of B's top-5 classes that are in A's top-5, on average
+    top5_overlap: float           # % of A's top-5 classes that are in B's top-5, on average
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def diff_stats(a: Tensor, b: Tensor, atol: float, rtol: float) -> DiffStats:
-    """Differences, the count of elements failing both tolerances, and top-1 / top-5 overlap."""
+    """Differences (relative ones against A's logit range), the count of elements failing both
+    tolerances, and top-1 / top-5 overlap."""
     if a.shape != b.shape or a.ndim != 2:
         raise InceptionError(f"compare: logits of shape {list(a.shape)} and {list(b.shape)} "
                              f"cannot be compared (expected two equal [N, classes])")
     a64, b64 = a.double(), b.double()
     diff = (a64 - b64).abs()
-    rel = diff / b64.abs().clamp_min(EPS)
+    span = float(a64.max() - a64.min())
+    scale = span if span > 0 else EPS
     worst = int(diff.argmax())
     k = min(5, a.shape[1])
     top_a, top_b = a64.topk(k, 1).indices, b64.topk(k, 1).indices
     overlap = (top_a[:, :, None] == top_b[:, None, :]).any(2).sum(1).double() / k
     return DiffStats(
-        max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
-        max_rel_diff=float(rel.max()), mean_rel_diff=float(rel.mean()),
+        max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()), logit_range=span,
+        max_rel_diff=float(diff.max()) / scale, mean_rel_diff=float(diff.mean()) / scale,
         failing=int(failing_elements(a, b, atol, rtol).sum()), elements=diff.numel(),
         worst=(worst // a.shape[1], worst % a.shape[1]),
         top1_agreement=100.0 * int((top_a[:, 0] == top_b[:, 0]).sum()) / len(a),
         top5_overlap=100.0 * float(overlap.mean()))
+
+
+def verdict_precision(precision_a: str, precision_b: str) -> str:
+    """The precision a pair is judged at: fp32 when both are, else the reduced side's."""
+    reduced = [p for p in (precision_b, precision_a) if p != "fp32"]
+    return reduced[0] if reduced else "fp32"
 
 
 @dataclass
@@ -199,6 +218,8 @@ class CompareReport:
     stats: DiffStats
     passed: bool
     seconds: float
+    criterion: str = ""           # what the verdict tested
+    reference: str = "A"
     top1_a: float | None = None   # % on labelled samples
     top1_b: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -207,6 +228,18 @@ class CompareReport:
         out = {k: v for k, v in asdict(self).items() if k != "stats"}
         out.update(self.stats.to_json())
         return out
+
+
+def judge(out_a: Tensor, out_b: Tensor, precision: str, stats: DiffStats, atol: float,
+          rtol: float) -> tuple[bool, str]:
+    """``(passed, criterion)``: Polygraphy's element rule for fp32, export's top-1 agreement
+    for a reduced precision."""
+    if precision == "fp32":
+        return stats.failing == 0, (f"{stats.failing:,} of {stats.elements:,} logits exceed "
+                                    f"both atol {atol:g} and rtol {rtol:g} x |A|")
+    parity = check_parity(out_a, out_b, precision)
+    return parity.passed, (f"{precision} side: {parity.criterion}, measured "
+                           f"{parity.top1_agreement:.2f}%")
 
 
 def _backend(session: Session) -> str:
@@ -242,7 +275,7 @@ def _batch(session: Session, n: int) -> tuple[int, int, int]:
 def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike = "random",
             samples: int = 64, atol: float = 1e-4, rtol: float = 1e-3,
             backend_a: str | None = None, backend_b: str | None = None,
-            recipe: Recipe | None = None, device: str = "cpu",
+            recipe: Recipe | None = None, device: str = "auto",
             log: Callable[[str], Any] | None = None) -> CompareReport:
     """Run ``a`` and ``b`` on the same ``samples`` images of ``data`` and compare their logits."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -272,11 +305,14 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike 
             out_a = run_batches(sa, inputs.images, plan)
             out_b = run_batches(sb, inputs.images, plan)
             stats = diff_stats(out_a, out_b, atol, rtol)
+            passed, criterion = judge(out_a, out_b, verdict_precision(
+                sa.info.precision, sb.info.precision), stats, atol, rtol)
             report = CompareReport(
                 a=str(a), b=str(b), backend_a=_backend(sa), backend_b=_backend(sb),
                 precision_a=sa.info.precision, precision_b=sb.info.precision,
                 data=inputs.description, samples=len(inputs.images), atol=atol, rtol=rtol,
-                stats=stats, passed=stats.failing == 0, seconds=time.monotonic() - started,
+                stats=stats, passed=passed, seconds=time.monotonic() - started,
+                criterion=criterion,
                 notes=notes + ([f"{inputs.skipped} unreadable images skipped"]
                                if inputs.skipped else []))
             if inputs.labels is not None:
@@ -295,18 +331,18 @@ def render(report: CompareReport) -> Any:
     table = Table(title=f"compare ({ok})", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("A", f"{report.a}  ({report.backend_a}, {report.precision_a})")
-    table.add_row("B (reference)", f"{report.b}  ({report.backend_b}, {report.precision_b})")
+    table.add_row("A (reference)", f"{report.a}  ({report.backend_a}, {report.precision_a})")
+    table.add_row("B", f"{report.b}  ({report.backend_b}, {report.precision_b})")
     table.add_row("inputs", report.data)
     table.add_row("max / mean |A-B|", f"{s.max_abs_diff:.3g} / {s.mean_abs_diff:.3g}  (worst: "
                                       f"sample {s.worst[0]}, class {s.worst[1]})")
-    table.add_row("max / mean |A-B|/|B|", f"{s.max_rel_diff:.3g} / {s.mean_rel_diff:.3g}")
+    table.add_row("relative to A's range", f"{s.max_rel_diff:.3g} / {s.mean_rel_diff:.3g}  "
+                                           f"(A's logits span {s.logit_range:.3g})")
     table.add_row("top-1 agreement", f"{s.top1_agreement:.2f}%")
     table.add_row("top-5 overlap", f"{s.top5_overlap:.2f}%")
     if report.top1_a is not None:
         table.add_row("top-1 accuracy", f"A {report.top1_a:.2f}%, B {report.top1_b:.2f}%")
-    table.add_row("verdict", f"{s.failing:,} of {s.elements:,} logits exceed both atol "
-                             f"{report.atol:g} and rtol {report.rtol:g}: {ok}")
+    table.add_row("verdict", f"{report.criterion}: {ok}")
     table.add_row("time", f"{report.seconds:.1f} s")
     for note in report.notes:
         table.add_row("note", note)

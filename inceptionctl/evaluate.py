@@ -149,7 +149,7 @@ class EvalOptions:
     data: str = "digits"
     crops: list[int] = field(default_factory=lambda: [1])
     backend: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     batch_size: int | None = None
     limit: int | None = None
     strict_data: bool = False
@@ -377,7 +377,7 @@ class Prediction:
 
 
 def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
-            backend: str | None = None, device: str = "cpu", strict: bool = False,
+            backend: str | None = None, device: str = "auto", strict: bool = False,
             recipe: Recipe | None = None) -> tuple[list[Prediction], list[tuple[str, str]], Session]:
     """Top-k classes of each input image; unreadable images are listed (or fatal with strict)."""
     if crops not in (1, 10, 144):

@@ -380,7 +380,7 @@ def export_engine(artifact: str | os.PathLike, to: str, out: str | os.PathLike |
                   calib_data: str | os.PathLike | None = None, calib_samples: int = 256,
                   calib_method: str = "minmax", recipe: Recipe | str | None = None,
                   overrides: Any = None, check_samples: int | None = None,
-                  device: str = "cuda", log: Log | None = None) -> ExportReport:
+                  device: str = "auto", log: Log | None = None) -> ExportReport:
     """Build ``to``'s engine from a checkpoint (through an fp32 ONNX) and prove parity.
 
     ``to`` names a registered :class:`~inceptionctl.backend.EngineBuilder`. int8 hands the

@@ -177,19 +177,23 @@ class SpeedOptions:
     backends: list[str] = field(default_factory=lambda: ["torch"])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     batches: list[int] = field(default_factory=lambda: [1, 8, 32])
-    device: str = "cpu"
+    device: str = "auto"
     warmup: int = 3
     iters: int | None = 10  # None: time for ``seconds``
     seconds: float | None = None
     train: bool = False
+    calib_data: str | None = None  # INT8 calibration images: a folder or digits (the default)
     log: Callable[[str], None] = lambda msg: None
 
 
+CALIB_IMAGES = 16  # enough for ranges that give int8's speed; speed does not depend on accuracy
+
+
 def _build_context(ckpt: Path, tmp: Path, batches: list[int], device: torch.device,
-                   log: Callable[[str], None]) -> BuildContext:
+                   log: Callable[[str], None], calib_data: str | None = None) -> BuildContext:
     """What a backend may ask for to make its timed artifact, each made once, in ``tmp``: the
-    checkpoint's fp32 ONNX, random calibration images (speed does not depend on them) and the
-    INT8 QDQ ONNX of a flavour, by the registry's quantizer for it."""
+    checkpoint's fp32 ONNX, calibration images (``calib_data``, else the embedded digits, said
+    on the log) and the INT8 QDQ ONNX of a flavour, by the registry's quantizer for it."""
     from .artifact import int8_props, metadata_props, write_onnx
     from .backend import quantizer
     from .checkpoint import load_with_facts
@@ -215,7 +219,11 @@ def _build_context(ckpt: Path, tmp: Path, batches: list[int], device: torch.devi
     def calibration() -> list[torch.Tensor]:
         if "calib" not in made:
             _, _, classes, pre, _ = facts()
-            made["calib"] = calibration_batches(None, pre, classes, 16, batch=batch[1])
+            if calib_data is None:
+                log(f"int8: calibrating on {CALIB_IMAGES} images of the embedded digits "
+                    f"(--calib-data PATH for your own)")
+            made["calib"] = calibration_batches(calib_data or "digits", pre, classes,
+                                                CALIB_IMAGES, batch=batch[1])
         return made["calib"]
 
     def quantized(flavour: str) -> Path:
@@ -261,7 +269,7 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
             ckpt = opts.artifact
         else:
             ckpt = save_checkpoint(tmp / "model.pt", build_model(recipe), recipe)
-        ctx = _build_context(ckpt, tmp, opts.batches, device, opts.log)
+        ctx = _build_context(ckpt, tmp, opts.batches, device, opts.log, opts.calib_data)
         for name in opts.backends:
             rows += _time_backend(name, opts, ckpt, ctx, device, macs, peak, versions)
         if opts.train:
@@ -357,10 +365,13 @@ def render(report: SpeedReport) -> Any:
     for col in ("backend", "precision", "mode", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
                 "GFLOP/s", "of peak", "peak MiB"):
         table.add_column(col, justify="left" if col in ("backend", "precision", "mode") else "right")
+    reasons: list[str] = []  # numbered notes under the table, so a reason never widens it
     for r in report.rows:
         if not r.available:
-            table.add_row(r.backend, r.precision, r.mode, "-", "unavailable",
-                          escape(r.reason), *[""] * 5)
+            if r.reason not in reasons:
+                reasons.append(r.reason)
+            table.add_row(r.backend, r.precision, r.mode, "-",
+                          f"unavailable ({reasons.index(r.reason) + 1})", *[""] * 6)
             continue
         lat = r.latency_ms
         table.add_row(r.backend, r.precision, r.mode, str(r.batch), f"{lat['p50']:.1f}",
@@ -369,7 +380,9 @@ def render(report: SpeedReport) -> Any:
                       "-" if r.peak_fraction is None else f"{r.peak_fraction:.0%}",
                       f"{r.peak_memory_mib:,.0f}")
     peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report.peaks.items())
-    table.caption = f"machine limit (matmul): {peaks}" if peaks else None
+    notes = [f"machine limit (matmul): {peaks}"] if peaks else []
+    notes += [f"({i}) {escape(reason)}" for i, reason in enumerate(reasons, 1)]
+    table.caption = "\n".join(notes) or None
     return table
 
 

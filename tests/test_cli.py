@@ -123,17 +123,83 @@ def test_backends_table(cli):
     assert "backends" in result.stdout and "torch" in result.stdout and "yes" in result.stdout
 
 
-def test_ctrl_c_outside_train_is_exit_130_without_a_traceback():
-    """Only train installs a SIGINT handler; elsewhere typer's main loop ends the command."""
-    import signal
-    import time
+DEVICE_COMMANDS = ["train", "eval", "predict", "export", "compare", "profile"]
 
-    proc = subprocess.Popen([sys.executable, "-m", "inceptionctl", "profile", "--recipe",
-                             "googlenet-small", "--time", "--backend", "torch", "--batch", "1",
-                             "--seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr.readline().startswith("timing torch")  # inside the command now
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and out == "" and "Traceback" not in err, err
+
+def _params(name):
+    import typer
+
+    from inceptionctl.cli import app
+
+    group = typer.main.get_command(app)
+    return {p.name: p for p in group.commands[name].params}
+
+
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_device_defaults_to_auto_on_every_command(command):
+    """A user with a GPU gets it without asking, whichever command they run."""
+    assert _params(command)["device"].default == "auto"
+
+
+def test_every_command_with_a_device_is_listed():
+    import typer
+
+    from inceptionctl.cli import app
+
+    group = typer.main.get_command(app)
+    having = {n for n, c in group.commands.items() if any(p.name == "device" for p in c.params)}
+    assert having == set(DEVICE_COMMANDS)
+
+
+def test_auto_resolves_to_the_cpu_here_and_to_the_first_gpu_for_an_engine_builder(monkeypatch):
+    import torch
+
+    from inceptionctl.runtime import cuda_index, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert cuda_index("auto") == 0 and cuda_index("cuda:1") == 1
+
+
+def _eval_child(tmp_path):
+    """``inceptionctl eval`` of a 144-crop run as a terminal starts it, saying 'ready' on stderr
+    once the crops stream (so the signal lands inside the command, not in the imports)."""
+    from inceptionctl.checkpoint import save_checkpoint
+    from inceptionctl.model import build_model
+
+    recipe = load_recipe("googlenet-small")
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(recipe), recipe)
+    script = ("import sys\n"
+              "from inceptionctl import evaluate\n"
+              "run = evaluate._run\n"
+              "def announced(*a, **k):\n"
+              "    print('ready', file=sys.stderr, flush=True)\n"
+              "    return run(*a, **k)\n"
+              "evaluate._run = announced\n"
+              "from inceptionctl.cli import main\n"
+              "sys.argv = ['inceptionctl'] + sys.argv[1:]\n"
+              "main()\n")
+    import signal
+
+    return subprocess.Popen(
+        [sys.executable, "-c", script, "eval", str(ckpt), "--crops", "144", "--workers", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_on_eval_is_one_line_and_exit_130(tmp_path):
+    """SIGINT to the process group, as a terminal sends it: one line, 130, whatever typer does."""
+    import os
+    import signal
+
+    proc = _eval_child(tmp_path)
+    try:
+        assert proc.stderr.readline().strip() == "ready"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert out == "" and err.strip().splitlines() == ["interrupted (exit 130)"], err

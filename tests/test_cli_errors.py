@@ -125,3 +125,141 @@ def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
 def test_choice_typos_are_caught_by_the_parser(cli, args, text):
     """A fixed set is checked while parsing: before any file is opened, with a 'did you mean'."""
     _one_error_line(cli(*args), text)
+
+
+# ---------------------------------------------------------------- hints name commands that parse
+
+def _message_strings():
+    """Every string the package and its plugins can show a user (docstrings left out): each
+    as ``(where, text)``, an f-string's fields written as ``X``."""
+    import ast
+    from pathlib import Path
+
+    import inceptionctl
+
+    root = Path(inceptionctl.__file__).parent
+    files = sorted(root.glob("*.py")) + sorted((root.parent / "backends").glob("*.py"))
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr)
+                      and isinstance(n.body[0].value, ast.Constant)}
+        inner = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+        for node in ast.walk(tree):
+            if id(node) in docstrings or id(node) in inner:
+                continue
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            elif isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "X"
+                               for v in node.values)
+            else:
+                continue
+            found.append((f"{path.name}:{node.lineno}", text))
+    return found
+
+
+def _hint_commands():
+    """``(where, argv)`` of every command line a message suggests: ``inceptionctl CMD ...`` with
+    CMD a command, or anything quoted in backticks after ``inceptionctl`` (so a command that does
+    not exist is checked too), up to a backtick, a closing bracket, a semicolon or the end."""
+    import re
+    import shlex
+
+    import typer
+
+    from inceptionctl.cli import app
+
+    names = "|".join(typer.main.get_command(app).commands)
+    pattern = re.compile(rf"`inceptionctl ([^`]*)`|inceptionctl ((?:{names})\b[^`);\n]*)")
+    return [(where, shlex.split((m.group(1) or m.group(2)).strip().rstrip(".,")))
+            for where, text in _message_strings() for m in pattern.finditer(text)]
+
+
+def _parse(argv):
+    """Parse ``argv`` as the CLI would, without running anything: an unknown command or option,
+    a missing argument or a bad choice raises."""
+    import typer
+
+    from inceptionctl.cli import app
+
+    group = typer.main.get_command(app)
+    ctx = group.make_context("inceptionctl", list(argv))
+    with ctx:
+        while getattr(ctx.command, "commands", None):
+            # a group keeps the subcommand's words as its "protected" args (renamed in click 8.2)
+            rest = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])),
+                    *ctx.args]
+            if not rest:
+                break
+            name, command, rest = ctx.command.resolve_command(ctx, rest)
+            ctx = command.make_context(name, rest, parent=ctx)
+    return ctx
+
+
+def test_the_hints_are_found():
+    """The scan sees the hints it must check (so an empty scan cannot pass)."""
+    wheres = {w.split(":")[0] for w, _ in _hint_commands()}
+    assert {"tensorrt.py", "train.py"} <= wheres
+    assert any(argv[:1] == ["export"] for _, argv in _hint_commands())
+
+
+def _export_refusal(ctx):
+    """What export itself refuses past the parser: an exported model as input, a precision its
+    target does not build."""
+    from inceptionctl.export import precisions
+
+    if ctx.info_name != "export":
+        return None
+    artifact, to = str(ctx.params["artifact"]), ctx.params["to"]
+    if artifact.lower().endswith((".onnx", ".engine", ".plan")):
+        return f"export takes a run folder or checkpoint, not {artifact}"
+    wanted = ctx.params["precision"].value
+    if wanted not in precisions(to):
+        return f"--to {to} builds {', '.join(precisions(to))}, not {wanted}"
+    return None
+
+
+def test_every_hinted_command_line_parses():
+    bad = []
+    for where, argv in _hint_commands():
+        try:
+            why = _export_refusal(_parse(argv))
+        except Exception as exc:  # noqa: BLE001 - every kind of refusal is a wrong hint
+            why = str(exc)
+        if why:
+            bad.append(f"{where}: inceptionctl {' '.join(argv)} -> {why}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_option_a_message_names_exists():
+    """``--name`` in any message is an option of some command (or --help / --version)."""
+    import re
+
+    import typer
+
+    from inceptionctl.cli import app
+
+    group = typer.main.get_command(app)
+    known = {"--help", "--version"}
+    stack = [group]
+    while stack:
+        command = stack.pop()
+        known |= {o for p in command.params for o in getattr(p, "opts", []) + getattr(
+            p, "secondary_opts", []) if o.startswith("--")}
+        stack += list(getattr(command, "commands", {}).values())
+    argv_piece = re.compile(r"--[\w-]+(=X)?")  # an argument handed to torchrun, not a message
+    bad = [f"{where}: {opt} in {text!r}" for where, text in _message_strings()
+           if not argv_piece.fullmatch(text)
+           for opt in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text) if opt not in known]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("argv", [["export", "RUN", "--check-samples-x", "3"],
+                                  ["export", "MODEL.onnx", "--to", "onnx", "--precision", "bf16"],
+                                  ["frobnicate"], ["export"]])
+def test_the_parser_check_refuses_what_the_cli_refuses(argv):
+    with pytest.raises(Exception):
+        _parse(argv)

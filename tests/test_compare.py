@@ -9,7 +9,8 @@ from rich.console import Console
 
 from inceptionctl import InceptionError, build_model
 from inceptionctl.checkpoint import save_checkpoint
-from inceptionctl.compare import compare, diff_stats, failing_elements, render
+from inceptionctl.compare import (compare, diff_stats, failing_elements, judge, render,
+                                  verdict_precision)
 from inceptionctl.export import export_onnx
 
 from .test_export import QUIET, lively, tiny
@@ -31,15 +32,17 @@ def artifacts(tmp_path_factory):
 
 # ------------------------------------------------------------------------- the tolerance rule
 
-def test_an_element_fails_only_if_it_exceeds_both_atol_and_rtol():
-    b = torch.tensor([[1.0, 100.0, 0.0, 1.0, 1e-6]])
-    a = torch.tensor([[1.0 + 5e-4,    # |d| 5e-4 > atol, but <= rtol*|b| = 1e-3: passes
-                       100.05,        # |d| 0.05 > atol, but <= rtol*|b| = 0.1: passes
+def test_an_element_fails_only_if_it_exceeds_both_atol_and_rtol_of_a():
+    a = torch.tensor([[1.0, 100.0, 0.0, 1.0, 1e-6]])  # the reference
+    b = torch.tensor([[1.0 + 5e-4,    # |d| 5e-4 > atol, but <= rtol*|a| = 1e-3: passes
+                       100.05,        # |d| 0.05 > atol, but <= rtol*|a| = 0.1: passes
                        5e-5,          # |d| 5e-5 <= atol (rel is huge): passes
-                       1.01,          # |d| 0.01 > atol and > rtol*|b| = 1e-3: FAILS
-                       2e-4]])        # |d| ~2e-4 > atol and > rtol*|b| ~ 1e-9: FAILS
+                       1.01,          # |d| 0.01 > atol and > rtol*|a| = 1e-3: FAILS
+                       2e-4]])        # |d| ~2e-4 > atol and > rtol*|a| ~ 1e-9: FAILS
     mask = failing_elements(a, b, atol=1e-4, rtol=1e-3)
     assert mask.tolist() == [[False, False, False, True, True]]
+    # A is the reference: with the roles swapped, rtol scales by the other side's values.
+    assert failing_elements(b, a, atol=0.0, rtol=1e6).tolist() == [[False] * 5]
     assert failing_elements(a, b, atol=0.02, rtol=0.0).tolist() == \
         [[False, True, False, False, False]]
     assert not failing_elements(a, b, atol=1.0, rtol=0.0).any()  # atol alone covers all
@@ -49,21 +52,37 @@ def test_an_element_fails_only_if_it_exceeds_both_atol_and_rtol():
 
 
 def test_diff_stats_on_hand_made_logits():
-    b = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0],
+    a = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0],
                       [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
-    a = b.clone()
-    a[1, 0] = 10.0  # sample 1: top-1 changes to class 0; class 2 drops out of the top-5
+    b = a.clone()
+    b[1, 0] = 10.0  # sample 1: top-1 changes to class 0; class 2 drops out of the top-5
     s = diff_stats(a, b, atol=1e-4, rtol=1e-3)
     assert s.max_abs_diff == 10.0 and s.worst == (1, 0) and s.failing == 1
     assert s.elements == 14 and s.top1_agreement == 50.0
     assert s.top5_overlap == pytest.approx(100.0 * (5 + 4) / 10)
     assert s.mean_abs_diff == pytest.approx(10.0 / 14)
-    assert s.max_rel_diff == pytest.approx(10.0 / 1e-12)  # |b| = 0 counts as 1e-12
-    same = diff_stats(b, b, 0.0, 0.0)
+    # Relative to A's logit range (6 - -1 = 7), not to the 0 the worst element sits on.
+    assert s.logit_range == 7.0
+    assert s.max_rel_diff == pytest.approx(10.0 / 7) and s.mean_rel_diff == pytest.approx(10 / 98)
+    same = diff_stats(a, a, 0.0, 0.0)
     assert (same.max_abs_diff, same.failing, same.top1_agreement, same.top5_overlap) == \
         (0.0, 0, 100.0, 100.0)
     with pytest.raises(InceptionError, match="cannot be compared"):
         diff_stats(a, b[:, :3], 1e-4, 1e-3)
+
+
+def test_the_verdict_follows_the_precision():
+    assert verdict_precision("fp32", "fp32") == "fp32"
+    assert verdict_precision("fp32", "int8") == "int8"
+    assert verdict_precision("fp16", "fp32") == "fp16"
+    a = torch.tensor([[4.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    noisy = a + 0.3  # every element past fp32's tolerances, every top-1 the same
+    stats = diff_stats(a, noisy, 1e-4, 1e-3)
+    assert judge(a, noisy, "fp32", stats, 1e-4, 1e-3)[0] is False
+    passed, criterion = judge(a, noisy, "int8", stats, 1e-4, 1e-3)
+    assert passed and "top-1 agreement >= 99%" in criterion
+    flipped = a.flip(1)
+    assert judge(a, flipped, "int8", diff_stats(a, flipped, 1e-4, 1e-3), 1e-4, 1e-3)[0] is False
 
 
 # ----------------------------------------------------------------------------- on artifacts
@@ -99,6 +118,7 @@ def test_a_perturbed_artifact_fails_with_the_numbers(artifacts):
     console.print(render(report))
     text = console.export_text()
     assert "FAILED" in text and f"{s.failing:,} of 160 logits exceed both" in text
+    assert "A (reference)" in text and "relative to A's range" in text
     # Loose enough tolerances accept the same difference.
     loose = compare(artifacts["perturbed"], artifacts["onnx"], samples=16, atol=10.0,
                     log=QUIET["log"])
@@ -137,3 +157,66 @@ def test_the_cli_exits_1_on_a_failed_comparison_and_0_on_a_passed_one(artifacts,
     loose = cli("compare", artifacts["perturbed"], artifacts["onnx"], "--samples", "16",
                 "--atol", "10")
     assert loose.exit_code == 0, loose.output
+
+
+# ------------------------------------------------------------------- through the command line
+
+@pytest.fixture(scope="module")
+def run_and_int8(tmp_path_factory):
+    """A trained run, its INT8 export made by the CLI, and two perturbed copies of its weights
+    (a nudge that fp32 tolerances catch, and noise that changes most top-1 answers)."""
+    from typer.testing import CliRunner
+
+    from inceptionctl.checkpoint import load_with_facts
+    from inceptionctl.cli import app
+    from inceptionctl.train import TrainOptions, train
+
+    tmp = tmp_path_factory.mktemp("cli-compare")
+    recipe = tiny(tmp, ["train.epochs=4"])
+    run = Path(train(TrainOptions(recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
+                                  data="digits", precision="fp32", workers=0, progress=False,
+                                  log=lambda _m: None)).run)
+    int8 = tmp / "best.int8.onnx"
+    made = CliRunner().invoke(app, ["export", str(run), "--precision", "int8", "--calib-data",
+                                    "digits", "--calib-samples", "64", "--out", str(int8)])
+    assert made.exit_code == 0, made.stderr
+    copies = {}
+    for name, scale in (("nudged", 0.01), ("scrambled", 3.0)):
+        model, resolved, *_ = load_with_facts(run / "best.pt")
+        torch.manual_seed(1)
+        with torch.no_grad():
+            model.fc.weight.add_(scale * model.fc.weight.std() * torch.randn_like(model.fc.weight))
+        copies[name] = save_checkpoint(tmp / f"{name}.pt", model, resolved)
+    return run, int8, copies
+
+
+@pytest.mark.slow
+def test_a_run_against_its_int8_export_passes_through_the_cli(run_and_int8, cli):
+    run, int8, _ = run_and_int8
+    out = cli("compare", run, int8, "--data", "digits", "--samples", "64", "--json")
+    assert out.exit_code == 0, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert data["passed"] is True and data["reference"] == "A"
+    assert (data["precision_a"], data["precision_b"]) == ("fp32", "int8")
+    assert "top-1 agreement >= 99%" in data["criterion"] and data["top1_agreement"] >= 99.0
+    assert data["failing"] > 0  # fp32's element tolerances would have failed it
+    # The logit error, against A's range: a fraction, not 1e10 from a logit near 0.
+    assert 0 < data["max_rel_diff"] < 0.5
+    assert data["max_rel_diff"] == pytest.approx(data["max_abs_diff"] / data["logit_range"])
+    table = cli("compare", run, int8, "--data", "digits", "--samples", "64")
+    assert table.exit_code == 0 and "passed" in table.stdout and "A (reference)" in table.stdout
+
+
+@pytest.mark.slow
+def test_a_perturbed_copy_fails_through_the_cli(run_and_int8, cli):
+    run, int8, copies = run_and_int8
+    fp32 = cli("compare", run, copies["nudged"], "--data", "digits", "--samples", "64", "--json")
+    assert fp32.exit_code == 1, fp32.stderr
+    data = json.loads(fp32.stdout)
+    assert data["passed"] is False and data["failing"] > 0 and "atol" in data["criterion"]
+    reduced = cli("compare", copies["scrambled"], int8, "--data", "digits", "--samples", "64",
+                  "--json")
+    assert reduced.exit_code == 1, reduced.stderr
+    data = json.loads(reduced.stdout)
+    assert data["passed"] is False and data["top1_agreement"] < 99.0
+    assert "top-1 agreement >= 99%" in data["criterion"]

@@ -127,7 +127,7 @@ def test_devices_and_threads(backend, tiny_onnx):
             backend.open(tiny_onnx, device="cuda")
     with pytest.raises(InceptionError, match="--device tpu: expected auto, cpu, cuda or cuda:N"):
         backend.open(tiny_onnx, device="tpu")
-    with pytest.raises(InceptionError, match="--threads"):
+    with pytest.raises(InceptionError, match="threads: expected 0"):
         backend.open(tiny_onnx, threads=-1)
     with backend.open(tiny_onnx, providers=["cpu"]) as session:
         assert session.device == "cpu"

@@ -62,3 +62,58 @@ def test_profile_time_cli(cli, tiny_recipe, tmp_path):
     assert bad.exit_code == 2 and "--batch x" in bad.stderr
     noplot = cli("profile", "--recipe", tiny_recipe, "--plot", png)
     assert noplot.exit_code == 2 and "add --time" in noplot.stderr
+
+
+def _row_line(stdout, backend, precision):
+    (line,) = [ln for ln in stdout.splitlines()
+               if ln.startswith("│") and f" {backend} " in ln and f" {precision} " in ln]
+    return [cell.strip() for cell in line.strip("│").split("│")]
+
+
+def test_profile_time_int8_row_has_a_number(cli):
+    """int8 calibrates on the embedded digits by default, says so, and is timed."""
+    out = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "onnxruntime",
+              "--precision", "int8", "--batch", "1", "--iters", "2", "--warmup", "0")
+    assert out.exit_code == 0, out.stderr
+    said = [ln for ln in out.stderr.splitlines() if "embedded digits" in ln]
+    assert said == ["int8: calibrating on 16 images of the embedded digits (--calib-data PATH "
+                    "for your own)"]
+    cells = _row_line(out.stdout, "onnxruntime", "int8")
+    assert cells[3] == "1" and float(cells[4]) > 0 and float(cells[7].replace(",", "")) > 0
+    given = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "onnxruntime",
+                "--precision", "int8", "--batch", "1", "--iters", "1", "--warmup", "0",
+                "--calib-data", "digits", "--json")
+    assert given.exit_code == 0, given.stderr
+    assert "embedded digits" not in given.stderr  # asked for, so nothing to say
+    (row,) = json.loads(given.stdout)["speed"]["rows"]
+    assert row["available"] and row["precision"] == "int8" and row["latency_ms"]["p50"] > 0
+
+
+def test_profile_calib_data_is_checked(cli, tmp_path):
+    missing = cli("profile", "--recipe", "googlenet-small", "--time", "--precision", "int8",
+                  "--calib-data", tmp_path / "nowhere")
+    assert missing.exit_code == 2 and "--calib-data" in missing.stderr
+    assert "no such folder" in missing.stderr
+    untimed = cli("profile", "--recipe", "googlenet-small", "--calib-data", "digits")
+    assert untimed.exit_code == 2 and "add --time" in untimed.stderr
+
+
+def test_an_unavailable_reason_is_a_note_under_the_table():
+    from rich.console import Console
+
+    from inceptionctl.speed import SpeedReport, SpeedRow, render
+
+    reason = ("tensorrt not installed: pip install 'inceptionctl[tensorrt]', a reason long "
+              "enough to stretch any column it sat in, as the install hints of plugins are")
+    rows = [SpeedRow("tensorrt", p, 0, available=False, reason=reason) for p in ("fp32", "int8")]
+    machine = {"device": "cpu", "cpu": "c", "gpu": None, "threads": 1, "versions": {}}
+    report = SpeedReport("r", 32, 1, machine, {"cpu/fp32": 10.0}, rows)
+    console = Console(record=True, width=300)
+    console.print(render(report))
+    lines = console.export_text().splitlines()
+    table = [ln for ln in lines if ln.startswith(("│", "┃", "┏", "└"))]
+    assert all("not installed" not in ln for ln in table)
+    assert max(map(len, table)) < 120  # the reason does not widen the table
+    assert sum("unavailable (1)" in ln for ln in table) == 2  # one note for both rows
+    notes = " ".join(ln.strip() for ln in lines if ln not in table)  # wrapped to the table
+    assert f"(1) {reason}" in notes
