@@ -984,3 +984,44 @@ def test_engine_and_sidecar_must_agree(trt, engines, tmp_path):
     trtb.write_sidecar(copy, {**side, "tensorrt_version": "9.9.9"})
     with pytest.raises(InceptionError, match="built with TensorRT 9.9.9"):
         open_artifact(copy, device="cuda:0")
+
+
+def test_sidecar_facts_of_a_build_are_true_and_name_no_temporary_file(tmp_path, onnx_files,
+                                                                       fake_tensorrt,
+                                                                       monkeypatch):
+    """build_engine with TensorRT's own calls stubbed: what the sidecar records around them."""
+    trt = fake_tensorrt("10.16.0", cuda_devices=1)
+    trt.BuilderFlag = types.SimpleNamespace(FP16=1, INT8=2, TF32=3)
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    layers = [{"name": "conv1", "type": "CaskConvolution", "precision": "fp32"}]
+    monkeypatch.setattr(trtb, "_build_serialized", lambda job: (b"ENGINE", {
+        "input": {"name": "images", "shape": [-1, 3, 16, 16]}, "output": {"name": "logits"}}))
+    monkeypatch.setattr(trtb, "_layer_precisions", lambda trt, blob, job: layers)
+    monkeypatch.setattr(trtb, "_gpu", lambda i: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    monkeypatch.setattr(trtb, "trt_cuda_major", lambda: "13")
+    out = trtb.build_engine(onnx_files["fp32"], tmp_path / "m.engine", "fp32", "1:8:32",
+                            log=lambda _: None)
+    assert out.read_bytes() == b"ENGINE"
+    side = trtb.read_sidecar(out)
+    assert side["format_version"] == trtb.SIDECAR_VERSION
+    assert (side["tensorrt_version"], side["tensorrt_cuda"]) == ("10.16.0", "13")
+    assert side["gpu"] == {"name": "NVIDIA H100", "compute_capability": "9.0"}
+    assert side["builder_flags"] == {"set": [], "cleared": ["TF32"], "strongly_typed": False}
+    assert side["layer_precisions"] == layers
+    src = side["source_onnx"]
+    assert src["file"] == onnx_files["fp32"].name and "path" not in src
+    assert len(src["sha256"]) == 64
+    assert str(onnx_files["dir"]) not in trtb.sidecar_path(out).read_text()
+    with_tf32 = trtb.build_engine(onnx_files["fp32"], tmp_path / "t.engine", "fp32", "1:8:32",
+                                  log=lambda _: None, tf32=True)
+    assert trtb.read_sidecar(with_tf32)["builder_flags"]["cleared"] == []
+
+
+def test_a_newer_sidecar_format_is_refused(tmp_path):
+    engine = tmp_path / "m.engine"
+    trtb.write_sidecar(engine, SIDE)
+    data = json.loads(trtb.sidecar_path(engine).read_text())
+    data["format_version"] = trtb.SIDECAR_VERSION + 1
+    trtb.sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(InceptionError, match="sidecar format 2 is newer than this inceptionctl"):
+        trtb.read_sidecar(engine)
