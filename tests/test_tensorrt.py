@@ -861,6 +861,14 @@ def trt():
     return module
 
 
+def _fp16_onnx(onnx_files) -> Path:
+    """The fp16 ONNX (float32 I/O) the exporter writes: TensorRT 11 has no FP16 flag."""
+    from inceptionctl.artifact import precision_props, write_float16_copy
+
+    return write_float16_copy(onnx_files["fp32"], onnx_files["dir"] / "tiny.fp16.onnx",
+                              precision_props("fp16"))
+
+
 @pytest.fixture(scope="module")
 def engines(trt, onnx_files, tmp_path_factory):
     """Engines built once per module: {name: path}; built lazily so one failure names itself."""
@@ -871,7 +879,7 @@ def engines(trt, onnx_files, tmp_path_factory):
         if name not in built:
             src, precision, calib = {
                 "fp32": (onnx_files["fp32"], "fp32", None),
-                "fp16": (onnx_files["fp32"], "fp16", None),
+                "fp16": (_fp16_onnx(onnx_files), "fp16", None),
                 "int8-qdq": (onnx_files["qdq"], "int8", None),
                 "int8-calib": (onnx_files["fp32"], "int8", list(onnx_files["calib"].split(16))),
             }[name]
