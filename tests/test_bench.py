@@ -57,3 +57,23 @@ def test_a_gpu_run_where_every_test_skipped_fails(tmp_path):
     missing = subprocess.run([sys.executable, script, str(tmp_path / "none.xml")],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "no readable test report" in missing.stderr
+
+
+def test_gpu_check_script_parses():
+    result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@__import__("pytest").mark.slow
+def test_gpu_check_dry_run_prints_its_table(tmp_path):
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "infer      ok" in out and "train      ok" in out
+    assert "eval fp16 b2" in out and "amp/fp32" in out
+    assert len((tmp_path / "infer.out").read_text().splitlines()) == 3  # one per precision
