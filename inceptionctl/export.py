@@ -1,4 +1,4 @@
-"""``inceptionctl export``: checkpoint -> ONNX (fp32, INT8 QDQ) or an engine, parity proven.
+"""``inceptionctl export``: checkpoint -> ONNX (fp32, fp16, INT8 QDQ) or an engine, parity proven.
 
 The graph is PyTorch's TorchScript-based ONNX exporter's (``torch.onnx.export(dynamo=False)``):
 it needs nothing beyond torch and gives a clean, constant-folded graph (BatchNorm folded into
@@ -339,7 +339,8 @@ def export_onnx(artifact: str | os.PathLike, out: str | os.PathLike | None = Non
     """Export a checkpoint (or foreign weights with ``recipe``) to ONNX and prove parity.
 
     ``batch`` is ``MIN:OPT:MAX`` (default: the recipe's ``export.batch``), ``opset`` defaults to
-    the recipe's ``export.opset``. ``precision="int8"`` quantizes statically (QDQ) on
+    the recipe's ``export.opset``. ``precision="fp16"`` writes the fp16 graph of
+    :func:`~inceptionctl.artifact.float16_graph` (float32 input and output). ``precision="int8"`` quantizes statically (QDQ) on
     ``calib_samples`` images of ``calib_data`` (``digits`` or a folder: its train part) with
     ``calib_method``, in ``int8_flavour``, one of the flavours the registered quantizer offers
     (the built-in: ``cpu``, fastest on ONNX Runtime's CPU provider, or ``tensorrt``, symmetric
