@@ -32,8 +32,13 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# Where a GPU is present: TensorRT joins the install, the gpu tests run, and the target fails
+# unless at least one of them ran (all skipped or none collected is a failure, said in one line).
 test-gpu: install
-	$(BIN)/python -m pytest -m gpu
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make test-gpu: no NVIDIA GPU here (nvidia-smi finds none); run it on a machine with one" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet -e '.[dev,tensorrt]'
+	$(BIN)/python -m pytest -m gpu -rs --junitxml=$(VENV)/gpu-tests.xml; rc=$$?; \
+	$(BIN)/python benchmarks/gpu_tests_ran.py $(VENV)/gpu-tests.xml || exit 1; exit $$rc
 
 bench: install
 	$(BIN)/python benchmarks/run.py --out bench.json

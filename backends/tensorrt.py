@@ -33,10 +33,11 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,25 @@ def onnx_facts(model: Any) -> dict[str, Any]:
                        f"needs symmetric quantization (zero points all 0)")
             break
     return {"metadata": {p.key: p.value for p in model.metadata_props}, "inputs": inputs,
-            "has_qdq": has_qdq, "has_fp16": has_fp16, "qdq_problem": problem}
+            "has_qdq": has_qdq, "has_fp16": has_fp16,
+            "qdq_problem": problem or _dequantized_type_problem(graph, inits)}
+
+
+def _dequantized_type_problem(graph: Any, inits: Mapping[str, Any]) -> str | None:
+    """Why TensorRT cannot parse a DequantizeLinear of a stored tensor (None when it can): it
+    takes int8, fp8 and int4 only, and onnxruntime writes int32 biases unless QuantizeBias is off."""
+    import onnx
+
+    allowed = {onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN,
+               getattr(onnx.TensorProto, "INT4", onnx.TensorProto.INT8)}
+    for node in graph.node:
+        x = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if x is not None and x.data_type not in allowed:
+            kind = onnx.TensorProto.DataType.Name(x.data_type).lower()
+            return (f"node {node.name or node.op_type} dequantizes {kind} {x.name} (onnxruntime "
+                    f"quantizes biases to int32 unless QuantizeBias is off); TensorRT's "
+                    f"DequantizeLinear takes int8, fp8 or int4 only")
+    return None
 
 
 @dataclass(frozen=True)
@@ -241,12 +260,14 @@ def trt_features(trt: Any) -> frozenset[str]:
 
 
 def plan_build(precision: str, *, has_qdq: bool, has_fp16: bool, calibration: bool,
-               features: Iterable[str], where: str = "ONNX") -> BuildPlan:
+               features: Iterable[str], where: str = "ONNX", tf32: bool = False) -> BuildPlan:
     """The builder configuration for ``precision`` given the ONNX and the installed features.
 
     Precision the ONNX carries (Q/DQ or fp16 tensors) wins, through a strongly typed network;
     builder flags are used only to *add* precision to a float ONNX, where the TensorRT still has
     them. A request that contradicts the ONNX, or that this TensorRT cannot honour, is refused.
+    An fp32 engine is fp32: TF32 is cleared unless ``tf32`` allows it (with TF32, parity with
+    PyTorch fp32 at 1e-4 of the logit range can fail on a correct engine).
     """
     feats = frozenset(features)
     if precision not in PRECISIONS:
@@ -257,7 +278,7 @@ def plan_build(precision: str, *, has_qdq: bool, has_fp16: bool, calibration: bo
     if has_fp16 and precision != "fp16":
         raise InceptionError(f"{where} carries fp16 tensors; build it with --precision fp16 "
                              f"(or start from the fp32 ONNX)")
-    tf32_off = ("TF32",) if "TF32" in feats else ()
+    tf32_off = ("TF32",) if "TF32" in feats and not tf32 else ()
     if precision == "fp32":
         return BuildPlan(False, (), tf32_off, "none", False)
     if precision == "fp16":
@@ -266,8 +287,10 @@ def plan_build(precision: str, *, has_qdq: bool, has_fp16: bool, calibration: bo
                     else BuildPlan(False, ("FP16",), (), "none", False))
         if "FP16" not in feats:
             raise InceptionError(f"{where} is fp32 and this TensorRT has no FP16 builder flag; "
-                                 f"build fp32 or int8 instead (`inceptionctl export RUN --to "
-                                 f"tensorrt --precision int8`)")
+                                 f"build fp32 or int8 here, or build from an fp16 ONNX "
+                                 f"(`inceptionctl export RUN --to onnx --precision fp16`, then "
+                                 f"`inceptionctl export RUN/best.fp16.onnx --to tensorrt "
+                                 f"--precision fp16`)")
         return BuildPlan(False, ("FP16",), (), "none", False)
     # int8
     if has_qdq:
@@ -276,7 +299,10 @@ def plan_build(precision: str, *, has_qdq: bool, has_fp16: bool, calibration: bo
     if "CALIBRATOR" not in feats:
         raise InceptionError(f"{where} has no Q/DQ nodes and this TensorRT has no implicit INT8 "
                              f"calibration; build from the run, which quantizes first "
-                             f"(`inceptionctl export RUN --to tensorrt --precision int8`)")
+                             f"(`inceptionctl export RUN --to tensorrt --precision int8`), or from "
+                             f"a QDQ INT8 ONNX of the TensorRT flavour (`inceptionctl export RUN "
+                             f"--to onnx --precision int8 --int8-flavour tensorrt --calib-data "
+                             f"digits`)")
     if not calibration:
         raise InceptionError(f"{where} has no Q/DQ nodes: an INT8 engine needs calibration data "
                              f"(`inceptionctl export RUN --to tensorrt --precision int8 "
@@ -316,25 +342,101 @@ def _sha256(path: Path) -> str:
 
 # ------------------------------------------------------------------------ tensorrt plumbing
 
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _import_trt() -> Any:
     import tensorrt as trt  # noqa: PLC0415 - lazy by design
 
     return trt
 
 
-def _logger(trt: Any) -> Any:
-    """A TensorRT logger that keeps errors (for our one-line messages) and drops the chatter."""
+_LOGGER: Any = None
+
+
+def get_trt_logger(trt: Any) -> Any:
+    """The process's one TensorRT logger (TensorRT keeps a single global logger: every Builder,
+    Runtime and parser must share it, or messages land on whichever was made first).
+
+    It keeps the errors and warnings of the current call (:meth:`begin` clears them and says
+    where warnings go); errors end up in our one-line messages, warnings in the log, and with
+    ``verbose`` TensorRT's info and verbose lines too.
+    """
+    global _LOGGER
+    if _LOGGER is None or _LOGGER.trt is not trt:
+        _LOGGER = _make_logger(trt)
+    return _LOGGER
+
+
+def _make_logger(trt: Any) -> Any:
+    severity = trt.ILogger.Severity
+    errors = {severity.ERROR, severity.INTERNAL_ERROR}
 
     class Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
+            self.trt = trt
             self.errors: list[str] = []
+            self.warnings: list[str] = []
+            self.sink: Callable[[str], Any] | None = None
+            self.verbose = False
 
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+        def begin(self, sink: Callable[[str], Any] | None = None, verbose: bool = False) -> Any:
+            """Forget the previous call's messages; send this call's warnings to ``sink``."""
+            self.errors, self.warnings = [], []
+            self.sink, self.verbose = sink, verbose
+            return self
+
+        def log(self, level: Any, msg: str) -> None:
+            if level in errors:
                 self.errors.append(msg)
+            elif level == severity.WARNING:
+                self.warnings.append(msg)
+                if self.sink:
+                    self.sink(f"tensorrt: warning: {' '.join(str(msg).split())}")
+            elif self.verbose and self.sink:
+                self.sink(f"tensorrt: {msg}")
+
+        def said(self) -> str:
+            """This call's errors, else its warnings, on one line ('' when silent)."""
+            return one_line(self.errors or self.warnings)
 
     return Logger()
+
+
+def create(trt: Any, what: str, logger: Any, where: str) -> Any:
+    """``trt.Builder(logger)`` or ``trt.Runtime(logger)``; one line with TensorRT's reason when
+    it cannot be made (the bindings raise ``TypeError ... returned nullptr`` then, typically when
+    the driver is older than the CUDA TensorRT was built for)."""
+    try:
+        made = getattr(trt, what)(logger)
+    except Exception as exc:
+        made, why = None, one_line([str(exc)])
+    else:
+        why = ""
+    if made is None:
+        said = logger.said() if hasattr(logger, "said") else ""
+        cuda = trt_cuda_major()
+        need = f"; TensorRT here is built for CUDA {cuda}: check the driver supports it " \
+               f"(nvidia-smi)" if cuda else ""
+        raise InceptionError(f"{where}: TensorRT could not create its {what} "
+                             f"({said or why or 'no reason given'}){need}")
+    return made
+
+
+def trt_cuda_major() -> str | None:
+    """The CUDA major the installed TensorRT wheels are built for (``tensorrt-cu13`` -> ``13``),
+    from the installed distributions; None when that cannot be told."""
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        m = re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_]libs)?", str(dist.metadata["Name"] or ""))
+        if m:
+            return m.group(1)
+    return None
 
 
 def _gpu(index: int) -> dict[str, Any]:
@@ -377,13 +479,16 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
                  batch: tuple[int, int, int] | str,
                  calib_batches: Sequence[torch.Tensor] | None = None,
                  log: Callable[[str], Any] = print, workspace_gib: float = 4.0, *,
-                 device: str = "cuda:0", timing_cache: str | Path | None = None) -> Path:
+                 device: str = "cuda:0", timing_cache: str | Path | None = None,
+                 tf32: bool = False, verbose: bool = False) -> Path:
     """Build the engine ``out`` from ``onnx_path`` and write its sidecar; returns ``out``.
 
     ``batch`` is the optimisation profile (min, opt, max) over the ONNX's dynamic batch axis;
     C, H, W come from the ONNX. ``calib_batches`` are preprocessed ``[N, C, H, W]`` tensors, used
     only for int8 from an ONNX without Q/DQ nodes. ``timing_cache`` is read when present and
-    written back, to make rebuilds fast.
+    written back (under a file lock), to make rebuilds fast; a corrupt or foreign cache is
+    replaced with a note. ``tf32`` allows TF32 in an fp32 engine; ``verbose`` sends TensorRT's
+    own log to ``log``.
     """
     onnx_path, out = Path(onnx_path), Path(out)
     profile = _check_build_request(onnx_path, out, precision, batch, workspace_gib)
@@ -399,13 +504,15 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
     trt = _import_trt()
     plan = plan_build(precision, has_qdq=facts["has_qdq"], has_fp16=facts["has_fp16"],
                       calibration=bool(calib_batches), features=trt_features(trt),
-                      where=str(onnx_path))
+                      where=str(onnx_path), tf32=tf32)
     if calib_batches and not plan.calibrate:
         log(f"note: {onnx_path} carries its own quantization; calibration data not used")
     job = _Build(trt, onnx_path, precision, profile, plan, index, workspace_gib,
-                 Path(timing_cache) if timing_cache else None, list(calib_batches or []), log)
+                 Path(timing_cache) if timing_cache else None, list(calib_batches or []), log,
+                 verbose)
     started = time.perf_counter()
     blob, io = _build_serialized(job)
+    layers = _layer_precisions(trt, blob, job)
     _write_engine(out, blob, {
         "engine": out.name,
         "engine_sha256": hashlib.sha256(blob).hexdigest(),
@@ -415,12 +522,17 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str,
         "batch": list(profile),
         **io,
         "tensorrt_version": str(trt.__version__),
-        "cuda_version": torch.version.cuda,
+        "tensorrt_cuda": trt_cuda_major(),   # the CUDA major TensorRT's wheels are built for
+        "torch_cuda": torch.version.cuda,    # torch's, which made the CUDA context
         "gpu": _gpu(index),
+        "builder_flags": {"set": list(plan.set_flags), "cleared": list(plan.clear_flags),
+                          "strongly_typed": plan.strongly_typed},
+        "layer_precisions": layers,
         "workspace_gib": workspace_gib,
         "inceptionctl_version": _our_version(),
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **artifact.sidecar_facts({"path": str(onnx_path), "sha256": _sha256(onnx_path)}, meta),
+        # The ONNX's name and digest, not its path: export builds from a temporary copy.
+        **artifact.sidecar_facts({"file": onnx_path.name, "sha256": _sha256(onnx_path)}, meta),
         "metadata": facts["metadata"],
     })
     log(f"wrote {out} ({len(blob) / 1e6:.1f} MB) and {sidecar_path(out).name} in "
@@ -461,7 +573,8 @@ def _read_onnx(onnx_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if facts["qdq_problem"]:
         raise InceptionError(f"{onnx_path}: {facts['qdq_problem']}; export the TensorRT INT8 "
                              f"flavour (`inceptionctl export RUN --to onnx --precision int8 "
-                             f"--int8-flavour tensorrt --calib-data digits`)")
+                             f"--int8-flavour tensorrt --calib-data digits`), or build from the "
+                             f"run (`inceptionctl export RUN --to tensorrt --precision int8`)")
     if len(facts["inputs"]) != 1:
         raise InceptionError(f"{onnx_path}: expected one input (images), found "
                              f"{[n for n, _ in facts['inputs']] or 'none'}")
@@ -482,6 +595,7 @@ class _Build:
     timing_cache: Path | None
     calib_batches: list[torch.Tensor]
     log: Callable[[str], Any]
+    verbose: bool = False
 
 
 def _build_serialized(job: _Build) -> tuple[bytes, dict[str, Any]]:
@@ -489,10 +603,12 @@ def _build_serialized(job: _Build) -> tuple[bytes, dict[str, Any]]:
     trt, lo, opt, hi = job.trt, *job.profile
     with torch.cuda.device(job.index):
         torch.cuda.init()  # TensorRT uses the CUDA context torch makes current
-        logger = _logger(trt)
-        builder = trt.Builder(logger)
+        logger = get_trt_logger(trt).begin(job.log, job.verbose)
+        builder = create(trt, "Builder", logger, str(job.onnx_path))
         network, parser, inp, chw = _parse_network(job, builder, logger)
         config = builder.create_builder_config()
+        if hasattr(trt, "ProfilingVerbosity"):  # per-layer precisions for the sidecar
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
                                      int(job.workspace_gib * (1 << 30)))
         for name in job.plan.set_flags:
@@ -503,12 +619,11 @@ def _build_serialized(job: _Build) -> tuple[bytes, dict[str, Any]]:
         profile.set_shape(inp.name, (lo, *chw), (opt, *chw), (hi, *chw))
         if config.add_optimization_profile(profile) < 0:
             raise InceptionError(f"{job.onnx_path}: TensorRT rejected the profile "
-                                 f"{lo}:{opt}:{hi} ({one_line(logger.errors)})")
+                                 f"{lo}:{opt}:{hi} ({logger.said()})")
         calibrator = _set_calibration(job, builder, config, inp.name, chw) \
             if job.plan.calibrate else None
         if job.timing_cache is not None:
-            cached = job.timing_cache.read_bytes() if job.timing_cache.is_file() else b""
-            config.set_timing_cache(config.create_timing_cache(cached), False)
+            _load_timing_cache(job, config)
         mode = "strongly typed" if job.plan.strongly_typed else \
             f"builder flags {','.join(job.plan.set_flags) or '-'}"
         job.log(f"building {job.precision} engine ({job.plan.quantization}, {mode}, batch "
@@ -517,7 +632,7 @@ def _build_serialized(job: _Build) -> tuple[bytes, dict[str, Any]]:
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise InceptionError(f"{job.onnx_path}: TensorRT failed to build the {job.precision} "
-                                 f"engine: {one_line(logger.errors) or 'no reason given'}")
+                                 f"engine: {logger.said() or 'no reason given'}")
         outputs = [network.get_output(i).name for i in range(network.num_outputs)]
         _save_timing_cache(job, config)
         del calibrator, parser
@@ -542,7 +657,7 @@ def _parse_network(job: _Build, builder: Any, logger: Any
     if not parser.parse_from_file(str(job.onnx_path)):
         errs = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise InceptionError(f"{job.onnx_path}: TensorRT could not parse it: "
-                             f"{one_line(errs or logger.errors) or 'unknown parser error'}")
+                             f"{one_line(errs) or logger.said() or 'unknown parser error'}")
     if network.num_inputs != 1 or network.num_outputs < 1:
         raise InceptionError(f"{job.onnx_path}: expected one input and one output, TensorRT "
                              f"sees {network.num_inputs} and {network.num_outputs}")
@@ -572,14 +687,92 @@ def _set_calibration(job: _Build, builder: Any, config: Any, name: str,
     return calibrator
 
 
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path.lock`` (builds sharing one timing cache take turns)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load_timing_cache(job: _Build, config: Any) -> None:
+    """The timing cache from ``job.timing_cache`` on ``config``; a cache TensorRT cannot read
+    (corrupt, or from another TensorRT/GPU) is replaced by a fresh one, with a note."""
+    path = job.timing_cache
+    assert path is not None
+    try:
+        with cache_lock(path):
+            data = path.read_bytes() if path.is_file() else b""
+    except OSError as exc:
+        job.log(f"warning: {path}: timing cache not read ({exc.strerror or exc}); starting afresh")
+        data = b""
+    cache = config.create_timing_cache(data) if data else None
+    if data and (cache is None or not config.set_timing_cache(cache, False)):
+        job.log(f"warning: {path}: not a timing cache of this TensorRT and GPU (corrupt or "
+                f"foreign); starting a fresh one")
+        cache = None
+    if cache is None:
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
 def _save_timing_cache(job: _Build, config: Any) -> None:
+    """Write the build's timing cache back; any failure is a warning (the engine is kept)."""
     if job.timing_cache is None:
         return
     try:
-        with atomic_path(job.timing_cache) as tmp:
-            tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
-    except OSError as exc:  # a cache is an optimisation: say so, keep the engine
-        job.log(f"warning: {job.timing_cache}: timing cache not saved ({exc.strerror or exc})")
+        data = bytes(memoryview(config.get_timing_cache().serialize()))
+        with cache_lock(job.timing_cache), atomic_path(job.timing_cache) as tmp:
+            tmp.write_bytes(data)
+    except Exception as exc:  # a cache is an optimisation: say so, keep the engine
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line([str(exc)])
+        job.log(f"warning: {job.timing_cache}: timing cache not saved ({why or type(exc).__name__})")
+
+
+def layer_precisions(info: str | Mapping[str, Any]) -> list[dict[str, str]]:
+    """Per-layer name, type and output precision from the engine inspector's JSON
+    (``profiling_verbosity=DETAILED``; with less detail a layer is only its name)."""
+    data = json.loads(info) if isinstance(info, str) else info
+    out = []
+    for layer in data.get("Layers", []):
+        if not isinstance(layer, dict):
+            out.append({"name": str(layer), "type": "", "precision": ""})
+            continue
+        outputs = layer.get("Outputs") or [{}]
+        fmt = str(outputs[0].get("Format/Datatype", "")) if isinstance(outputs[0], dict) else ""
+        out.append({"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", "")),
+                    "precision": _datatype(fmt)})
+    return out
+
+
+def _datatype(fmt: str) -> str:
+    """'Row major linear FP16 format' -> 'fp16' (the inspector's wording of an output)."""
+    low = fmt.lower()
+    for word, name in (("fp32", "fp32"), ("float", "fp32"), ("fp16", "fp16"), ("half", "fp16"),
+                       ("bf16", "bf16"), ("int8", "int8"), ("fp8", "fp8"), ("int32", "int32")):
+        if word in low:
+            return name
+    return fmt
+
+
+def _layer_precisions(trt: Any, blob: bytes, job: _Build) -> list[dict[str, str]]:
+    """:func:`layer_precisions` of the engine just built ([] where the inspector is missing)."""
+    try:
+        with torch.cuda.device(job.index):
+            logger = get_trt_logger(trt).begin(job.log, job.verbose)
+            engine = create(trt, "Runtime", logger, str(job.onnx_path)
+                            ).deserialize_cuda_engine(blob)
+            info = engine.create_engine_inspector().get_engine_information(
+                trt.LayerInformationFormat.JSON)
+        return layer_precisions(info)
+    except Exception as exc:  # a missing fact, not a failed build
+        job.log(f"note: per-layer precisions not recorded ({one_line([str(exc)])})")
+        return []
 
 
 def _write_engine(out: Path, blob: bytes, sidecar: Mapping[str, Any]) -> None:
@@ -659,17 +852,19 @@ class TensorRTSession(Session):
         self.device = str(self.device_obj)
         with torch.cuda.device(index):
             torch.cuda.init()
-            self._logger = _logger(trt)
-            self._runtime = trt.Runtime(self._logger)
+            self._logger = get_trt_logger(trt).begin(_stderr)
+            self._runtime = create(trt, "Runtime", self._logger, str(path))
             self.engine = self._runtime.deserialize_cuda_engine(blob)
             if self.engine is None:
                 raise InceptionError(f"{path}: TensorRT could not load the engine: "
-                                     f"{one_line(self._logger.errors) or 'no reason given'}; "
-                                     f"{REBUILD}")
+                                     f"{self._logger.said() or 'no reason given'}; {REBUILD}")
             self.context = self.engine.create_execution_context()
             if self.context is None:
                 raise InceptionError(f"{path}: TensorRT could not create an execution context "
-                                     f"(out of GPU memory?): {one_line(self._logger.errors)}")
+                                     f"(out of GPU memory?): {self._logger.said()}")
+            # Our own stream: enqueueV3 on the legacy default stream synchronises with all
+            # other work and TensorRT warns about it.
+            self.stream = torch.cuda.Stream(self.device_obj)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -680,6 +875,8 @@ class TensorRTSession(Session):
         self.output_name = side["output"]["name"] if side["output"]["name"] in outputs \
             else outputs[0]
         in_shape = list(self.engine.get_tensor_shape(self.input_name))
+        # The engine's own input type (fp16 for some fp16 builds); callers always give float32
+        # and run() casts, so eval and predict treat every engine alike.
         self.in_dtype = torch_dtype(self.engine.get_tensor_dtype(self.input_name))
         self.out_dtype = torch_dtype(self.engine.get_tensor_dtype(self.output_name))
         self.hw = (int(in_shape[2]), int(in_shape[3]))
@@ -692,7 +889,7 @@ class TensorRTSession(Session):
         self.info = ArtifactInfo(
             path=str(path), kind=Kind.ENGINE.value, recipe=side.get("recipe") or {}, classes=classes,
             preprocessing=preprocessing, precision=side["precision"], batch_range=(lo, hi),
-            input_dtype=self.in_dtype,
+            input_dtype=torch.float32,
             extra={"batch_profile": (lo, opt, hi), "tensorrt": side["tensorrt_version"],
                    "gpu": side.get("gpu"), "quantization": side.get("quantization"),
                    "source": (side.get("source_onnx") or {}).get("source"),
@@ -709,8 +906,9 @@ class TensorRTSession(Session):
         if not square and tuple(batch.shape[2:]) != self.hw:
             raise InceptionError(f"{self.info.path}: input must be {self.hw[0]}x{self.hw[1]}, got "
                                  f"{batch.shape[2]}x{batch.shape[3]}")
-        with torch.cuda.device(self.device_obj):
-            stream = torch.cuda.current_stream(self.device_obj)
+        self._logger.begin(_stderr)
+        with torch.cuda.device(self.device_obj), torch.cuda.stream(self.stream):
+            stream = self.stream
             x = batch.to(self.device_obj, self.in_dtype).contiguous()
             if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
                 profile = self.info.extra["batch_profile"]
@@ -722,7 +920,7 @@ class TensorRTSession(Session):
             self.context.set_tensor_address(self.output_name, out.data_ptr())
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise InceptionError(f"{self.info.path}: TensorRT execution failed: "
-                                     f"{one_line(self._logger.errors) or 'no reason given'}")
+                                     f"{self._logger.said() or 'no reason given'}")
             stream.synchronize()
         return out.float().cpu()
 
@@ -731,6 +929,7 @@ class TensorRTSession(Session):
         self.context = None
         self.engine = None
         self._runtime = None
+        self.stream = None
 
 
 # ---------------------------------------------------------------------------------- backend
@@ -756,7 +955,14 @@ class TensorRTBackend(Backend):
             return assess(None, 0, import_error=one_line([f"{type(exc).__name__}: {exc}"]))
         version = str(getattr(trt, "__version__", "") or "unknown")
         devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return assess(version, devices)
+        av = assess(version, devices)
+        if av.available:  # importable and a GPU: only a Builder proves TensorRT works here
+            try:
+                create(trt, "Builder", get_trt_logger(trt).begin(), "tensorrt")
+            except Exception as exc:  # any failure is the reason it is unavailable
+                return Availability(False, one_line([str(exc)]).removeprefix("tensorrt: "),
+                                    version)
+        return av
 
     def open(self, path: Path, device: str = "cuda:0", **options: Any) -> Session:
         self.require()
@@ -765,12 +971,17 @@ class TensorRTBackend(Backend):
     def build_engine(self, onnx_path: str | Path, out: str | Path, precision: str,
                      batch: tuple[int, int, int] | str,
                      calib_batches: Sequence[torch.Tensor] | None = None,
-                     log: Callable[[str], Any] = print, *, device: str = "cuda:0") -> Path:
-        """:func:`build_engine` (the module's), as the registry's EngineBuilder."""
-        return build_engine(onnx_path, out, precision, batch, calib_batches, log, device=device)
+                     log: Callable[[str], Any] = print, *, device: str = "cuda:0",
+                     **options: Any) -> Path:
+        """:func:`build_engine` (the module's), as the registry's EngineBuilder; ``options``:
+        ``timing_cache``, ``tf32``, ``verbose`` (others are ignored)."""
+        known = {k: options[k] for k in ("timing_cache", "tf32", "verbose") if k in options}
+        return build_engine(onnx_path, out, precision, batch, calib_batches, log, device=device,
+                            **known)
 
 
 __all__ = ["BackendUnavailable", "BuildPlan", "TensorRTBackend", "TensorRTSession", "assess",
-           "build_engine", "calibration_chunks", "check_gpu", "check_trt_version", "one_line",
+           "build_engine", "cache_lock", "calibration_chunks", "check_gpu", "check_trt_version",
+           "create", "get_trt_logger", "layer_precisions", "one_line", "trt_cuda_major",
            "onnx_facts", "parse_batch_profile", "parse_version", "plan_build", "read_sidecar",
            "sidecar_path", "torch_dtype", "trt_features", "write_sidecar"]

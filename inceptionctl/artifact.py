@@ -5,7 +5,7 @@ An ARTIFACT is one of (:class:`Kind`):
 - a **run folder**: it means its ``best.pt`` (else ``last.pt``), see :func:`resolve_artifact`;
 - a **checkpoint**: our ``.pt`` (:mod:`inceptionctl.checkpoint` writes and reads it);
 - **foreign weights** (a torchvision state dict) plus the recipe that names their architecture;
-- an **ONNX** model written by ``inceptionctl export`` (fp32 or INT8 QDQ);
+- an **ONNX** model written by ``inceptionctl export`` (fp32, fp16 or INT8 QDQ);
 - an **engine** built by a backend from an ONNX (e.g. TensorRT's ``.engine``), with its sidecar.
 
 Each carries the same facts under the same names, so ``eval``, ``export``, ``profile`` and
@@ -26,7 +26,7 @@ ONNX ``metadata_props``         (all strings; JSON where structured)
 ``inceptionctl.classes``        class names (JSON list; index = logit)
 ``inceptionctl.preprocessing``  JSON: input_size, resize, mean, std, interpolation, channels,
                                 eval_size, eval_scales (as in checkpoints)
-``inceptionctl.precision``      ``fp32`` or ``int8``
+``inceptionctl.precision``      ``fp32``, ``fp16`` or ``int8``
 ``inceptionctl.batch``          the declared batch range ``MIN:OPT:MAX``
 ``inceptionctl.source``         JSON: file name, kind (checkpoint | foreign), weights (ema |
                                 model), the checkpoint's meta
@@ -152,6 +152,11 @@ def metadata_props(recipe: Recipe, classes: list[str], preprocessing: Mapping[st
     }
 
 
+def precision_props(precision: str) -> dict[str, str]:
+    """The metadata that says an ONNX's precision (over its fp32 source's)."""
+    return {KEY + "precision": precision}
+
+
 def int8_props(settings: Mapping[str, Any]) -> dict[str, str]:
     """The metadata an INT8 ONNX adds to its fp32 source's: its precision and how it was made."""
     return {KEY + "precision": "int8", KEY + "int8": json.dumps(dict(settings))}
@@ -228,9 +233,10 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_onnx(model: Any, preprocessing: Mapping[str, Any], batch: tuple[int, int, int],
                opset: int, props: Mapping[str, str], out: str | os.PathLike,
-               doc: str = "") -> Path:
+               doc: str = "", *, float16: bool = False) -> Path:
     """Export ``model`` to ``out`` (atomically): input ``images`` with a dynamic batch axis,
-    output ``logits``, ``props`` as metadata; ``onnx.checker`` full check before writing."""
+    output ``logits``, ``props`` as metadata; ``onnx.checker`` full check before writing.
+    ``float16``: the graph in fp16 with float32 input and output (:func:`float16_graph`)."""
     import onnx
     import torch
 
@@ -249,6 +255,8 @@ def write_onnx(model: Any, preprocessing: Mapping[str, Any], batch: tuple[int, i
             first = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise InceptionError(f"ONNX export (opset {opset}) failed: {first}") from None
         graph = onnx.load(str(raw))
+    if float16:
+        graph = float16_graph(graph)
     graph.doc_string = doc
     del graph.metadata_props[:]
     onnx.helper.set_model_props(graph, dict(props))
@@ -264,6 +272,104 @@ def write_onnx(model: Any, preprocessing: Mapping[str, Any], batch: tuple[int, i
     except OSError as exc:
         raise InceptionError(f"{out}: cannot write ({exc.strerror or exc})") from None
     return out
+
+
+# ------------------------------------------------------------------------------ fp16 graphs
+
+# Kept in fp32 inside an fp16 graph: LRN squares its input (x*x passes fp16's 65504 at |x| > 256),
+# softmax exponentiates, and reductions sum many terms; each costs little next to the convolutions.
+FP32_OPS = frozenset({"LRN", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceL2",
+                      "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd", "Cast"})
+
+
+def float16_graph(model: Any) -> Any:
+    """An fp16 copy of the float ONNX ``model``: weights and activations in float16, except the
+    ops of :data:`FP32_OPS`, with Cast nodes at every boundary; its inputs and outputs stay
+    float32, so callers feed and read it exactly like the fp32 graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(g.input) + list(g.output) + list(g.value_info)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    half: set[str] = set()            # float tensors that are fp16 in the new graph
+    casts: dict[tuple[str, int], str] = {}
+    nodes: list[Any] = []
+
+    def cast(name: str, to: int) -> str:
+        """``name`` as ``to`` (float16 or float32): a converted initializer or a Cast node."""
+        key = (name, to)
+        if key not in casts:
+            new = f"{name}.{'fp16' if to == HALF else 'fp32'}"
+            if name in inits and to == HALF:
+                arr = numpy_helper.to_array(inits[name]).astype("float16")
+                g.initializer.append(numpy_helper.from_array(arr, new))
+            else:
+                nodes.append(helper.make_node("Cast", [name], [new], to=to, name=f"cast:{new}"))
+            casts[key] = new
+        return casts[key]
+
+    for node in g.node:
+        fp16 = node.op_type not in FP32_OPS
+        for i, name in enumerate(node.input):
+            if not name or types.get(name) != FLOAT:
+                continue
+            if fp16 and name not in half:
+                node.input[i] = cast(name, HALF)
+            elif not fp16 and name in half:
+                node.input[i] = cast(name, FLOAT)
+        if fp16:
+            _constant_to_fp16(node)
+            half.update(o for o in node.output if types.get(o) == FLOAT)
+        nodes.append(node)
+    for out in g.output:  # the graph's outputs stay float32
+        if out.name in half:
+            inner = f"{out.name}.fp16"
+            for node in nodes:
+                node.output[:] = [inner if o == out.name else o for o in node.output]
+                node.input[:] = [inner if i == out.name else i for i in node.input]
+            nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT,
+                                          name=f"cast:{out.name}"))
+    used = {i for n in nodes for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:], g.node[:], g.value_info[:]
+    g.initializer.extend(keep)
+    g.node.extend(nodes)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def write_float16_copy(src: str | os.PathLike, out: str | os.PathLike,
+                       props: Mapping[str, str]) -> Path:
+    """``out``: the fp16 copy of the float ONNX ``src`` (:func:`float16_graph`), its metadata
+    updated by ``props``; written atomically after ``onnx.checker``."""
+    import onnx
+
+    graph = float16_graph(onnx.load(str(src)))
+    merged = {p.key: p.value for p in graph.metadata_props}
+    merged.update(props)
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, merged)
+    onnx.checker.check_model(graph, full_check=True)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        onnx.save(graph, str(tmp))
+    return out
+
+
+def _constant_to_fp16(node: Any) -> None:
+    """A float32 ``Constant`` node's value, in float16 (other nodes are left as they are)."""
+    from onnx import TensorProto, numpy_helper
+
+    if node.op_type != "Constant":
+        return
+    for attr in node.attribute:
+        if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+            arr = numpy_helper.to_array(attr.t).astype("float16")
+            attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
 
 
 # --------------------------------------------------------------------------------- sidecars

@@ -172,8 +172,11 @@ class EngineBuilder(Protocol):
 
     def build_engine(self, onnx_path: str | Path, out: str | Path, precision: str,
                      batch: tuple[int, int, int], calib_batches: Sequence[torch.Tensor] | None,
-                     log: Callable[[str], Any], *, device: str) -> Path:
-        """Build ``out`` from ``onnx_path`` (with whatever it keeps beside it); returns ``out``."""
+                     log: Callable[[str], Any], *, device: str, **options: Any) -> Path:
+        """Build ``out`` from ``onnx_path`` (with whatever it keeps beside it); returns ``out``.
+
+        ``options`` are what ``export`` was given for engines: ``timing_cache`` (a path),
+        ``tf32`` and ``verbose`` (booleans); a builder ignores what it does not know."""
 
 
 class Backend(ABC):

@@ -199,7 +199,7 @@ TrainPrecisionOpt = Annotated[TrainPrecision, typer.Option(
     help="fp32 or autocast bf16 / fp16; auto picks bf16 where the hardware has it.")]
 ExportPrecisionOpt = Annotated[ExportPrecision, typer.Option(
     "--precision", parser=_one_of("--precision", ExportPrecision),
-    help="fp32 or int8 (onnx); fp32, fp16 or int8 (tensorrt).")]
+    help="fp32, fp16 or int8 (onnx and tensorrt).")]
 TimedPrecisionsOpt = Annotated[str, typer.Option(
     "--precision", metavar="fp32|bf16|fp16|int8[,...]",
     parser=_list_of("--precision", TimedPrecision), help="Precisions to time, e.g. fp32,int8.")]
@@ -443,8 +443,8 @@ def backends_(as_json: JsonOpt = False) -> None:
 
 @app.command(cls=_Command)
 def export(
-    artifact: Annotated[str, typer.Argument(help="Run folder, checkpoint, or foreign weights "
-                                                 "(with --recipe).")],
+    artifact: Annotated[str, typer.Argument(help="Run folder, checkpoint, foreign weights "
+                                                 "(with --recipe), or our .onnx (engines).")],
     to: Annotated[str, typer.Option(metavar="TARGET", parser=_export_target,
                                     help="onnx, or a backend that builds engines "
                                          "(tensorrt; see `inceptionctl backends`).")] = "onnx",
@@ -469,18 +469,24 @@ def export(
     out: Annotated[Optional[Path], typer.Option(help="Output file (default: beside the "
                                                      "checkpoint).")] = None,
     device: DeviceOpt = "auto",
+    timing_cache: Annotated[Optional[Path], typer.Option(
+        help="Engines: a timing cache file, read and updated (rebuilds go faster).")] = None,
+    tf32: Annotated[bool, typer.Option(help="Engines: allow TF32 in an fp32 engine.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Engines: show the builder's own log.")] = False,
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export to ONNX (fp32 / INT8) or a TensorRT engine, with parity proven on every export."""
+    """Export to ONNX (fp32 / fp16 / INT8) or an engine, with parity proven on every export."""
     from .export import ExportCheckFailed, export as run_export, render
 
     options: dict[str, Any] = dict(out=out, precision=precision.value, batch=batch,
                                    calib_data=calib_data, calib_samples=calib_samples,
                                    calib_method=calib_method.value, check_samples=check_samples,
                                    int8_flavour=int8_flavour.value, opset=opset, device=device,
-                                   recipe=_foreign_recipe(recipe, set_))
+                                   recipe=_foreign_recipe(recipe, set_),
+                                   engine_options={"timing_cache": timing_cache, "tf32": tf32,
+                                                   "verbose": verbose})
     try:
         report = run_export(artifact, to=to, **options)
     except ExportCheckFailed as failed:

@@ -1,4 +1,4 @@
-"""``inceptionctl export``: checkpoint -> ONNX (fp32, INT8 QDQ) or an engine, parity proven.
+"""``inceptionctl export``: checkpoint -> ONNX (fp32, fp16, INT8 QDQ) or an engine, parity proven.
 
 The graph is PyTorch's TorchScript-based ONNX exporter's (``torch.onnx.export(dynamo=False)``):
 it needs nothing beyond torch and gives a clean, constant-folded graph (BatchNorm folded into
@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from .artifact import ONNX_SUFFIX, int8_props, metadata_props, resolve_artifact, write_onnx
+from .artifact import (ONNX_SUFFIX, int8_props, metadata_props, precision_props,
+                       read_onnx_metadata, resolve_artifact, write_float16_copy, write_onnx)
 from .backend import (Backend, EngineBuilder, Quantizer, backend_for_suffix, engine_builders,
                       get_backend, loadable_backends, open_artifact, quantizer)
 from .checkpoint import load_with_facts
@@ -159,11 +160,12 @@ def int8_flavours() -> list[str]:
 
 
 def precisions(to: str) -> tuple[str, ...]:
-    """The precisions ``--to`` ``to`` can be exported in: ONNX is fp32, plus what the registered
-    quantizers build (int8); an engine, what its builder declares in ``builds``."""
+    """The precisions ``--to`` ``to`` can be exported in: ONNX is fp32 and fp16 (written by the
+    core), plus what the registered quantizers build (int8); an engine, what its builder
+    declares in ``builds``."""
     if to == ONNX:
         built = [p for b in _quantizers() for p in b.builds]
-        return tuple(dict.fromkeys(["fp32", *built]))
+        return tuple(dict.fromkeys(["fp32", "fp16", *built]))
     return tuple(_builder(to).builds)
 
 
@@ -187,7 +189,7 @@ def _built_by(precision: str) -> list[str]:
 
 def default_output(source: Path, to: str, precision: str) -> Path:
     """Next to the checkpoint, named after it: best.onnx, best.int8.onnx, best.fp16.engine."""
-    tag = "" if precision == "fp32" else f".{precision}"
+    tag = "" if precision == "fp32" or source.stem.endswith(f".{precision}") else f".{precision}"
     return source.parent / f"{source.stem}{tag}{_suffixes(to)[0]}"
 
 
@@ -337,7 +339,8 @@ def export_onnx(artifact: str | os.PathLike, out: str | os.PathLike | None = Non
     """Export a checkpoint (or foreign weights with ``recipe``) to ONNX and prove parity.
 
     ``batch`` is ``MIN:OPT:MAX`` (default: the recipe's ``export.batch``), ``opset`` defaults to
-    the recipe's ``export.opset``. ``precision="int8"`` quantizes statically (QDQ) on
+    the recipe's ``export.opset``. ``precision="fp16"`` writes the fp16 graph of
+    :func:`~inceptionctl.artifact.float16_graph` (float32 input and output). ``precision="int8"`` quantizes statically (QDQ) on
     ``calib_samples`` images of ``calib_data`` (``digits`` or a folder: its train part) with
     ``calib_method``, in ``int8_flavour``, one of the flavours the registered quantizer offers
     (the built-in: ``cpu``, fastest on ONNX Runtime's CPU provider, or ``tensorrt``, symmetric
@@ -359,9 +362,12 @@ def export_onnx(artifact: str | os.PathLike, out: str | os.PathLike | None = Non
                    calib_data)
     lo, opt, hi = job.bounds
     int8 = None
-    if precision == "fp32":
-        log(f"export: {src} -> {job.path} (fp32, opset {job.opset}, batch {lo}:{opt}:{hi})")
-        write_onnx(job.model, job.pre, job.bounds, job.opset, job.props, job.path, job.doc)
+    if precision in ("fp32", "fp16"):
+        log(f"export: {src} -> {job.path} ({precision}, opset {job.opset}, batch "
+            f"{lo}:{opt}:{hi})")
+        write_onnx(job.model, job.pre, job.bounds, job.opset,
+                   {**job.props, **precision_props(precision)}, job.path, job.doc,
+                   float16=precision == "fp16")
     else:
         log(f"export: {src} -> {job.path} (int8 {int8_flavour}, opset {job.opset}, batch "
             f"{lo}:{opt}:{hi})")
@@ -380,46 +386,127 @@ def export_engine(artifact: str | os.PathLike, to: str, out: str | os.PathLike |
                   calib_data: str | os.PathLike | None = None, calib_samples: int = 256,
                   calib_method: str = "minmax", recipe: Recipe | str | None = None,
                   overrides: Any = None, check_samples: int | None = None,
-                  device: str = "auto", log: Log | None = None) -> ExportReport:
-    """Build ``to``'s engine from a checkpoint (through an fp32 ONNX) and prove parity.
+                  device: str = "auto", log: Log | None = None,
+                  engine_options: dict[str, Any] | None = None) -> ExportReport:
+    """Build ``to``'s engine from a checkpoint (through an ONNX) or from one of our ONNX files,
+    and prove parity.
 
     ``to`` names a registered :class:`~inceptionctl.backend.EngineBuilder`. int8 hands the
     builder a QDQ ONNX of its ``int8_flavour`` (quantized by the registry's quantizer for that
     flavour), with the calibration batches too; a builder without a flavour calibrates on the
-    batches itself; fp16 hands it the fp32 ONNX. The builder must be available (else one clear
-    BackendUnavailable line).
+    batches itself; fp16 hands it the fp16 ONNX (:func:`~inceptionctl.artifact.float16_graph`).
+    From an ONNX (export once, build on each target machine) parity is proven against that ONNX
+    run by the backend that opens ``.onnx``; from a checkpoint, against PyTorch. The builder
+    must be available (else one clear BackendUnavailable line). ``engine_options`` go to the
+    builder as they are (``timing_cache``, ``tf32``, ``verbose``: None/False are left out).
     """
+    opts = {k: v for k, v in (engine_options or {}).items() if v not in (None, False)}
     started = time.monotonic()
     log = log or _stderr
     builder = _builder(to)
-    _common(precision, builder.builds, calib_data, calib_samples, calib_method, to)
+    given = resolve_artifact(artifact)
+    from_onnx = given.suffix.lower() == ONNX_SUFFIX
+    # An INT8 ONNX carries its quantization: it needs no calibration images.
+    quantized = from_onnx and read_onnx_metadata(given)["precision"] == "int8"
+    _common(precision, builder.builds, calib_data or ("-" if quantized else None), calib_samples,
+            calib_method, to)
     builder.require()
+    if from_onnx:
+        return _engine_from_onnx(given, to, builder, out, precision, batch, calib_data,
+                                 calib_samples, calib_method, check_samples, device, log,
+                                 started, opts)
     src = _source(artifact)
     job = _prepare(src, out, to, precision, batch, opset, recipe, overrides, check_samples,
                    calib_data)
-    lo, opt, hi = job.bounds
-    int8 = None
     with tempfile.TemporaryDirectory(prefix="inceptionctl-export-") as tmp:
-        onnx_path = write_onnx(job.model, job.pre, job.bounds, job.opset, job.props,
-                               Path(tmp) / "model.onnx", job.doc)
-        calib = None
-        if precision == "int8":
-            calib = calibration_batches(calib_data, job.pre, job.classes, calib_samples,
-                                        batch=opt)
-            flavour = cast(EngineBuilder, builder).int8_flavour
-            if flavour:
-                qdq = Path(tmp) / "model.int8.onnx"
-                int8 = _quantize(onnx_path, qdq, flavour, calib, calib_method, log)
-                onnx_path = qdq
-            else:
-                int8 = {"flavour": None, "calibration_method": calib_method,
-                        "calibration_samples": sum(len(b) for b in calib)}
-        log(f"export: {src} -> {job.path} ({to} {precision}, batch {lo}:{opt}:{hi})")
-        engine = Path(cast(EngineBuilder, builder).build_engine(
-            onnx_path, job.path, precision, job.bounds, calib, log, device=device))
+        onnx_path = write_onnx(job.model, job.pre, job.bounds, job.opset,
+                               {**job.props, **precision_props(precision)},
+                               Path(tmp) / "model.onnx", job.doc, float16=precision == "fp16")
+        engine, int8 = _build(builder, to, onnx_path, job.path, precision, job.bounds,
+                              (calib_data, job.pre, job.classes, calib_samples, calib_method),
+                              device, log, src, quantized=False, options=opts)
     with open_artifact(engine, backend=to, device=device) as session:
         parity = prove_parity(job.model, session, job.check, job.bounds, precision, log)
     return _finish(_report(job, engine, to, precision, parity, started, int8), log)
+
+
+def _build(builder: Backend, to: str, onnx_path: Path, out: Path, precision: str,
+           bounds: tuple[int, int, int], calib_args: tuple[Any, ...], device: str, log: Log,
+           src: Path, quantized: bool, options: dict[str, Any]
+           ) -> tuple[Path, dict[str, Any] | None]:
+    """The engine built from ``onnx_path`` (quantized first for int8 in the builder's flavour,
+    unless it is ``quantized`` already), and the INT8 facts (None above int8)."""
+    calib_data, pre, classes, calib_samples, calib_method = calib_args
+    calib, int8 = None, None
+    if precision == "int8" and not quantized:
+        calib = calibration_batches(calib_data, pre, classes, calib_samples, batch=bounds[1])
+        flavour = cast(EngineBuilder, builder).int8_flavour
+        if flavour:
+            qdq = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+            int8 = _quantize(onnx_path, qdq, flavour, calib, calib_method, log)
+            onnx_path = qdq
+        else:
+            int8 = {"flavour": None, "calibration_method": calib_method,
+                    "calibration_samples": sum(len(b) for b in calib)}
+    log(f"export: {src} -> {out} ({to} {precision}, batch {':'.join(map(str, bounds))})")
+    engine = Path(cast(EngineBuilder, builder).build_engine(
+        onnx_path, out, precision, bounds, calib, log, device=device, **options))
+    return engine, int8
+
+
+def _engine_from_onnx(src: Path, to: str, builder: Backend, out: Any, precision: str,
+                      batch: str | None, calib_data: Any, calib_samples: int, calib_method: str,
+                      check_samples: int | None, device: str, log: Log, started: float,
+                      options: dict[str, Any]) -> ExportReport:
+    """``export MODEL.onnx --to ENGINE``: the engine from one of our ONNX files (its facts from
+    its metadata), checked against that ONNX."""
+    meta = read_onnx_metadata(src)
+    have = meta["precision"]
+    if have != "fp32" and have != precision:
+        raise InceptionError(f"{src}: is a {have} ONNX; build it with --precision {have} (or "
+                             f"start from the fp32 ONNX)")
+    bounds = parse_batch_range(batch) if batch else tuple(meta["batch"])
+    path = _output(src, out, to, precision)
+    if path.resolve() == src.resolve():
+        raise InceptionError(f"--out {path}: is the input artifact; inputs are never overwritten")
+    check = load_samples(calib_data, meta["preprocessing"], meta["classes"],
+                         _check_count(check_samples, bounds, calib_data))
+    runner = backend_for_suffix(ONNX_SUFFIX)
+    runner.require()
+    with tempfile.TemporaryDirectory(prefix="inceptionctl-export-") as tmp:
+        onnx_path = src
+        if precision == "fp16" and have == "fp32":
+            onnx_path = Path(tmp) / "model.fp16.onnx"
+            write_float16_copy(src, onnx_path, precision_props("fp16"))
+        elif precision == "int8" and have == "fp32":
+            onnx_path = Path(tmp) / src.name  # the quantizer writes beside it, in tmp
+            onnx_path.write_bytes(src.read_bytes())
+        engine, int8 = _build(builder, to, onnx_path, path, precision, bounds,
+                              (calib_data, meta["preprocessing"], meta["classes"], calib_samples,
+                               calib_method), device, log, src, quantized=have == "int8",
+                              options=options)
+    with runner.open(src) as reference, open_artifact(engine, backend=to, device=device) as session:
+        def onnx_logits(x: Any) -> Any:  # the ONNX's own range bounds each batch
+            import torch
+
+            return torch.cat([reference.run(part) for part in x.split(bounds[2])])
+
+        parity = prove_parity(onnx_logits, session, check, bounds, precision, log)
+    report = ExportReport(file=str(engine), format=to, size_bytes=engine.stat().st_size,
+                          precision=precision, batch=bounds, opset=_opset_of(src),
+                          source=str(src),
+                          parity=parity, seconds=time.monotonic() - started,
+                          passed=parity.passed, int8=int8 or meta["int8"],
+                          notes=[f"parity against {src.name} ({have}, ONNX Runtime)"])
+    return _finish(report, log)
+
+
+def _opset_of(path: Path) -> int:
+    """The default-domain opset an ONNX file declares (0 when it declares none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def export(artifact: str | os.PathLike, to: str = ONNX, **options: Any) -> ExportReport:
@@ -428,6 +515,7 @@ def export(artifact: str | os.PathLike, to: str = ONNX, **options: Any) -> Expor
     target = _choice(to, targets(), "--to")
     if target == ONNX:
         options.pop("device", None)
+        options.pop("engine_options", None)
         return export_onnx(artifact, **options)
     options.pop("int8_flavour", None)
     return export_engine(artifact, target, **options)

@@ -52,15 +52,39 @@ class LocalResponseNorm(nn.Module):
         self.register_buffer("band", band, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        window = nn.functional.conv2d(x * x, self.band.to(x.dtype))
-        scale = window * (self.alpha / self.size) + self.k
-        if self.beta == 0.75:  # the paper's value: t^-3/4 = rsqrt(t) * sqrt(rsqrt(t)), no pow
-            inv = torch.rsqrt(scale)
-            return x * (inv * torch.sqrt(inv))
-        return x * scale.pow(-self.beta)
+        # Exported graphs carry ONNX's own LRN op: runtimes have a kernel for it, and the banded
+        # convolution would add ~128 M multiply-adds at 224 and square x in the graph's dtype
+        # (fp16 overflows there). ONNX's window is centred like torch's only for odd sizes.
+        if self.size % 2 == 1 and torch.onnx.is_in_onnx_export():
+            return _OnnxLRN.apply(x, self.size, self.alpha, self.beta, self.k)
+        return lrn_banded(x, self.band, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self) -> str:
         return f"{self.band.shape[0]}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+def lrn_banded(x: Tensor, band: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+    """LRN of ``x`` through the banded 1x1 convolution ``band`` (the training kernel)."""
+    window = nn.functional.conv2d(x * x, band.to(x.dtype))
+    scale = window * (alpha / size) + k
+    if beta == 0.75:  # the paper's value: t^-3/4 = rsqrt(t) * sqrt(rsqrt(t)), no pow
+        inv = torch.rsqrt(scale)
+        return x * (inv * torch.sqrt(inv))
+    return x * scale.pow(-beta)
+
+
+class _OnnxLRN(torch.autograd.Function):
+    """LRN as one ONNX ``LRN`` node at export; torch's own LRN when traced (same numbers)."""
+
+    @staticmethod
+    def forward(ctx: object, x: Tensor, size: int, alpha: float, beta: float,  # type: ignore[override]
+                k: float) -> Tensor:
+        return nn.functional.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def symbolic(g: object, x: object, size: int, alpha: float, beta: float, k: float) -> object:
+        return g.op("LRN", x, size_i=int(size), alpha_f=float(alpha), beta_f=float(beta),  # type: ignore[attr-defined]
+                    bias_f=float(k))
 
 
 class ConvBlock(nn.Module):

@@ -27,3 +27,59 @@ def test_bench_quick_smoke(tmp_path):
     assert "P3 train img/s vs naive" in result.stdout
     (p4,) = [g for g in data["goals"] if g["name"].startswith("P4")]
     assert p4["target"] == 0.9 and p4["details"]["eval crops/s"] > 0
+
+
+def test_make_test_gpu_fails_loudly_without_a_gpu(tmp_path):
+    import shutil
+
+    if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"],
+                                                      capture_output=True).returncode == 0:
+        import pytest
+
+        pytest.skip("this machine has an NVIDIA GPU")
+    venv = tmp_path / "venv"
+    stamp = venv / ".installed"  # the install step is not what is tested here
+    result = subprocess.run(["make", "-s", "-o", str(stamp), "test-gpu", f"VENV={venv}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "make test-gpu: no NVIDIA GPU here" in result.stderr
+
+
+def _junit(path: Path, cases: list[bool]) -> Path:
+    body = "".join(f'<testcase name="t{i}">{"<skipped/>" if skip else ""}</testcase>'
+                   for i, skip in enumerate(cases))
+    path.write_text(f'<testsuites><testsuite name="pytest">{body}</testsuite></testsuites>')
+    return path
+
+
+def test_a_gpu_run_where_every_test_skipped_fails(tmp_path):
+    script = str(ROOT / "benchmarks" / "gpu_tests_ran.py")
+    for cases, ok in (([True, True], False), ([], False), ([True, False], True)):
+        report = _junit(tmp_path / "r.xml", cases)
+        result = subprocess.run([sys.executable, script, str(report)], capture_output=True,
+                                text=True)
+        assert (result.returncode == 0) == ok, result.stderr
+        assert ("FAILED: no GPU test ran" in result.stderr) != ok
+    missing = subprocess.run([sys.executable, script, str(tmp_path / "none.xml")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "no readable test report" in missing.stderr
+
+
+def test_gpu_check_script_parses():
+    result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@__import__("pytest").mark.slow
+def test_gpu_check_dry_run_prints_its_table(tmp_path):
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "infer      ok" in out and "train      ok" in out
+    assert "eval fp16 b2" in out and "amp/fp32" in out
+    assert len((tmp_path / "infer.out").read_text().splitlines()) == 3  # one per precision

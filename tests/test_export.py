@@ -222,6 +222,36 @@ def test_int8_tensorrt_flavour_is_symmetric_with_zero_zero_points(trained, tmp_p
 
 
 @pytest.mark.slow  # trains the module's model (4 epochs)
+def test_fp16_onnx_keeps_top1_and_float32_io(trained, tmp_path):
+    """fp16 ONNX: float16 weights and activations, float32 input/output, LRN and softmax-like
+    ops in fp32; ONNX Runtime CPU runs it and agrees with PyTorch on top-1."""
+    report = export_onnx(trained, out=tmp_path / "m.fp16.onnx", precision="fp16",
+                         calib_data="digits", **QUIET)
+    p = report.parity
+    assert report.passed and p.top1_agreement >= 99.0 and abs(p.top1_delta) <= 1.0
+    assert p.samples == 360 and p.criterion.startswith("top-1 agreement")
+    model = graph_of(Path(report.file))
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == f32
+    assert model.graph.output[0].type.tensor_type.elem_type == f32
+    convs = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    assert convs and all(inits[w] == f16 for w in convs)
+    assert read_metadata({q.key: q.value for q in model.metadata_props},
+                         report.file)["precision"] == "fp16"
+    with get_backend("onnxruntime").open(Path(report.file)) as session:
+        assert session.info.precision == "fp16" and session.info.input_dtype == torch.float32
+
+
+def test_fp16_onnx_of_each_small_recipe_agrees_on_random_images(tmp_path):
+    recipe = load_recipe("googlenet-small")
+    ckpt = make_checkpoint(tmp_path / "s.pt", recipe)
+    report = export_onnx(ckpt, precision="fp16", batch="1:4:8", check_samples=64, **QUIET)
+    assert report.file.endswith("s.fp16.onnx")
+    assert report.passed and report.parity.top1_agreement >= 99.0
+
+
+@pytest.mark.slow  # trains the module's model (4 epochs)
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_int8_calibration_methods(trained, tmp_path, method):
     report = export_onnx(trained, out=tmp_path / f"{method}.onnx", precision="int8",
@@ -312,7 +342,7 @@ def test_report_json_and_table(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"precision": "fp16"}, "--precision 'fp16': expected one of fp32, int8.*--to tensorrt"),
+    ({"precision": "bf16"}, "--precision 'bf16': expected one of fp32, fp16, int8"),
     ({"precision": "int4"}, "did you mean 'int8'"),
     ({"precision": "int8"}, "int8 needs calibration images: --calib-data"),
     ({"precision": "int8", "calib_data": "digits", "opset": 11}, "opset 13 or newer"),
@@ -420,3 +450,41 @@ def test_random_samples_are_deterministic_and_preprocessed():
     assert digits.labels is not None and len(digits.labels) == 20
     other = load_samples("digits", pre, ["cat", "dog"], 5)
     assert other.labels is None and "unlabelled" in other.description
+
+
+def test_float16_graph_keeps_lrn_and_softmax_in_fp32_with_casts_at_the_edges():
+    """The converter on a hand-made graph: Conv in fp16, LRN and Softmax fed fp32, float32 I/O,
+    and numbers that agree with the fp32 graph where fp16 would overflow inside LRN."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from inceptionctl.artifact import float16_graph
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 1, (4, 3, 1, 1)).astype("float32"), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("LRN", ["c"], ["n"], size=3, alpha=1e-4, beta=0.75, bias=1.0),
+             helper.make_node("Flatten", ["n"], ["f"]),
+             helper.make_node("Softmax", ["f"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         ["b", 3, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    half = float16_graph(fp32)
+    onnx.checker.check_model(half, full_check=True)
+    g = half.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.output)}
+    by_op = {n.op_type: n for n in g.node if n.op_type != "Cast"}
+    assert {t.name: t.data_type for t in g.initializer} == {"w.fp16": TensorProto.FLOAT16}
+    assert types[by_op["Conv"].output[0]] == TensorProto.FLOAT16
+    assert types[by_op["LRN"].input[0]] == TensorProto.FLOAT  # cast back before x*x
+    assert types[by_op["Flatten"].output[0]] == TensorProto.FLOAT16
+    assert types[by_op["Softmax"].input[0]] == TensorProto.FLOAT
+    assert g.output[0].name == "y" and types["y"] == TensorProto.FLOAT
+    x = (rng.normal(0, 1, (2, 3, 2, 2)) * 300).astype("float32")  # (x*300)^2 > fp16's max
+    run = lambda m: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
+                                         providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    a, b = run(fp32), run(half)
+    assert b.dtype == np.float32 and np.isfinite(b).all()
+    assert np.abs(a - b).max() < 1e-2

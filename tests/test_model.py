@@ -262,3 +262,55 @@ def test_lrn_equals_torch(channels, size, beta):
     (gb,) = torch.autograd.grad(b.square().sum(), x)
     assert (a - b).abs().max() < 1e-12 and (ga - gb).abs().max() < 1e-12
     assert not any(k.endswith("band") for k in ours.state_dict())  # not a weight
+
+
+def _export_ops(module: nn.Module, x: torch.Tensor, path) -> list[str]:
+    import warnings
+
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["y"],
+                          opset_version=17, dynamo=False)
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (7, 3, 0.5)])
+def test_lrn_exports_as_one_onnx_lrn_node_that_matches(tmp_path, channels, size, beta):
+    """Odd windows export as ONNX's LRN (centred like torch's), and ONNX Runtime agrees."""
+    import onnxruntime as ort
+
+    from inceptionctl.model import LocalResponseNorm
+
+    lrn = LocalResponseNorm(channels, size, alpha=0.1, beta=beta, k=1.0).eval()
+    x = torch.randn(2, channels, 9, 9) * 3
+    assert _export_ops(lrn, x, tmp_path / "lrn.onnx") == ["LRN"]
+    out = ort.InferenceSession(str(tmp_path / "lrn.onnx"),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        ref = nn.LocalResponseNorm(size, alpha=0.1, beta=beta, k=1.0)(x)
+    assert (torch.from_numpy(out) - ref).abs().max() <= 1e-5
+
+
+def test_lrn_with_an_even_window_keeps_the_banded_form(tmp_path):
+    """ONNX centres an even window one channel off torch's, so it is not exported as LRN."""
+    from inceptionctl.model import LocalResponseNorm
+
+    ops = _export_ops(LocalResponseNorm(7, 4, 0.1, 0.5, 1.0).eval(), torch.randn(1, 7, 5, 5),
+                      tmp_path / "even.onnx")
+    assert "LRN" not in ops and "Conv" in ops
+
+
+@pytest.mark.slow
+def test_paper_recipe_onnx_has_two_lrn_nodes(tmp_path):
+    import onnx
+
+    from inceptionctl.artifact import preprocessing, write_onnx
+
+    recipe = load_recipe("googlenet")
+    model = build_model(recipe).eval()
+    path = write_onnx(model, preprocessing(recipe), (1, 1, 2), 17, {}, tmp_path / "g.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("LRN") == 2
+    assert ops.count("Conv") == 57  # the paper's 57 convolutions, no banded LRN convolutions

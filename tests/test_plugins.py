@@ -186,3 +186,24 @@ def test_a_plugin_that_builds_engines_is_an_export_target(plugin, cli, tmp_path)
     assert typo.exit_code == 2 and "did you mean 'onnxcopy'" in typo.stderr
     fp16 = cli("export", ckpt, "--to", "onnxcopy", "--precision", "fp16")
     assert fp16.exit_code == 2 and "--precision 'fp16': expected one of fp32" in fp16.stderr
+
+
+def test_an_engine_is_built_from_an_exported_onnx(plugin, cli, tmp_path):
+    """Export once, build on each target: `export MODEL.onnx --to ENGINE`, checked against the
+    ONNX itself (there is no checkpoint on the target machine)."""
+    from inceptionctl import build_model, load_recipe
+    from inceptionctl.checkpoint import save_checkpoint
+
+    recipe = load_recipe("googlenet-small")
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(recipe), recipe)
+    assert cli("export", ckpt, "--to", "onnx", "--batch", "1:2:4").exit_code == 0
+    ckpt.unlink()
+    out = cli("export", tmp_path / "m.onnx", "--to", "onnxcopy", "--json")
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["file"] == str(tmp_path / "m.oc") and data["passed"]
+    assert data["source"] == str(tmp_path / "m.onnx") and data["opset"] == 17
+    assert data["batch"] == "1:2:4" and data["parity"]["max_abs_diff"] == 0.0
+    assert "parity against m.onnx (fp32, ONNX Runtime)" in data["notes"]
+    again = cli("export", tmp_path / "m.onnx", "--to", "onnx")
+    assert again.exit_code == 2 and "already an exported model" in again.stderr

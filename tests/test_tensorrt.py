@@ -174,12 +174,40 @@ def no_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
 
 
+class _Severity:
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+
+class _ILogger:
+    Severity = _Severity
+
+    def __init__(self):
+        pass
+
+
+def _fake_module(version: str, builder_fails: str | None = None) -> types.ModuleType:
+    """A stand-in tensorrt: version, ILogger, and a Builder/Runtime that may fail as the real
+    bindings do (a TypeError about a nullptr, the reason logged first)."""
+    module = types.ModuleType("tensorrt")
+    module.__version__ = version
+    module.ILogger = _ILogger
+
+    def make(kind):
+        def factory(logger):
+            if builder_fails:
+                logger.log(_Severity.ERROR, builder_fails)
+                raise TypeError(f"pybind11::init(): factory function returned nullptr ({kind})")
+            return types.SimpleNamespace(kind=kind, logger=logger)
+        return factory
+    module.Builder, module.Runtime = make("Builder"), make("Runtime")
+    return module
+
+
 @pytest.fixture
 def fake_tensorrt(monkeypatch):
-    """A stand-in tensorrt module: only its version is ever looked at before CUDA is needed."""
-    def install(version: str = "10.3.0", cuda_devices: int = 0):
-        module = types.ModuleType("tensorrt")
-        module.__version__ = version
+    """A stand-in tensorrt module: its version, its logger base and Builder/Runtime."""
+    def install(version: str = "10.3.0", cuda_devices: int = 0, builder_fails: str | None = None):
+        module = _fake_module(version, builder_fails)
         monkeypatch.setitem(sys.modules, "tensorrt", module)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_devices > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
@@ -218,6 +246,138 @@ def test_available_with_tensorrt_and_cuda(fake_tensorrt):
     fake_tensorrt("10.3.0.26", cuda_devices=2)
     av = get_backend("tensorrt").availability()
     assert av.available and av.devices == ("cuda:0", "cuda:1") and av.version == "10.3.0.26"
+
+
+def test_unavailable_when_no_builder_can_be_made(fake_tensorrt):
+    fake_tensorrt("10.3.0", cuda_devices=1,
+                  builder_fails="CUDA initialization failure with error: 35")
+    av = get_backend("tensorrt").availability()
+    assert not av.available and av.version == "10.3.0"
+    assert "could not create its Builder (CUDA initialization failure with error: 35)" in \
+        av.reason
+    assert one_line(av.reason)
+
+
+# ------------------------------------------------------------------ logger and creation
+
+def test_one_logger_per_process_cleared_per_call():
+    trt = _fake_module("10.3.0")
+    logger = trtb.get_trt_logger(trt)
+    assert trtb.get_trt_logger(trt) is logger  # TensorRT keeps one global logger
+    seen = []
+    logger.begin(seen.append)
+    logger.log(_Severity.WARNING, "CUDA lazy loading is not enabled.\nSee docs")
+    logger.log(_Severity.ERROR, "first engine: bad")
+    logger.log(_Severity.INFO, "chatter")
+    assert seen == ["tensorrt: warning: CUDA lazy loading is not enabled. See docs"]
+    assert logger.said() == "first engine: bad"
+    logger.begin(seen.append, verbose=True)  # the next call starts clean
+    assert logger.said() == "" and logger.errors == [] and logger.warnings == []
+    logger.log(_Severity.WARNING, "only a warning")
+    logger.log(_Severity.VERBOSE, "tactic 7")
+    assert logger.said() == "only a warning" and seen[-1] == "tensorrt: tactic 7"
+
+
+def test_creation_failure_is_one_line_with_tensorrt_reason():
+    trt = _fake_module("10.3.0", builder_fails="CUDA initialization failure with error: 35")
+    logger = trtb.get_trt_logger(trt).begin()
+    for what in ("Builder", "Runtime"):
+        with pytest.raises(InceptionError, match=f"m.onnx: TensorRT could not create its {what} "
+                                                 r"\(CUDA initialization failure") as exc:
+            trtb.create(trt, what, logger.begin(), "m.onnx")
+        assert one_line(str(exc.value)) and "nullptr" not in str(exc.value)
+    silent = _fake_module("10.3.0")
+    silent.Runtime = lambda _logger: None
+    with pytest.raises(InceptionError, match="could not create its Runtime \\(no reason given"):
+        trtb.create(silent, "Runtime", trtb.get_trt_logger(silent).begin(), "e.engine")
+
+
+# ------------------------------------------------------------------------ timing cache
+
+class _Config:
+    """A builder config's timing-cache calls, as the bindings behave: None for bytes that are
+    not a cache, False from set_timing_cache for a cache of another TensorRT/GPU."""
+
+    def __init__(self, accept=b"CACHE", serialize=b"NEW"):
+        self.accept, self.serialized, self.set = accept, serialize, []
+
+    def create_timing_cache(self, data):
+        if data and not data.startswith(b"CACHE") and not data.startswith(b"FOREIGN"):
+            return None
+        return types.SimpleNamespace(data=data)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        assert ignore_mismatch is False
+        ok = not cache.data.startswith(b"FOREIGN")
+        if ok:
+            self.set.append(cache.data)
+        return ok
+
+    def get_timing_cache(self):
+        value = self.serialized
+
+        class Cache:
+            def serialize(self):
+                if isinstance(value, Exception):
+                    raise value
+                return value
+        return Cache()
+
+
+def _job(cache: Path, log) -> "trtb._Build":
+    return trtb._Build(None, Path("m.onnx"), "fp32", (1, 8, 32), None, 0, 1.0, cache, [], log)
+
+
+@pytest.mark.parametrize("content, used, note", [
+    (None, [b""], None), (b"CACHE-1", [b"CACHE-1"], None),
+    (b"\x00garbage", [b""], "corrupt or foreign"), (b"FOREIGN", [b""], "corrupt or foreign"),
+])
+def test_timing_cache_is_read_or_replaced_with_a_note(tmp_path, content, used, note):
+    path = tmp_path / "t.cache"
+    if content is not None:
+        path.write_bytes(content)
+    logs, config = [], _Config()
+    trtb._load_timing_cache(_job(path, logs.append), config)
+    assert config.set == used
+    assert (note in logs[0]) if note else logs == []
+
+
+def test_timing_cache_is_saved_under_a_lock_and_a_failure_keeps_the_engine(tmp_path):
+    path = tmp_path / "t.cache"
+    logs = []
+    trtb._save_timing_cache(_job(path, logs.append), _Config(serialize=b"CACHE-2"))
+    assert path.read_bytes() == b"CACHE-2" and logs == []
+    assert (tmp_path / "t.cache.lock").exists()
+    trtb._save_timing_cache(_job(path, logs.append),
+                            _Config(serialize=RuntimeError("serialize failed")))
+    assert path.read_bytes() == b"CACHE-2"  # the old cache stays whole
+    assert logs == [f"warning: {path}: timing cache not saved (serialize failed)"]
+
+
+def test_cache_lock_is_exclusive(tmp_path):
+    import fcntl
+
+    path = tmp_path / "t.cache"
+    with trtb.cache_lock(path):
+        with open(tmp_path / "t.cache.lock", "a") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / "t.cache.lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+
+
+def test_layer_precisions_from_the_inspector():
+    info = {"Layers": [
+        {"Name": "conv1", "LayerType": "CaskConvolution",
+         "Outputs": [{"Name": "x", "Format/Datatype": "Channel major FP16 format where ..."}]},
+        {"Name": "lrn1", "LayerType": "LRN", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+        {"Name": "q", "LayerType": "Reformat", "Outputs": [{"Format/Datatype": "Int8 NC32HW32"}]},
+        "fc (built without DETAILED)"]}
+    assert trtb.layer_precisions(json.dumps(info)) == [
+        {"name": "conv1", "type": "CaskConvolution", "precision": "fp16"},
+        {"name": "lrn1", "type": "LRN", "precision": "fp32"},
+        {"name": "q", "type": "Reformat", "precision": "int8"},
+        {"name": "fc (built without DETAILED)", "type": "", "precision": ""}]
 
 
 def test_importing_the_plugin_does_not_import_tensorrt():
@@ -290,14 +450,21 @@ def test_plan_fp32_is_plain_float_without_tf32():
     plan = trtb.plan_build("fp32", has_qdq=False, has_fp16=False, calibration=False,
                            features=TRT10)
     assert plan == trtb.BuildPlan(False, (), ("TF32",), "none", False)
+    allowed = trtb.plan_build("fp32", has_qdq=False, has_fp16=False, calibration=False,
+                              features=TRT10, tf32=True)
+    assert allowed.clear_flags == ()  # --tf32: the builder may use it
 
 
 def test_plan_fp16_from_a_float_onnx_uses_the_flag_where_it_exists():
     plan = trtb.plan_build("fp16", has_qdq=False, has_fp16=False, calibration=False,
                            features=TRT10)
     assert (plan.strongly_typed, plan.set_flags) == (False, ("FP16",))
-    with pytest.raises(InceptionError, match="no FP16 builder flag; build fp32 or int8 instead"):
+    with pytest.raises(InceptionError, match="no FP16 builder flag; build fp32 or int8 here, or "
+                                             "build from an fp16 ONNX "
+                                             r"\(`inceptionctl export RUN --to onnx "
+                                             "--precision fp16`") as exc:
         trtb.plan_build("fp16", has_qdq=False, has_fp16=False, calibration=False, features=TRT11)
+    assert one_line(str(exc.value))
 
 
 def test_plan_fp16_onnx_is_built_strongly_typed():
@@ -326,7 +493,8 @@ def test_plan_int8_from_a_float_onnx_calibrates():
         (("INT8",), "implicit-calibration", True)
     with pytest.raises(InceptionError, match="needs calibration data"):
         trtb.plan_build("int8", has_qdq=False, has_fp16=False, calibration=False, features=TRT10)
-    with pytest.raises(InceptionError, match="no implicit INT8 calibration; build from the run"):
+    with pytest.raises(InceptionError, match="no implicit INT8 calibration; build from the run"
+                                             ".*--int8-flavour tensorrt"):
         trtb.plan_build("int8", has_qdq=False, has_fp16=False, calibration=True, features=TRT11)
 
 
@@ -535,7 +703,8 @@ def export_onnx(model, recipe, path: Path) -> Path:
     return path
 
 
-def quantize_qdq(src: Path, dst: Path, recipe, calib: torch.Tensor, symmetric: bool = True) -> Path:
+def quantize_qdq(src: Path, dst: Path, recipe, calib: torch.Tensor, symmetric: bool = True,
+                 quantize_bias: bool | None = None) -> Path:
     """INT8 QDQ ONNX: symmetric s8/s8 (the TensorRT flavour) or u8 activations (the CPU one)."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -550,7 +719,10 @@ def quantize_qdq(src: Path, dst: Path, recipe, calib: torch.Tensor, symmetric: b
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+                    # TensorRT's DequantizeLinear takes no int32: biases stay float.
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                   "QuantizeBias": not symmetric if quantize_bias is None
+                                   else quantize_bias})
     _set_metadata(dst, _metadata(recipe, precision="int8"))
     return dst
 
@@ -615,6 +787,19 @@ def test_onnx_facts_flag_the_cpu_int8_flavour(onnx_files, trained):
     assert facts["has_qdq"] and "unsigned 8-bit" in facts["qdq_problem"]
 
 
+def test_onnx_facts_refuse_an_int32_dequantize(onnx_files, trained):
+    """onnxruntime's default QuantizeBias=True writes int32 biases behind DequantizeLinear,
+    which TensorRT's parser rejects: refused here in one line, before TensorRT sees it."""
+    recipe, _, _ = trained
+    i32 = quantize_qdq(onnx_files["fp32"], onnx_files["dir"] / "tiny.i32.onnx", recipe,
+                       onnx_files["calib"], symmetric=True, quantize_bias=True)
+    problem = trtb.onnx_facts(onnx.load(str(i32)))["qdq_problem"]
+    assert problem and "dequantizes int32" in problem and "QuantizeBias" in problem
+    assert one_line(problem)
+    with pytest.raises(InceptionError, match="dequantizes int32.*--int8-flavour tensorrt"):
+        trtb._read_onnx(i32)
+
+
 def test_onnx_facts_see_fp16():
     h = onnx.helper
     graph = h.make_graph(
@@ -677,6 +862,14 @@ def trt():
     return module
 
 
+def _fp16_onnx(onnx_files) -> Path:
+    """The fp16 ONNX (float32 I/O) the exporter writes: TensorRT 11 has no FP16 flag."""
+    from inceptionctl.artifact import precision_props, write_float16_copy
+
+    return write_float16_copy(onnx_files["fp32"], onnx_files["dir"] / "tiny.fp16.onnx",
+                              precision_props("fp16"))
+
+
 @pytest.fixture(scope="module")
 def engines(trt, onnx_files, tmp_path_factory):
     """Engines built once per module: {name: path}; built lazily so one failure names itself."""
@@ -687,7 +880,7 @@ def engines(trt, onnx_files, tmp_path_factory):
         if name not in built:
             src, precision, calib = {
                 "fp32": (onnx_files["fp32"], "fp32", None),
-                "fp16": (onnx_files["fp32"], "fp16", None),
+                "fp16": (_fp16_onnx(onnx_files), "fp16", None),
                 "int8-qdq": (onnx_files["qdq"], "int8", None),
                 "int8-calib": (onnx_files["fp32"], "int8", list(onnx_files["calib"].split(16))),
             }[name]
@@ -800,3 +993,44 @@ def test_engine_and_sidecar_must_agree(trt, engines, tmp_path):
     trtb.write_sidecar(copy, {**side, "tensorrt_version": "9.9.9"})
     with pytest.raises(InceptionError, match="built with TensorRT 9.9.9"):
         open_artifact(copy, device="cuda:0")
+
+
+def test_sidecar_facts_of_a_build_are_true_and_name_no_temporary_file(tmp_path, onnx_files,
+                                                                       fake_tensorrt,
+                                                                       monkeypatch):
+    """build_engine with TensorRT's own calls stubbed: what the sidecar records around them."""
+    trt = fake_tensorrt("10.16.0", cuda_devices=1)
+    trt.BuilderFlag = types.SimpleNamespace(FP16=1, INT8=2, TF32=3)
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    layers = [{"name": "conv1", "type": "CaskConvolution", "precision": "fp32"}]
+    monkeypatch.setattr(trtb, "_build_serialized", lambda job: (b"ENGINE", {
+        "input": {"name": "images", "shape": [-1, 3, 16, 16]}, "output": {"name": "logits"}}))
+    monkeypatch.setattr(trtb, "_layer_precisions", lambda trt, blob, job: layers)
+    monkeypatch.setattr(trtb, "_gpu", lambda i: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    monkeypatch.setattr(trtb, "trt_cuda_major", lambda: "13")
+    out = trtb.build_engine(onnx_files["fp32"], tmp_path / "m.engine", "fp32", "1:8:32",
+                            log=lambda _: None)
+    assert out.read_bytes() == b"ENGINE"
+    side = trtb.read_sidecar(out)
+    assert side["format_version"] == trtb.SIDECAR_VERSION
+    assert (side["tensorrt_version"], side["tensorrt_cuda"]) == ("10.16.0", "13")
+    assert side["gpu"] == {"name": "NVIDIA H100", "compute_capability": "9.0"}
+    assert side["builder_flags"] == {"set": [], "cleared": ["TF32"], "strongly_typed": False}
+    assert side["layer_precisions"] == layers
+    src = side["source_onnx"]
+    assert src["file"] == onnx_files["fp32"].name and "path" not in src
+    assert len(src["sha256"]) == 64
+    assert str(onnx_files["dir"]) not in trtb.sidecar_path(out).read_text()
+    with_tf32 = trtb.build_engine(onnx_files["fp32"], tmp_path / "t.engine", "fp32", "1:8:32",
+                                  log=lambda _: None, tf32=True)
+    assert trtb.read_sidecar(with_tf32)["builder_flags"]["cleared"] == []
+
+
+def test_a_newer_sidecar_format_is_refused(tmp_path):
+    engine = tmp_path / "m.engine"
+    trtb.write_sidecar(engine, SIDE)
+    data = json.loads(trtb.sidecar_path(engine).read_text())
+    data["format_version"] = trtb.SIDECAR_VERSION + 1
+    trtb.sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(InceptionError, match="sidecar format 2 is newer than this inceptionctl"):
+        trtb.read_sidecar(engine)

@@ -1,0 +1,127 @@
+"""The timed parts of ``benchmarks/gpu_check.sh``: one JSON line per measurement on stdout.
+
+``infer``: the torch backend's session (what ``eval`` runs: host batch in, host logits out)
+against the raw forward of the same model on device-resident input, per precision (fp32,
+bf16, fp16 autocast), channels_last, batch 1/32/256. ``train``: one training step of
+googlenet-bn at batch 128, AMP (bf16 autocast, channels_last) against fp32 eager.
+``--dry-run`` runs both on the CPU at toy sizes, to check the script itself anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from inceptionctl import build_model, load_recipe
+from inceptionctl.backend import get_backend
+from inceptionctl.checkpoint import save_checkpoint
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _per_second(fn, items: int, device: torch.device, warmup: int, iters: int) -> float:
+    """Items per second of ``fn`` (median of ``iters`` timed calls after ``warmup``)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return items / times[len(times) // 2]
+
+
+def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> list[dict]:
+    """Session throughput against raw forward, per precision and batch."""
+    r = load_recipe(recipe)
+    size = r.eval.size
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "m.pt", build_model(r), r)
+        for precision in ("fp32", "bf16", "fp16"):
+            session = get_backend("torch").open(ckpt, device=str(device), precision=precision,
+                                                channels_last=True)
+            model = session.model.eval()
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+            for n in batches:
+                host = torch.randn(n, 3, size, size)
+                dev = host.to(device).contiguous(memory_format=torch.channels_last)
+
+                @torch.inference_mode()
+                def raw() -> None:
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        model(dev)
+
+                raw_ips = _per_second(raw, n, device, 3, iters)
+                ses_ips = _per_second(lambda: session.run(host), n, device, 3, iters)
+                rows.append({"step": "infer", "precision": precision, "batch": n,
+                             "raw_img_s": round(raw_ips, 1), "session_img_s": round(ses_ips, 1),
+                             "session_vs_raw": round(ses_ips / raw_ips, 3)})
+            session.close()
+    return rows
+
+
+def train(device: torch.device, recipe: str, batch: int, iters: int) -> list[dict]:
+    """Training step throughput: AMP (bf16, channels_last) against fp32 eager."""
+    r = load_recipe(recipe)
+    size = r.data.input_size
+    out = {}
+    for mode in ("fp32", "amp"):
+        torch.manual_seed(0)
+        model = build_model(r).to(device).train()
+        if mode == "amp":
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(batch, 3, size, size, device=device)
+        if mode == "amp":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, r.model.num_classes, (batch,), device=device)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "amp"):
+                logits, aux = model.forward_train(x)
+                loss = loss_fn(logits, y) + 0.3 * sum(loss_fn(a, y) for a in aux)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        out[mode] = _per_second(step, batch, device, 3, iters)
+        del model, opt
+    return [{"step": "train", "recipe": recipe, "batch": batch,
+             "fp32_img_s": round(out["fp32"], 1), "amp_img_s": round(out["amp"], 1),
+             "amp_vs_fp32": round(out["amp"] / out["fp32"], 3)}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["infer", "train"])
+    ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks the script")
+    args = ap.parse_args()
+    if args.dry_run:
+        device, recipe, batches, tbatch, iters = torch.device("cpu"), "googlenet-small", [2], 2, 1
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_check: no CUDA device (use --dry-run to check the script)")
+        device, recipe, batches, tbatch, iters = torch.device("cuda"), "googlenet-bn", \
+            [1, 32, 256], 128, 10
+        torch.backends.cudnn.benchmark = True
+    rows = infer(device, recipe, batches, iters) if args.what == "infer" else \
+        train(device, recipe, tbatch, iters)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

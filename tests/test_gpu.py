@@ -1,0 +1,84 @@
+"""The product's own path on a CUDA device (marked ``gpu``; ``make test-gpu`` runs them):
+export to TensorRT in each precision from a trained run, eval and compare each engine, CUDA
+training under mixed precision, and eval / profile --time on cuda. Skipped where there is no
+CUDA device, the TensorRT ones also where tensorrt is not installed (the reason is shown)."""
+
+import json
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+
+def _tensorrt():
+    pytest.importorskip("tensorrt", reason="tensorrt not installed (pip install "
+                                           "'inceptionctl[tensorrt]')")
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_top1(default_run):
+    """The default run's eval on cuda: the reference every engine is held to."""
+    from typer.testing import CliRunner
+
+    from inceptionctl.cli import app
+
+    run, _, _ = default_run
+    result = CliRunner().invoke(app, ["eval", str(run), "--device", "cuda", "--json"])
+    return _json(result)["top1"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_export_eval_and_compare(default_run, checkpoint_top1, cli, tmp_path,
+                                          precision):
+    _tensorrt()
+    run, _, _ = default_run
+    engine = tmp_path / f"best.{precision}.engine"
+    cache = tmp_path / "timing.cache"
+    report = _json(cli("export", run, "--to", "tensorrt", "--precision", precision,
+                       "--calib-data", "digits", "--out", engine, "--timing-cache", cache,
+                       "--json"))
+    assert report["passed"] and report["format"] == "tensorrt" and cache.is_file()
+    side = json.loads(engine.with_name(engine.name + ".json").read_text())
+    assert side["precision"] == precision and side["layer_precisions"]
+    assert side["gpu"]["name"] == torch.cuda.get_device_name(0)
+    if precision == "fp32":
+        assert "TF32" in side["builder_flags"]["cleared"] or not side["builder_flags"]["cleared"]
+    top1 = _json(cli("eval", engine, "--json"))["top1"]
+    assert abs(top1 - checkpoint_top1) <= (0.1 if precision == "fp32" else 1.0)
+    compared = cli("compare", run, engine, "--data", "digits", "--samples", "128", "--json")
+    assert compared.exit_code in (0, 1), compared.output[-2000:]
+    assert json.loads(compared.stdout)["top1_agreement"] >= 99.0
+
+
+def test_tensorrt_engine_from_an_exported_onnx(default_run, cli, tmp_path):
+    """Export once (ONNX), build on the target GPU: `export MODEL.onnx --to tensorrt`."""
+    _tensorrt()
+    run, _, _ = default_run
+    onnx_file = tmp_path / "m.onnx"
+    _json(cli("export", run, "--to", "onnx", "--out", onnx_file, "--json"))
+    report = _json(cli("export", onnx_file, "--to", "tensorrt", "--precision", "fp16",
+                       "--calib-data", "digits", "--json"))
+    assert report["passed"] and report["file"].endswith("m.fp16.engine")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_training_with_mixed_precision(cli, tmp_path, tiny_recipe, precision):
+    report = _json(cli("train", "--recipe", tiny_recipe, "--device", "cuda", "--precision",
+                       precision, "--channels-last", "--out", tmp_path / "run",
+                       "--set", "train.epochs=2", "--json"))
+    assert report["epochs"] == 2 and report["best_top1"] > 50.0
+
+
+def test_eval_and_profile_time_on_cuda(default_run, cli):
+    run, _, _ = default_run
+    assert _json(cli("eval", run, "--device", "cuda", "--json"))["images"] > 0
+    result = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "torch",
+                 "--device", "cuda", "--batch", "1,8", "--json")
+    assert result.exit_code == 0, result.output[-3000:]
