@@ -207,15 +207,16 @@ def test_the_hints_are_found():
 
 
 def _export_refusal(ctx):
-    """What export itself refuses past the parser: an exported model as input, a precision its
-    target does not build."""
+    """What export itself refuses past the parser: an engine as input, an ONNX as input to
+    anything but an engine build, a precision its target does not build."""
     from inceptionctl.export import precisions
 
     if ctx.info_name != "export":
         return None
     artifact, to = str(ctx.params["artifact"]), ctx.params["to"]
-    if artifact.lower().endswith((".onnx", ".engine", ".plan")):
-        return f"export takes a run folder or checkpoint, not {artifact}"
+    if artifact.lower().endswith((".engine", ".plan")) or (
+            artifact.lower().endswith(".onnx") and to == "onnx"):
+        return f"export --to {to} takes a run folder or checkpoint, not {artifact}"
     wanted = ctx.params["precision"].value
     if wanted not in precisions(to):
         return f"--to {to} builds {', '.join(precisions(to))}, not {wanted}"
