@@ -259,8 +259,10 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<recipe>-<time>).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Start from these weights (our "
                                                          "checkpoint or torchvision's).")] = None,
-    reset_head: Annotated[bool, typer.Option(help="New classifier(s) when --weights has "
-                                                  "another class count.")] = False,
+    reset_head: Annotated[bool, typer.Option(
+        "--reset-head/--strict-head",
+        help="When --weights has another class count: new classifier(s) for the data's classes "
+             "(the default), or refuse (--strict-head).")] = True,
     resume: Annotated[Optional[str], typer.Option(metavar="auto|PATH",
                                                   help="'auto' or a run folder / last.pt.")] = None,
     device: DeviceOpt = "auto",
@@ -294,7 +296,7 @@ def train(
         raise InceptionError(f"--max-steps: expected at least 1, got {max_steps}")
     result = run_training(TrainOptions(
         recipe=load_recipe(recipe, set_), overrides=list(set_ or []), data=data, out=out,
-        weights=weights, reset_head=reset_head, resume=resume, device=device,
+        weights=weights, strict_head=not reset_head, resume=resume, device=device,
         precision=precision.value, compile=compile_, channels_last=channels_last,
         workers=workers, val_split=val_split, strict_data=strict_data, tensorboard=tensorboard,
         max_nonfinite=max_nonfinite, max_steps=max_steps))

@@ -87,7 +87,7 @@ def test_other_class_count_needs_reset_head(tmp_path, small):
                                                         "data.classes": None}))
     fresh_fc = five.fc.weight.detach().clone()
     with pytest.raises(InceptionError, match=r"fc.weight \[10, 256\] vs model \[5, 256\].*"
-                                             r"--reset-head"):
+                                             r"without --strict-head"):
         load_weights(five, path)
     report = load_weights(five, path, reset_head=True)
     assert report.reset == ["aux.aux1.fc2", "aux.aux2.fc2", "fc"]
