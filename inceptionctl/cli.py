@@ -357,8 +357,9 @@ def eval_(
     data: Annotated[str, typer.Option(metavar="PATH|digits",
                                       help="Image folder (class folders, or ILSVRC val + "
                                            "ground truth) or 'digits'.")] = "digits",
-    crops: Annotated[str, typer.Option(metavar="1|10|144[,...]",
-                                       help="1, 10, 144 or a list like 1,10,144.")] = "1",
+    crops: Annotated[Optional[str], typer.Option(
+        metavar="1|10|144[,...]", help="1, 10, 144 or a list like 1,10,144 (default: the "
+                                       "recipe's eval.crops).")] = None,
     backend: BackendOpt = None,
     device: DeviceOpt = "cpu",
     batch_size: Annotated[Optional[int], typer.Option(help="Crops per forward pass.")] = None,
@@ -373,7 +374,8 @@ def eval_(
     """Evaluate with the paper's 1 / 10 / 144-crop protocol; several artifacts form an ensemble."""
     from .evaluate import EvalOptions, evaluate, plot_confusion, render, skipped_note
 
-    report = evaluate(EvalOptions(artifacts=artifacts, data=data, crops=_parse_crops(crops),
+    report = evaluate(EvalOptions(artifacts=artifacts, data=data,
+                                  crops=_parse_crops(crops) if crops is not None else None,
                                   backend=backend, device=device, batch_size=batch_size,
                                   limit=limit, strict_data=strict_data, workers=workers,
                                   recipe=_foreign_recipe(recipe, set_)))
@@ -628,7 +630,12 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
         resolved = load_recipe(name, set_)
     if input_size is None:
         return resolved
-    return recipe_from_data(resolved.to_dict(), resolved.source, {"data.input_size": input_size})
+    # eval's crops follow the input (a recipe ties data.input_size to eval.size, data.resize to
+    # eval.scales[0]); profile counts one forward pass at input_size
+    scales = [max(int(s), input_size) for s in resolved.eval.scales]
+    return recipe_from_data(resolved.to_dict(), resolved.source, {
+        "data.input_size": input_size, "eval.size": input_size, "eval.scales": scales,
+        "data.resize": scales[0]})
 
 
 def main() -> None:

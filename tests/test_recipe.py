@@ -115,7 +115,7 @@ def test_smallest_input_size():
     m = load_recipe("googlenet").model
     smallest = smallest_input_size(m)
     assert smallest is not None and smallest > 1
-    load_recipe("googlenet", [f"data.input_size={smallest}"])
+    load_recipe("googlenet", [f"data.input_size={smallest}", f"eval.size={smallest}"])
     with pytest.raises(RecipeError, match=f"smallest valid input is {smallest}"):
         load_recipe("googlenet", [f"data.input_size={smallest - 1}"])
 
