@@ -65,6 +65,26 @@ def test_resume_is_bit_identical(tmp_path, tiny_recipe, stop_at, workers):
     assert not torch.equal(init["state_dict"]["fc.weight"], torch.zeros_like(init["state_dict"]["fc.weight"]))
 
 
+def test_resume_is_bit_identical_with_adamw(tmp_path, tiny_recipe):
+    """AdamW's moments and step counts travel in last.pt: a split run ends where one does."""
+    recipe = load_recipe(tiny_recipe, ["train.optimizer=adamw", "train.lr=0.002"])
+    straight = train(_opts(recipe, tmp_path, "straight", max_steps=16))
+    train(_opts(recipe, tmp_path, "split", max_steps=8))
+    resumed = train(_opts(recipe, tmp_path, "split", max_steps=16,
+                          resume=str(tmp_path / "split")))
+    assert resumed.steps == straight.steps == 16
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(tmp_path / "split" / "last.pt")
+    _same_state(a["state_dict"], b["state_dict"])
+    _same_state(a["ema_state_dict"], b["ema_state_dict"])
+    sa, sb = a["train_state"]["optimizer"]["state"], b["train_state"]["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for key in sa:
+        assert set(sa[key]) == {"step", "exp_avg", "exp_avg_sq"}
+        for slot in sa[key]:
+            assert torch.equal(sa[key][slot], sb[key][slot]), (key, slot)
+
+
 def test_train_state_round_trip_through_last_pt(tmp_path, tiny_recipe):
     train(_opts(load_recipe(tiny_recipe), tmp_path, max_steps=50))  # past one epoch
     saved = read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]
