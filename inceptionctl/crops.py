@@ -91,7 +91,11 @@ def _resize(image: Tensor, size: list[int], interpolation: str) -> Tensor:
         mode = TF.InterpolationMode(interpolation)
         return TF.resize(image, size, interpolation=mode, antialias=mode != TF.InterpolationMode.NEAREST)
     h, w = image.shape[-2:]
-    shape = _resized_shape(h, w, size[0]) if len(size) == 1 else (size[0], size[1])
+    if len(size) == 1:  # rounded as training's area resize rounds (data._AreaResize)
+        k = size[0] / min(h, w)
+        shape = (max(1, round(h * k)), max(1, round(w * k)))
+    else:
+        shape = (size[0], size[1])
     batch = image if image.dim() == 4 else image[None]
     out = F.interpolate(batch.float(), size=shape, mode="area")
     if not image.is_floating_point():
