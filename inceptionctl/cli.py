@@ -176,7 +176,10 @@ DeviceOpt = Annotated[str, typer.Option(
 RecipeOpt = Annotated[str, typer.Option(
     "--recipe", "-r", metavar="NAME|PATH", help="Recipe: a shipped name or a YAML file.")]
 ForeignRecipeOpt = Annotated[Optional[str], typer.Option(
-    "--recipe", metavar="NAME|PATH", help="Recipe naming the architecture of foreign weights.")]
+    "--recipe", metavar="NAME|PATH", help="Recipe naming what a foreign artifact lacks: the "
+                                          "architecture of weights, the preprocessing and "
+                                          "classes of an ONNX (a name, a YAML or a run's "
+                                          "recipe.yaml).")]
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", metavar="NAME", help="Force a backend (default: by artifact).")]
 BackendsOpt = Annotated[str, typer.Option(
@@ -257,8 +260,9 @@ def train(
                                       help="Folder (ImageFolder or ILSVRC layout), 'digits' "
                                            "(embedded) or 'synthetic'.")] = "digits",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<recipe>-<time>).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Start from these weights (our "
-                                                         "checkpoint or torchvision's).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Start from these weights (a run, our "
+                                                         "checkpoint, torchvision's file, or "
+                                                         "torchvision:googlenet).")] = None,
     reset_head: Annotated[bool, typer.Option(
         "--reset-head/--strict-head",
         help="When --weights has another class count: new classifier(s) for the data's classes "
@@ -352,8 +356,9 @@ def _foreign_recipe(recipe: Optional[str], set_: Optional[list[str]]):
 
 @app.command("eval", cls=_Command)
 def eval_(
-    artifacts: Annotated[list[str], typer.Argument(help="Run folders, checkpoints, .onnx files or "
-                                                        "engines; several = an ensemble.")],
+    artifacts: Annotated[list[str], typer.Argument(help="Run folders, checkpoints, .onnx files, "
+                                                        "engines or torchvision:googlenet; "
+                                                        "several = an ensemble.")],
     data: Annotated[str, typer.Option(metavar="PATH|digits",
                                       help="Image folder (class folders, or ILSVRC val + "
                                            "ground truth) or 'digits'.")] = "digits",
