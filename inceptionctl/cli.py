@@ -619,7 +619,7 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
     """A recipe by name / YAML path, or the recipe an artifact (run folder, checkpoint) carries,
     at ``input_size`` when one is given."""
     from .checkpoint import checkpoint_recipe, read_checkpoint
-    from .recipe import load_recipe, recipe_from_data
+    from .recipe import at_input_size, load_recipe
 
     path = Path(name)
     if path.suffix == ".onnx":
@@ -635,12 +635,7 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
         resolved = load_recipe(name, set_)
     if input_size is None:
         return resolved
-    # eval's crops follow the input (a recipe ties data.input_size to eval.size, data.resize to
-    # eval.scales[0]); profile counts one forward pass at input_size
-    scales = [max(int(s), input_size) for s in resolved.eval.scales]
-    return recipe_from_data(resolved.to_dict(), resolved.source, {
-        "data.input_size": input_size, "eval.size": input_size, "eval.scales": scales,
-        "data.resize": scales[0]})
+    return at_input_size(resolved, input_size)
 
 
 def main() -> None:

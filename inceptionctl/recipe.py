@@ -915,6 +915,18 @@ def recipe_from_data(data: Any, source: str = "<memory>", overrides: Any = None,
     return dataclasses.replace(recipe, source=source)
 
 
+def at_input_size(recipe: Recipe, size: int) -> Recipe:
+    """The recipe at another square input, validated: ``data.input_size`` and ``eval.size``
+    move together (the rule that ties them), and scales below it are raised to it, with
+    ``data.resize`` following ``eval.scales[0]``."""
+    if size == recipe.data.input_size:
+        return recipe
+    scales = [max(int(s), size) for s in recipe.eval.scales]
+    return recipe_from_data(recipe.to_dict(), recipe.source, {
+        "data.input_size": size, "eval.size": size, "eval.scales": scales,
+        "data.resize": scales[0]})
+
+
 def load_recipe(name_or_path: str | Path, overrides: Any = None) -> Recipe:
     """Return the validated recipe named ``name_or_path`` (shipped name or YAML path).
 
