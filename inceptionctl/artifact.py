@@ -9,7 +9,8 @@ An ARTIFACT is one of (:class:`Kind`):
 - an **engine** built by a backend from an ONNX (e.g. TensorRT's ``.engine``), with its sidecar;
 - **torchvision weights by name**, ``torchvision:googlenet`` (:func:`torchvision_artifact`):
   torchvision's ImageNet weights, fetched through its weights API into the torch hub cache, with
-  the recipe that builds their architecture and the 1000 class names of their metadata;
+  the recipe that builds their architecture and the 1000 class names of their metadata (once
+  resolved, foreign weights with a recipe);
 - a **foreign ONNX** classifier, when a recipe names its preprocessing and classes
   (:func:`foreign_onnx_metadata`).
 
@@ -81,7 +82,6 @@ class Kind(str, enum.Enum):
     FOREIGN = "foreign"         # foreign weights, with a recipe naming their architecture
     ONNX = "onnx"               # an exported ONNX model
     ENGINE = "engine"           # an engine a backend built from an ONNX
-    TORCHVISION = "torchvision"  # torchvision's weights by name (torchvision:googlenet)
 
 
 TORCHVISION_PREFIX = "torchvision:"
