@@ -104,11 +104,12 @@ class OnnxRuntimeSession(Session):
     """One ONNX Runtime ``InferenceSession`` over one of our exported models."""
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
-                 providers: Sequence[str] | None = None, **_: Any):
+                 providers: Sequence[str] | None = None, recipe: Any = None, **_: Any):
         path = Path(path)
         if not path.is_file():
             raise InceptionError(f"{path}: no such file")
-        meta = read_onnx_metadata(path)  # refuse a foreign .onnx before loading it
+        # a foreign .onnx is refused before loading it, unless a recipe speaks for it
+        meta = read_onnx_metadata(path, recipe)
         ort = _import_ort()
         chosen, self.device = _resolve_providers(ort, device, providers)
         if threads is not None and threads < 0:
@@ -140,6 +141,8 @@ class OnnxRuntimeSession(Session):
             raise InceptionError(f"{path}: the metadata names {len(meta['classes'])} classes, the "
                                  f"graph outputs {n_out} logits")
         lo, opt, hi = meta["batch"]
+        if meta["source"].get("kind") == "foreign" and isinstance(shape[0], int):
+            lo = opt = hi = shape[0]  # a foreign graph with a fixed batch
         self.info = ArtifactInfo(
             path=str(path), kind=Kind.ONNX.value, recipe=meta["recipe"], classes=meta["classes"],
             preprocessing=meta["preprocessing"], precision=meta["precision"],
@@ -224,9 +227,10 @@ class OnnxRuntimeBackend(Backend):
         return Availability(True, "", str(ort.__version__), tuple(devices))
 
     def open(self, path: Path, device: str = "cpu", threads: int | None = None,
-             providers: Sequence[str] | None = None, **_: Any) -> Session:
+             providers: Sequence[str] | None = None, recipe: Any = None, **_: Any) -> Session:
         self.require()
-        return OnnxRuntimeSession(Path(path), device, threads=threads, providers=providers)
+        return OnnxRuntimeSession(Path(path), device, threads=threads, providers=providers,
+                                  recipe=recipe)
 
     def make_artifact(self, checkpoint: Path, precision: str, ctx: BuildContext
                       ) -> tuple[Path, dict[str, Any]]:

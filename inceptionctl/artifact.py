@@ -6,7 +6,13 @@ An ARTIFACT is one of (:class:`Kind`):
 - a **checkpoint**: our ``.pt`` (:mod:`inceptionctl.checkpoint` writes and reads it);
 - **foreign weights** (a torchvision state dict) plus the recipe that names their architecture;
 - an **ONNX** model written by ``inceptionctl export`` (fp32, fp16 or INT8 QDQ);
-- an **engine** built by a backend from an ONNX (e.g. TensorRT's ``.engine``), with its sidecar.
+- an **engine** built by a backend from an ONNX (e.g. TensorRT's ``.engine``), with its sidecar;
+- **torchvision weights by name**, ``torchvision:googlenet`` (:func:`torchvision_artifact`):
+  torchvision's ImageNet weights, fetched through its weights API into the torch hub cache, with
+  the recipe that builds their architecture and the 1000 class names of their metadata (once
+  resolved, foreign weights with a recipe);
+- a **foreign ONNX** classifier, when a recipe names its preprocessing and classes
+  (:func:`foreign_onnx_metadata`).
 
 Each carries the same facts under the same names, so ``eval``, ``export``, ``profile`` and
 ``predict`` need nothing but the file: ``recipe`` (the resolved recipe, YAML spellings),
@@ -65,6 +71,7 @@ REQUIRED = ("recipe", "classes", "preprocessing", "precision", "batch")
 RUN_FILES = ("best.pt", "last.pt")  # what a run folder means, in order
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 ONNX_SUFFIX = ".onnx"
+FOREIGN_MAX_BATCH = 1 << 16  # a foreign ONNX declares no batch range; its graph may fix one
 
 
 class Kind(str, enum.Enum):
@@ -77,8 +84,16 @@ class Kind(str, enum.Enum):
     ENGINE = "engine"           # an engine a backend built from an ONNX
 
 
+TORCHVISION_PREFIX = "torchvision:"
+# name -> (weights enum in torchvision.models, its entry, the recipe that builds the architecture)
+TORCHVISION_WEIGHTS = {"googlenet": ("GoogLeNet_Weights", "IMAGENET1K_V1", "googlenet-bn")}
+
+
 def resolve_artifact(path: str | Path) -> Path:
-    """A run folder means its best checkpoint (else last); anything else must exist."""
+    """A run folder means its best checkpoint (else last); ``torchvision:NAME`` its file in the
+    torch hub cache (fetched when missing); anything else must exist."""
+    if is_torchvision(path):
+        return torchvision_artifact(str(path))[0]
     p = Path(path)
     if p.is_dir():
         for name in RUN_FILES:
@@ -88,6 +103,67 @@ def resolve_artifact(path: str | Path) -> Path:
     if not p.exists():
         raise InceptionError(f"{p}: no such file")
     return p
+
+
+def resolve_with_recipe(path: str | Path, recipe: Recipe | None = None
+                        ) -> tuple[Path, Recipe | None]:
+    """:func:`resolve_artifact`, with the recipe that opens it: ``recipe`` when given, else the
+    one a ``torchvision:NAME`` artifact implies (None for artifacts that carry their own)."""
+    if is_torchvision(path):
+        file, implied = torchvision_artifact(str(path))
+        return file, recipe if recipe is not None else implied
+    return resolve_artifact(path), recipe
+
+
+# ------------------------------------------------------------------------ torchvision:NAME
+
+def is_torchvision(path: Any) -> bool:
+    return isinstance(path, (str, os.PathLike)) and str(path).startswith(TORCHVISION_PREFIX)
+
+
+def _torchvision_weights(spec: str) -> tuple[Any, str]:
+    """torchvision's weights entry for ``torchvision:NAME``, and the recipe of its architecture."""
+    name = spec[len(TORCHVISION_PREFIX):]
+    if name not in TORCHVISION_WEIGHTS:
+        raise InceptionError(f"{spec}: unknown torchvision weights (known: "
+                             f"{', '.join(TORCHVISION_PREFIX + n for n in TORCHVISION_WEIGHTS)})")
+    enum_name, entry, recipe = TORCHVISION_WEIGHTS[name]
+    try:
+        import torchvision.models as tvm
+    except ImportError:
+        raise InceptionError(f"{spec}: needs torchvision (pip install torchvision)") from None
+    return getattr(getattr(tvm, enum_name), entry), recipe
+
+
+def download_torchvision_weights(weights: Any) -> None:
+    """Fetch ``weights`` into the torch hub cache through torchvision's own API: its progress
+    bar, and the hash check of the file name's sha256 prefix."""
+    weights.get_state_dict(progress=True, check_hash=True)
+
+
+def torchvision_artifact(spec: str) -> tuple[Path, Recipe]:
+    """``torchvision:NAME`` -> (its weights file in the torch hub cache, fetched when missing;
+    the recipe that builds it, with the class names of the weights' metadata)."""
+    from .recipe import load_recipe
+
+    weights, recipe_name = _torchvision_weights(spec)
+    import torch
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = folder / filename
+    if not path.is_file():
+        try:
+            download_torchvision_weights(weights)
+        except Exception as exc:  # offline, refused, or a bad hash: the same fix, said in one line
+            raise InceptionError(f"{spec}: cannot fetch {filename} from {weights.url} "
+                                 f"({one_line(exc, 120)}); offline, put that file in "
+                                 f"{folder}") from None
+        if not path.is_file():
+            raise InceptionError(f"{spec}: {filename} is not in {folder} after the download")
+    categories = list(weights.meta.get("categories") or [])
+    overrides = {"data.classes": categories} if categories else None
+    return path, load_recipe(recipe_name, overrides)
 
 
 # ------------------------------------------------------------------------------------- facts
@@ -181,9 +257,10 @@ def read_metadata(props: Mapping[str, str], path: str | os.PathLike) -> dict[str
     """
     missing = [k for k in REQUIRED if KEY + k not in props]
     if len(missing) == len(REQUIRED) or props.get(KEY + "format", FORMAT) != FORMAT:
-        raise InceptionError(f"{path}: not an inceptionctl model: its ONNX metadata has none of "
-                             f"{', '.join(KEY + k for k in REQUIRED)} (export a checkpoint with "
-                             f"`inceptionctl export CHECKPOINT --to onnx`)")
+        raise InceptionError(f"{path}: not an inceptionctl model (its ONNX metadata has none of "
+                             f"{', '.join(KEY + k for k in REQUIRED)}); for a classifier from "
+                             f"elsewhere, name its preprocessing and classes with --recipe "
+                             f"NAME|YAML|RUN/recipe.yaml")
     if missing:
         raise InceptionError(f"{path}: incomplete inceptionctl metadata: missing "
                              f"{', '.join(KEY + k for k in missing)}")
@@ -226,9 +303,26 @@ def read_props(path: str | os.PathLike) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """:func:`read_metadata` of an ONNX file: our facts, or one line saying why not."""
-    return read_metadata(read_props(path), path)
+def read_onnx_metadata(path: str | os.PathLike, recipe: Recipe | None = None
+                       ) -> dict[str, Any]:
+    """:func:`read_metadata` of an ONNX file: our facts, or one line saying why not.
+
+    A foreign ONNX (no metadata of ours) takes its facts from ``recipe`` when one is given
+    (:func:`foreign_onnx_metadata`); our own exports always speak for themselves.
+    """
+    props = read_props(path)
+    if recipe is not None and not any(k.startswith(KEY) for k in props):
+        return foreign_onnx_metadata(recipe)
+    return read_metadata(props, path)
+
+
+def foreign_onnx_metadata(recipe: Recipe) -> dict[str, Any]:
+    """The facts of an ONNX classifier from elsewhere, as :func:`read_metadata` gives ours:
+    preprocessing and classes from ``recipe``; fp32, any batch (the graph says the rest)."""
+    return {"recipe": recipe.to_dict(), "classes": class_names(recipe),
+            "preprocessing": preprocessing(recipe), "precision": "fp32",
+            "batch": (1, recipe.eval.batch_size, FOREIGN_MAX_BATCH), "version": None,
+            "source": {"kind": "foreign", "recipe": recipe.source}, "int8": None}
 
 
 def write_onnx(model: Any, preprocessing: Mapping[str, Any], batch: tuple[int, int, int],

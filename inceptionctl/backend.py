@@ -37,7 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .artifact import resolve_artifact
+from .artifact import resolve_artifact, resolve_with_recipe
 from .errors import InceptionError
 
 __all__ = ["GROUP", "ArtifactInfo", "Availability", "Backend", "BackendUnavailable",
@@ -336,8 +336,11 @@ def quantizer(flavour: str | None = None) -> Backend:
 
 def open_artifact(path: str | Path, backend: str | None = None, device: str = "cpu",
                   **options: Any) -> Session:
-    """Open an artifact (run folder, checkpoint, .onnx, engine) with the right backend."""
-    p = resolve_artifact(path)
+    """Open an artifact (run folder, checkpoint, .onnx, engine, torchvision:NAME) with the
+    right backend; ``recipe`` (in ``options``) names what a foreign artifact lacks."""
+    p, recipe = resolve_with_recipe(path, options.pop("recipe", None))
+    if recipe is not None:
+        options["recipe"] = recipe
     chosen = backend_for(p, backend)
     chosen.require()
     return chosen.open(p, device=device, **options)

@@ -221,7 +221,8 @@ def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict:
             parts.append(f"{len(mismatched)} of another shape ({_short(shapes, 2)})")
         hint = ""
         if mismatched and all(is_head(k) for k in mismatched):
-            hint = "; pass --reset-head (reset_head=True) to fine-tune to another class count"
+            hint = ("; only the classifier differs: train without --strict-head "
+                    "(reset_head=True) to fine-tune to another class count")
         raise InceptionError(f"{path}: weights do not fit this model: {'; '.join(parts)}{hint}")
 
     usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}

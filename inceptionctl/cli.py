@@ -188,7 +188,10 @@ DeviceOpt = Annotated[str, typer.Option(
 RecipeOpt = Annotated[str, typer.Option(
     "--recipe", "-r", metavar="NAME|PATH", help="Recipe: a shipped name or a YAML file.")]
 ForeignRecipeOpt = Annotated[Optional[str], typer.Option(
-    "--recipe", metavar="NAME|PATH", help="Recipe naming the architecture of foreign weights.")]
+    "--recipe", metavar="NAME|PATH", help="Recipe naming what a foreign artifact lacks: the "
+                                          "architecture of weights, the preprocessing and "
+                                          "classes of an ONNX (a name, a YAML or a run's "
+                                          "recipe.yaml).")]
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", metavar="NAME", help="Force a backend (default: by artifact).")]
 BackendsOpt = Annotated[str, typer.Option(
@@ -269,10 +272,13 @@ def train(
                                       help="Folder (ImageFolder or ILSVRC layout), 'digits' "
                                            "(embedded) or 'synthetic'.")] = "digits",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<recipe>-<time>).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Start from these weights (our "
-                                                         "checkpoint or torchvision's).")] = None,
-    reset_head: Annotated[bool, typer.Option(help="New classifier(s) when --weights has "
-                                                  "another class count.")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="Start from these weights (a run, our "
+                                                         "checkpoint, torchvision's file, or "
+                                                         "torchvision:googlenet).")] = None,
+    reset_head: Annotated[bool, typer.Option(
+        "--reset-head/--strict-head",
+        help="When --weights has another class count: new classifier(s) for the data's classes "
+             "(the default), or refuse (--strict-head).")] = True,
     resume: Annotated[Optional[str], typer.Option(metavar="auto|PATH",
                                                   help="'auto' or a run folder / last.pt.")] = None,
     device: DeviceOpt = "auto",
@@ -306,7 +312,7 @@ def train(
         raise InceptionError(f"--max-steps: expected at least 1, got {max_steps}")
     result = run_training(TrainOptions(
         recipe=load_recipe(recipe, set_), overrides=list(set_ or []), data=data, out=out,
-        weights=weights, reset_head=reset_head, resume=resume, device=device,
+        weights=weights, strict_head=not reset_head, resume=resume, device=device,
         precision=precision.value, compile=compile_, channels_last=channels_last,
         workers=workers, val_split=val_split, strict_data=strict_data, tensorboard=tensorboard,
         max_nonfinite=max_nonfinite, max_steps=max_steps))
@@ -362,13 +368,15 @@ def _foreign_recipe(recipe: Optional[str], set_: Optional[list[str]]):
 
 @app.command("eval", cls=_Command)
 def eval_(
-    artifacts: Annotated[list[str], typer.Argument(help="Run folders, checkpoints, .onnx files or "
-                                                        "engines; several = an ensemble.")],
+    artifacts: Annotated[list[str], typer.Argument(help="Run folders, checkpoints, .onnx files, "
+                                                        "engines or torchvision:googlenet; "
+                                                        "several = an ensemble.")],
     data: Annotated[str, typer.Option(metavar="PATH|digits",
                                       help="Image folder (class folders, or ILSVRC val + "
                                            "ground truth) or 'digits'.")] = "digits",
-    crops: Annotated[str, typer.Option(metavar="1|10|144[,...]",
-                                       help="1, 10, 144 or a list like 1,10,144.")] = "1",
+    crops: Annotated[Optional[str], typer.Option(
+        metavar="1|10|144[,...]", help="1, 10, 144 or a list like 1,10,144 (default: the "
+                                       "recipe's eval.crops).")] = None,
     backend: BackendOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[Optional[int], typer.Option(help="Crops per forward pass.")] = None,
@@ -383,7 +391,8 @@ def eval_(
     """Evaluate with the paper's 1 / 10 / 144-crop protocol; several artifacts form an ensemble."""
     from .evaluate import EvalOptions, evaluate, plot_confusion, render, skipped_note
 
-    report = evaluate(EvalOptions(artifacts=artifacts, data=data, crops=_parse_crops(crops),
+    report = evaluate(EvalOptions(artifacts=artifacts, data=data,
+                                  crops=_parse_crops(crops) if crops is not None else None,
                                   backend=backend, device=device, batch_size=batch_size,
                                   limit=limit, strict_data=strict_data, workers=workers,
                                   recipe=_foreign_recipe(recipe, set_)))
@@ -644,7 +653,7 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
     """A recipe by name / YAML path, or the recipe an artifact (run folder, checkpoint) carries,
     at ``input_size`` when one is given."""
     from .checkpoint import checkpoint_recipe, read_checkpoint
-    from .recipe import load_recipe, recipe_from_data
+    from .recipe import at_input_size, load_recipe
 
     path = Path(name)
     if path.suffix == ".onnx":
@@ -660,7 +669,7 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
         resolved = load_recipe(name, set_)
     if input_size is None:
         return resolved
-    return recipe_from_data(resolved.to_dict(), resolved.source, {"data.input_size": input_size})
+    return at_input_size(resolved, input_size)
 
 
 def main() -> None:

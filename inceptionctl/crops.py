@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
 COUNTS = (1, 10, 144)
@@ -81,7 +82,29 @@ def _cut(image: Tensor, offsets: list[tuple[int, int]], size: int) -> list[Tenso
     return [image[..., t : t + size, l : l + size] for t, l in offsets]
 
 
-def take_crops(image: Tensor, count: int, size: int, scales: Sequence[int]) -> Tensor:
+def _resize(image: Tensor, size: list[int], interpolation: str) -> Tensor:
+    """torchvision's antialiased ``resize`` with the recipe's ``data.interpolation`` (``area``
+    too), for one image ``[C, H, W]`` or a stack ``[N, C, H, W]``."""
+    if interpolation == "bilinear":
+        return TF.resize(image, size, antialias=True)
+    if interpolation != "area":
+        mode = TF.InterpolationMode(interpolation)
+        return TF.resize(image, size, interpolation=mode, antialias=mode != TF.InterpolationMode.NEAREST)
+    h, w = image.shape[-2:]
+    if len(size) == 1:  # rounded as training's area resize rounds (data._AreaResize)
+        k = size[0] / min(h, w)
+        shape = (max(1, round(h * k)), max(1, round(w * k)))
+    else:
+        shape = (size[0], size[1])
+    batch = image if image.dim() == 4 else image[None]
+    out = F.interpolate(batch.float(), size=shape, mode="area")
+    if not image.is_floating_point():
+        out = out.round_().clamp_(0, 255).to(image.dtype)
+    return out if image.dim() == 4 else out[0]
+
+
+def take_crops(image: Tensor, count: int, size: int, scales: Sequence[int],
+               interpolation: str = "bilinear") -> Tensor:
     """Return the paper's test-time crops of one image as ``[count, C, size, size]`` (input dtype).
 
     ``image`` is one decoded image ``[C, H, W]`` (uint8 or float). Resizing is torchvision's
@@ -98,13 +121,15 @@ def take_crops(image: Tensor, count: int, size: int, scales: Sequence[int]) -> T
       whole square resized to ``size``], then the exact mirrors (``flip(-1)``) of those 6 in the
       same order. Index = ((scale_i * 3 + square_i) * 2 + mirrored) * 6 + crop_i.
 
-    ``scales`` beyond the first are ignored for 1 and 10 crops.
+    ``scales`` beyond the first are ignored for 1 and 10 crops. ``interpolation`` is the
+    recipe's ``data.interpolation`` (bilinear, bicubic, nearest or area), as training's
+    validation resizes.
     """
     scales = _validate(count, size, scales)
     if image.dim() != 3:
         raise ValueError(f"image must be one [C, H, W] tensor, got shape {tuple(image.shape)}")
     if count in (1, 10):
-        resized = TF.resize(image, [scales[0]], antialias=True)
+        resized = _resize(image, [scales[0]], interpolation)
         h, w = resized.shape[-2:]
         if count == 1:
             return torch.stack(_cut(resized, [(_center(h, size), _center(w, size))], size))
@@ -113,10 +138,10 @@ def take_crops(image: Tensor, count: int, size: int, scales: Sequence[int]) -> T
         return torch.stack(_cut(resized, offsets, size) + _cut(resized.flip(-1), offsets, size))
     out = []
     for scale in scales:
-        resized = TF.resize(image, [scale], antialias=True)
+        resized = _resize(image, [scale], interpolation)
         squares = torch.stack(_cut(resized, _square_offsets(*resized.shape[-2:]), scale))
         # One batched resize for the three "whole square" crops of this scale.
-        wholes = TF.resize(squares, [size, size], antialias=True)
+        wholes = _resize(squares, [size, size], interpolation)
         offsets = _five_offsets(scale, scale, size)
         for square, whole in zip(squares, wholes):
             six = torch.stack(_cut(square, offsets, size) + [whole])

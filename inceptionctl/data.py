@@ -584,7 +584,8 @@ def preprocess_image(image: Tensor, pre: Mapping[str, Any]) -> Tensor:
         else:
             raise InceptionError(f"the model takes {channels}-channel images, got "
                                  f"{image.shape[0]} channels")
-    crop = take_crops(image, 1, int(pre["eval_size"]), [int(s) for s in pre["eval_scales"]])
+    crop = take_crops(image, 1, int(pre["eval_size"]), [int(s) for s in pre["eval_scales"]],
+                      str(pre.get("interpolation", "bilinear")))
     return normalize(crop, pre["mean"], pre["std"])[0]
 
 

@@ -9,6 +9,8 @@ predictions are gathered on rank 0, so the result does not depend on the world s
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import sys
 import time
@@ -31,8 +33,10 @@ from .recipe import Recipe
 class CropSet(Dataset):
     """Item ``(index, _)`` -> uint8 crops of every requested count, concatenated, with its label."""
 
-    def __init__(self, source: ImageSource, counts: list[int], size: int, scales: list[int]):
+    def __init__(self, source: ImageSource, counts: list[int], size: int, scales: list[int],
+                 interpolation: str = "bilinear"):
         self.source, self.counts, self.size, self.scales = source, counts, size, scales
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.source)
@@ -42,8 +46,8 @@ class CropSet(Dataset):
         sample = self.source.load(index)
         if sample.image is None:
             return None, sample.label, sample.path, sample.error
-        crops = torch.cat([take_crops(sample.image, c, self.size, self.scales)
-                           for c in self.counts])
+        crops = torch.cat([take_crops(sample.image, c, self.size, self.scales,
+                                      self.interpolation) for c in self.counts])
         return (crops, index), sample.label, sample.path, None
 
 
@@ -147,7 +151,7 @@ class EvalReport:
 class EvalOptions:
     artifacts: list[str]
     data: str = "digits"
-    crops: list[int] = field(default_factory=lambda: [1])
+    crops: list[int] | None = None  # None: the recipe's eval.crops (the first artifact's)
     backend: str | None = None
     device: str = "auto"
     batch_size: int | None = None
@@ -188,7 +192,7 @@ def _open_all(opts: EvalOptions) -> list[Session]:
 
 def evaluate(opts: EvalOptions) -> EvalReport | None:
     """Evaluate the artifacts (an ensemble when several); rank 0 gets the report, others None."""
-    for c in opts.crops:
+    for c in opts.crops or []:
         if c not in (1, 10, 144):
             raise InceptionError(f"--crops: {c} is not one of 1, 10, 144")
     if opts.batch_size is not None and opts.batch_size < 1:
@@ -201,6 +205,9 @@ def evaluate(opts: EvalOptions) -> EvalReport | None:
     try:
         sessions = _open_all(opts)
         try:
+            if opts.crops is None:
+                recipe_eval = sessions[0].info.recipe.get("eval", {})
+                opts = dataclasses.replace(opts, crops=[int(recipe_eval.get("crops", 1))])
             return _evaluate(opts, sessions, ctx)
         finally:
             for s in sessions:
@@ -223,7 +230,7 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
         raise DataError(f"{opts.data}: no images to evaluate")
     counts = list(dict.fromkeys(opts.crops))
     batch = _ensemble_batch(opts, sessions)
-    dataset = CropSet(source, counts, size, scales)
+    dataset = CropSet(source, counts, size, scales, str(pre.get("interpolation", "bilinear")))
     sampler = KeyedSampler(n_total, 0, 0, ctx.rank, ctx.world, shuffle=False)
     workers = default_workers() if opts.workers is None else opts.workers
     images_per_load = max(1, min(64, math.ceil(batch / sum(counts))))
@@ -391,6 +398,7 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
         pre = session.info.preprocessing
         size, scales = int(pre["eval_size"]), [int(s) for s in pre["eval_scales"]]
         mean, std = torch.tensor(pre["mean"]), torch.tensor(pre["std"])
+        interpolation = str(pre.get("interpolation", "bilinear"))
         k = min(topk, session.info.num_classes)
         results, bad = [], []
         for path in paths:
@@ -402,7 +410,7 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
                     raise DataError(f"{path}: cannot read image ({reason})") from None
                 bad.append((str(path), reason))
                 continue
-            x = normalize(take_crops(image, crops, size, scales), mean, std)
+            x = normalize(take_crops(image, crops, size, scales, interpolation), mean, std)
             probs = torch.cat([torch.softmax(session.run(part), 1)
                                for part in _split_batches(x, session)]).mean(0)
             p, idx = probs.topk(k)

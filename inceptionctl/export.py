@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from .artifact import (ONNX_SUFFIX, int8_props, metadata_props, precision_props,
-                       read_onnx_metadata, resolve_artifact, write_float16_copy, write_onnx)
+                       read_onnx_metadata, resolve_artifact, resolve_with_recipe,
+                       write_float16_copy, write_onnx)
 from .backend import (Backend, EngineBuilder, Quantizer, backend_for_suffix, engine_builders,
                       get_backend, loadable_backends, open_artifact, quantizer)
 from .checkpoint import load_with_facts
@@ -188,9 +189,15 @@ def _built_by(precision: str) -> list[str]:
 # ------------------------------------------------------------------------------------ export
 
 def default_output(source: Path, to: str, precision: str) -> Path:
-    """Next to the checkpoint, named after it: best.onnx, best.int8.onnx, best.fp16.engine."""
+    """Next to the checkpoint, named after it: best.onnx, best.int8.onnx, best.fp16.engine;
+    weights from the torch hub cache (``torchvision:NAME``) export into the current folder."""
+    import torch
+
     tag = "" if precision == "fp32" or source.stem.endswith(f".{precision}") else f".{precision}"
-    return source.parent / f"{source.stem}{tag}{_suffixes(to)[0]}"
+    folder = source.parent
+    if folder.resolve() == (Path(torch.hub.get_dir()) / "checkpoints").resolve():
+        folder = Path(".")  # the cache is torch's, not the place for the user's models
+    return folder / f"{source.stem}{tag}{_suffixes(to)[0]}"
 
 
 def _suffixes(to: str) -> tuple[str, ...]:
@@ -214,12 +221,13 @@ def _output(source: Path, out: str | os.PathLike | None, to: str, precision: str
     return path
 
 
-def _source(artifact: str | os.PathLike) -> Path:
-    src = resolve_artifact(artifact)
+def _source(artifact: str | os.PathLike, recipe: Any) -> tuple[Path, Any]:
+    """The file to export and the recipe that opens it (``torchvision:NAME`` implies one)."""
+    src, recipe = resolve_with_recipe(artifact, _recipe(recipe))
     if src.suffix.lower() == ONNX_SUFFIX or src.suffix.lower() in _engine_suffixes():
         raise InceptionError(f"{src}: is already an exported model; export takes a run folder, "
                              f"a checkpoint or foreign weights with --recipe")
-    return src
+    return src, recipe
 
 
 def _engine_suffixes() -> set[str]:
@@ -355,7 +363,7 @@ def export_onnx(artifact: str | os.PathLike, out: str | os.PathLike | None = Non
     flavours = int8_flavours()
     if flavours:
         _choice(int8_flavour, flavours, "--int8-flavour")
-    src = _source(artifact)
+    src, recipe = _source(artifact, recipe)
     runner = backend_for_suffix(ONNX_SUFFIX)
     runner.require()  # the parity check needs it: fail before the work
     job = _prepare(src, out, ONNX, precision, batch, opset, recipe, overrides, check_samples,
@@ -415,7 +423,7 @@ def export_engine(artifact: str | os.PathLike, to: str, out: str | os.PathLike |
         return _engine_from_onnx(given, to, builder, out, precision, batch, calib_data,
                                  calib_samples, calib_method, check_samples, device, log,
                                  started, opts)
-    src = _source(artifact)
+    src, recipe = _source(artifact, recipe)
     job = _prepare(src, out, to, precision, batch, opset, recipe, overrides, check_samples,
                    calib_data)
     with tempfile.TemporaryDirectory(prefix="inceptionctl-export-") as tmp:

@@ -343,11 +343,9 @@ def _weights(m: nn.Module) -> int:
 
 def _at_size(recipe: Recipe, size: int) -> Recipe:
     """The recipe with ``data.input_size = size``, validated (a clear error when too small)."""
-    if size == recipe.data.input_size:
-        return recipe
-    from .recipe import recipe_from_data
+    from .recipe import at_input_size
 
-    return recipe_from_data(recipe.to_dict(), recipe.source, {"data.input_size": size})
+    return at_input_size(recipe, size)
 
 
 def table1(recipe: Recipe, input_size: int | None = None) -> Profile:

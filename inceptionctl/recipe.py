@@ -165,11 +165,14 @@ class TrainSpec:
 
     epochs: int = 90
     batch_size: int = 32
-    optimizer: Literal["sgd"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "rmsprop"] = "sgd"
     lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 2e-4
+    momentum: float = 0.9  # sgd and rmsprop
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 2e-4  # decoupled for adamw, added to the gradient for sgd and rmsprop
+    betas: tuple[float, ...] = (0.9, 0.999)  # adamw
+    eps: float | None = None  # null: the optimizer's own (adamw 1e-8; rmsprop 1.0, as Inception-v3)
+    rmsprop_decay: float = 0.9  # rmsprop's average of squared gradients (torch's alpha)
     schedule: Literal["step", "cosine", "poly"] = "step"
     step_epochs: int = 8
     gamma: float = 0.96
@@ -591,7 +594,7 @@ def _check_rules(recipe: Recipe, ctx: _Context) -> None:
     _check_model(recipe.model, ctx)
     _check_data(recipe.data, recipe.model, ctx)
     _check_train(recipe.train, ctx)
-    _check_eval(recipe.eval, ctx)
+    _check_eval(recipe.eval, recipe.data, ctx)
     _check_export(recipe.export, ctx)
 
 
@@ -731,11 +734,37 @@ def _check_train(t: TrainSpec, ctx: _Context) -> None:
         pair = getattr(t, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise ctx.error(T + (key,), f"expected [low, high] with 0 < low <= high, got {list(pair)}")
+    _check_optimizer(t, ctx)
 
 
-def _check_eval(e: EvalSpec, ctx: _Context) -> None:
+def _check_optimizer(t: TrainSpec, ctx: _Context) -> None:
+    """The hyper-parameters of ``train.optimizer``; a key another optimizer reads is refused
+    where it would silently do nothing (Nesterov outside SGD)."""
+    T: Path_ = ("train",)
+    if t.nesterov and t.optimizer != "sgd":
+        raise ctx.error(T + ("nesterov",), f"only sgd has Nesterov momentum, the optimizer is "
+                                           f"{t.optimizer}")
+    if t.nesterov and t.momentum <= 0:
+        raise ctx.error(T + ("nesterov",), "Nesterov momentum needs train.momentum > 0")
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ctx.error(T + ("betas",), f"expected [beta1, beta2], each in [0, 1), got "
+                                        f"{list(t.betas)}")
+    if t.eps is not None and not t.eps > 0:
+        raise ctx.error(T + ("eps",), f"expected a positive number or null, got {t.eps}")
+    if not 0.0 < t.rmsprop_decay < 1.0:
+        raise ctx.error(T + ("rmsprop_decay",), f"expected a value in (0, 1), got "
+                                                f"{t.rmsprop_decay}")
+
+
+def _check_eval(e: EvalSpec, d: DataSpec, ctx: _Context) -> None:
     E: Path_ = ("eval",)
     _positive(e.size, E + ("size",), ctx)
+    # eval's 1 crop is training's validation (data.resize, then a data.input_size center crop):
+    # the same numbers, or "eval reproduces training" would not hold
+    if e.size != d.input_size:
+        raise ctx.error(E + ("size",), f"{e.size} differs from data.input_size ({d.input_size}); "
+                                       f"eval reproduces training only when they agree: set both "
+                                       f"(--set data.input_size=N --set eval.size=N)")
     _positive(e.batch_size, E + ("batch_size",), ctx)
     if e.crops not in (1, 10, 144):
         raise ctx.error(E + ("crops",), f"expected 1, 10 or 144, got {e.crops}")
@@ -744,6 +773,11 @@ def _check_eval(e: EvalSpec, ctx: _Context) -> None:
     for i, scale in enumerate(e.scales):
         if scale < e.size:
             raise ctx.error(E + ("scales", i), f"a scale ({scale}) must be >= eval.size ({e.size})")
+    if e.scales[0] != d.resize:
+        raise ctx.error(E + ("scales", 0), f"{e.scales[0]} differs from data.resize ({d.resize}); "
+                                           f"eval's first scale is training's validation resize: "
+                                           f"set both (--set data.resize=S --set "
+                                           f"eval.scales=[S,...])")
 
 
 def _check_export(x: ExportSpec, ctx: _Context) -> None:
@@ -879,6 +913,18 @@ def recipe_from_data(data: Any, source: str = "<memory>", overrides: Any = None,
         recipe = _convert(Recipe, resolved, (), ctx)
     _check_rules(recipe, ctx)
     return dataclasses.replace(recipe, source=source)
+
+
+def at_input_size(recipe: Recipe, size: int) -> Recipe:
+    """The recipe at another square input, validated: ``data.input_size`` and ``eval.size``
+    move together (the rule that ties them), and scales below it are raised to it, with
+    ``data.resize`` following ``eval.scales[0]``."""
+    if size == recipe.data.input_size:
+        return recipe
+    scales = [max(int(s), size) for s in recipe.eval.scales]
+    return recipe_from_data(recipe.to_dict(), recipe.source, {
+        "data.input_size": size, "eval.size": size, "eval.scales": scales,
+        "data.resize": scales[0]})
 
 
 def load_recipe(name_or_path: str | Path, overrides: Any = None) -> Recipe:

@@ -59,7 +59,7 @@ class TrainOptions:
     out: Path | None = None
     runs_dir: Path = Path("runs")
     weights: Path | None = None
-    reset_head: bool = False
+    strict_head: bool = False  # refuse --weights whose classifier has another class count
     resume: str | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -317,22 +317,31 @@ def validate(model: nn.Module, data: torch.utils.data.DataLoader, device: torch.
 
 # ------------------------------------------------------------------------------------- train
 
-def _check_classes(recipe: Recipe, classes: list[str], data: str) -> Recipe:
-    """The data's classes must be the model's; folder data names them in the recipe."""
-    if len(classes) != recipe.model.num_classes:
-        also = " --set data.classes=null" if recipe.data.classes is not None else ""
-        raise InceptionError(f"{data}: {len(classes)} classes, but the recipe's model has "
-                             f"{recipe.model.num_classes} (use --set model.num_classes="
-                             f"{len(classes)}{also}, with --reset-head when starting from "
-                             f"--weights)")
-    if recipe.data.classes is None:
-        return recipe_from_data({**recipe.to_dict(), "data": {**recipe.to_dict()["data"],
-                                                             "classes": list(classes)}},
-                                source=recipe.source)
-    if list(recipe.data.classes) != list(classes):
-        raise InceptionError(f"{data}: class names differ from the recipe's data.classes "
-                             f"(first data class '{classes[0]}', recipe '{recipe.data.classes[0]}')")
-    return recipe
+def _follow_classes(recipe: Recipe, classes: list[str], data: str, fixed: bool,
+                    log: Callable[[str], None]) -> Recipe:
+    """The recipe whose model has the data's classes (count and names).
+
+    A new run takes them from the data, as torchvision's reference script does, and says so
+    when the recipe named others; a resumed run (``fixed``) keeps its own and must match.
+    """
+    if len(classes) == recipe.model.num_classes and recipe.data.classes is not None \
+            and list(recipe.data.classes) == list(classes):
+        return recipe
+    if fixed:
+        if len(classes) != recipe.model.num_classes:
+            raise InceptionError(f"{data}: {len(classes)} classes, but the resumed run's model "
+                                 f"has {recipe.model.num_classes}")
+        if recipe.data.classes is not None:
+            raise InceptionError(f"{data}: class names differ from the resumed run's "
+                                 f"(first data class '{classes[0]}', run "
+                                 f"'{recipe.data.classes[0]}')")
+    elif len(classes) != recipe.model.num_classes or recipe.data.classes is not None:
+        shown = ", ".join(classes[:5]) + (f", ... {len(classes) - 5} more"
+                                          if len(classes) > 5 else "")
+        log(f"classes: {len(classes)} from {data} ({shown}); the recipe's model had "
+            f"{recipe.model.num_classes}")
+    return recipe_from_data(recipe.to_dict(), recipe.source,
+                            {"model.num_classes": len(classes), "data.classes": list(classes)})
 
 
 def train(opts: TrainOptions) -> TrainResult:
@@ -436,7 +445,8 @@ def _build_model(opts: TrainOptions, recipe: Recipe, ckpt: dict[str, Any] | None
     if opts.weights is not None and ckpt is None:
         from .artifact import resolve_artifact
 
-        report = load_weights(model, resolve_artifact(opts.weights), reset_head=opts.reset_head)
+        report = load_weights(model, resolve_artifact(opts.weights),
+                              reset_head=not opts.strict_head)
         log(f"weights: {report.loaded} tensors from {opts.weights}")
         for note in report.notes():
             log(f"weights: {note}")
@@ -757,7 +767,8 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
         torch.cuda.set_device(device)
     _seed_everything(recipe.train.seed)
     splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count)
-    recipe = _check_classes(recipe, splits.classes, opts.data)
+    recipe = _follow_classes(recipe, splits.classes, opts.data, fixed=ckpt is not None,
+                             log=log)
     t = recipe.train
     if len(splits.train) < t.batch_size * ctx.world:
         raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "

@@ -1,4 +1,5 @@
-"""One training step as the paper trains: the loss, SGD, the learning-rate schedule, the Polyak copy.
+"""One training step as the paper trains: the loss, the optimizer (the paper's SGD, or AdamW or
+RMSprop), the learning-rate schedule, the Polyak copy.
 
 ``train`` runs :class:`Trainer` over its data; ``profile --time --train`` and the benchmarks time
 the same :meth:`Trainer.step`, so all three pay for the same work. A step never waits for the
@@ -115,6 +116,35 @@ class Polyak:
         self.n_averaged += ok.long()
 
 
+# -------------------------------------------------------------------------------- optimizers
+
+OPTIMIZER_EPS = {"adamw": 1e-8, "rmsprop": 1.0}  # rmsprop: Inception-v2/v3's epsilon
+
+
+def make_optimizer(params: Any, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """The recipe's ``train.optimizer`` with its hyper-parameters.
+
+    ``sgd``: momentum (Nesterov when asked) and L2 weight decay, the paper's. ``adamw``: betas,
+    eps and decoupled weight decay. ``rmsprop``: as the Inception-v2/v3 papers train, decay
+    (``train.rmsprop_decay``) 0.9, eps 1.0 and momentum 0.9 by default. Their per-parameter
+    state lives on the device (``capturable`` on CUDA), so skipping a step never waits for
+    the host.
+    """
+    t = recipe.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
+                               nesterov=t.nesterov and t.momentum > 0,
+                               weight_decay=t.weight_decay)
+    eps = t.eps if t.eps is not None else OPTIMIZER_EPS[t.optimizer]
+    capturable = device.type == "cuda"
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, betas=(t.betas[0], t.betas[1]), eps=eps,
+                                 weight_decay=t.weight_decay, capturable=capturable)
+    return torch.optim.RMSprop(params, lr=t.lr, alpha=t.rmsprop_decay, eps=eps,
+                               momentum=t.momentum, weight_decay=t.weight_decay,
+                               capturable=capturable)
+
+
 # --------------------------------------------------------------------------------- the step
 
 class Trainer:
@@ -132,9 +162,7 @@ class Trainer:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.ema = (Polyak(model, ema_decay_per_update(t.ema_decay, world_size, t.batch_size))
                     if ema and t.ema_decay is not None else None)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                                         nesterov=t.nesterov and t.momentum > 0,
-                                         weight_decay=t.weight_decay)
+        self.optimizer = make_optimizer(model.parameters(), recipe, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            Schedule(recipe, steps_per_epoch))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -202,16 +230,19 @@ class Trainer:
         """``optimizer.step()``, undone on the device when ``found`` (non-finite gradients)."""
         state = self.optimizer.state
         before = [p.clone() for p in self._params]
-        # a buffer the skipped step would create starts from zero: the same next step as none
-        old_bufs = [state.get(p, {}).get("momentum_buffer") for p in self._params]
-        old_bufs = [b.clone() if b is not None else torch.zeros_like(p)
-                    for b, p in zip(old_bufs, self._params)]
+        # every tensor of the optimizer's state (momentum, averages, step counts) goes back; one
+        # the skipped step would create starts from zero: the same next step as none
+        old_state = [{k: v.clone() for k, v in state.get(p, {}).items()
+                      if isinstance(v, torch.Tensor)} for p in self._params]
         self.optimizer.step()
-        for p, old, old_buf in zip(self._params, before, old_bufs):
+        for p, old, saved in zip(self._params, before, old_state):
             p.copy_(torch.where(found, old, p))
-            buf = state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                buf.copy_(torch.where(found, old_buf, buf))
+            for key, value in state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    prior = saved.get(key)
+                    value.copy_(torch.where(found.to(value.device),
+                                            prior if prior is not None else torch.zeros_like(value),
+                                            value))
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer, schedule, scaler and Polyak count: ``train_state`` keys of ``last.pt``."""

@@ -87,7 +87,7 @@ def test_other_class_count_needs_reset_head(tmp_path, small):
                                                         "data.classes": None}))
     fresh_fc = five.fc.weight.detach().clone()
     with pytest.raises(InceptionError, match=r"fc.weight \[10, 256\] vs model \[5, 256\].*"
-                                             r"--reset-head"):
+                                             r"without --strict-head"):
         load_weights(five, path)
     report = load_weights(five, path, reset_head=True)
     assert report.reset == ["aux.aux1.fc2", "aux.aux2.fc2", "fc"]
@@ -182,3 +182,107 @@ def test_checkpoint_whose_recipe_uses_an_old_key_loads(tmp_path, small, monkeypa
         f"note: {path} (embedded recipe): eval.tta: removed in inceptionctl 0.2.0 (nothing "
         f"read it); ignored"]
     assert "polyak_decay" in read_checkpoint(path)["recipe"]["train"]  # the file stays as written
+
+
+# ------------------------------------------------------------------- torchvision:googlenet
+
+TV_FILE = "googlenet-1378be20.pth"
+TV_URL = "https://download.pytorch.org/models/" + TV_FILE
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache under tmp_path, and a network that refuses every request."""
+    import urllib.error
+
+    import torch.hub
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "urlopen", refuse)
+    monkeypatch.setattr("urllib.request.urlopen", refuse)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def _tv_googlenet():
+    import torchvision
+
+    torch.manual_seed(3)
+    return torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).eval()
+
+
+def test_torchvision_googlenet_from_a_seeded_cache(offline_hub, tmp_path, cli):
+    """A file already in the cache is read as it is (no download), with the 1000 names and the
+    recipe of its architecture; its logits are torchvision's own model's."""
+    import json
+
+    from PIL import Image
+    from torchvision.models import GoogLeNet_Weights
+
+    from inceptionctl.artifact import resolve_with_recipe
+    from inceptionctl.backend import open_artifact
+
+    tv = _tv_googlenet()
+    offline_hub.mkdir(parents=True)
+    torch.save(tv.state_dict(), offline_hub / TV_FILE)
+    path, recipe = resolve_with_recipe("torchvision:googlenet")
+    assert path == offline_hub / TV_FILE and recipe.name == "googlenet-bn"
+    names = GoogLeNet_Weights.IMAGENET1K_V1.meta["categories"]
+    assert list(recipe.data.classes) == names and len(names) == 1000
+
+    raw = torch.rand(2, 3, 224, 224)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():  # torchvision's transform_input takes ImageNet-normalised input
+        expected = tv.eval()((raw - mean[:, None, None]) / std[:, None, None])
+    with open_artifact("torchvision:googlenet", device="cpu") as session:
+        assert session.info.classes == names and session.info.kind == "foreign"
+        pre = session.info.preprocessing
+        got = session.run((raw - torch.tensor(pre["mean"])[:, None, None])
+                          / torch.tensor(pre["std"])[:, None, None])
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+    Image.fromarray((torch.rand(240, 300, 3) * 255).byte().numpy()).save(tmp_path / "a.png")
+    out = cli("predict", tmp_path / "a.png", "--weights", "torchvision:googlenet", "--json")
+    assert out.exit_code == 0, out.stderr
+    top = json.loads(out.stdout)["predictions"][0]["topk"]
+    assert all(t["class"] == names[t["index"]] for t in top)
+
+
+def test_torchvision_googlenet_downloads_through_torchvisions_api(offline_hub, monkeypatch):
+    """Missing from the cache: torchvision's weights API fetches it, with the hash check and
+    the progress bar, into the cache (the transfer itself is replaced here)."""
+    import torch.hub
+
+    from inceptionctl.artifact import resolve_artifact
+
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix, progress))
+        torch.save(_tv_googlenet().state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    assert resolve_artifact("torchvision:googlenet") == offline_hub / TV_FILE
+    assert calls == [(TV_URL, "1378be20", True)]
+    assert resolve_artifact("torchvision:googlenet") == offline_hub / TV_FILE
+    assert len(calls) == 1  # cached from then on
+
+
+def test_torchvision_googlenet_offline_is_one_line(offline_hub, cli, tmp_path):
+    from inceptionctl.artifact import resolve_artifact
+
+    with pytest.raises(InceptionError) as info:
+        resolve_artifact("torchvision:googlenet")
+    text = str(info.value)
+    assert text.startswith(f"torchvision:googlenet: cannot fetch {TV_FILE} from {TV_URL} (")
+    assert text.endswith(f"; offline, put that file in {offline_hub}") and "\n" not in text
+    for args in (["eval", "torchvision:googlenet"], ["export", "torchvision:googlenet", "--to",
+                                                     "onnx", "--out", tmp_path / "m.onnx"],
+                 ["train", "--weights", "torchvision:googlenet", "--out", tmp_path / "r"]):
+        out = cli(*args)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert out.exit_code == 2 and errors == [f"error: {text}"], (args, out.stderr)
+    unknown = cli("eval", "torchvision:resnet50")
+    assert unknown.exit_code == 2 and "known: torchvision:googlenet" in unknown.stderr

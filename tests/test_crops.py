@@ -256,3 +256,29 @@ def test_normalize():
     torch.testing.assert_close(normalize(out.float() / 255, mean, std), expected)
     with pytest.raises(ValueError, match="mean and std need 3 values"):
         normalize(out, [0.5], [0.5])
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest", "area"])
+def test_one_crop_is_trainings_validation_with_the_recipes_interpolation(mode):
+    """eval's 1 crop with data.interpolation is what training validates on (data.eval_transform)."""
+    from inceptionctl import load_recipe
+    from inceptionctl.data import eval_transform
+
+    recipe = load_recipe("googlenet-small", {"data.interpolation": mode})
+    img = noise(45, 61, torch.uint8)
+    d = recipe.data
+    ours = normalize(take_crops(img, 1, recipe.eval.size, list(recipe.eval.scales), mode),
+                     d.mean, d.std)[0]
+    assert torch.allclose(ours, eval_transform(recipe)(img), atol=1e-6)
+    if mode != "bilinear":  # and the mode does change the crop
+        bilinear = normalize(take_crops(img, 1, recipe.eval.size, list(recipe.eval.scales)),
+                             d.mean, d.std)[0]
+        assert not torch.allclose(ours, bilinear, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "area"])
+def test_144_crops_take_the_interpolation_too(mode):
+    img = noise(45, 61, torch.uint8)
+    crops = take_crops(img, 144, SIZE, SCALES, mode)
+    assert crops.shape == (144, 3, SIZE, SIZE) and crops.dtype == torch.uint8
+    assert not torch.equal(crops, take_crops(img, 144, SIZE, SCALES))

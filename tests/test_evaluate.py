@@ -234,3 +234,37 @@ def test_default_model_144_crops_not_worse_than_one(default_run):
     assert one.top1 == pytest.approx(trained["best_top1"])  # same weights, same number
     # 360 images: one image is 0.28 points; allow three images of noise
     assert many.top1 >= one.top1 - 0.84, (one.top1, many.top1)
+
+
+def test_eval_crops_default_to_the_recipes(tmp_path, cli):
+    """eval.crops is eval's default; --crops overrides it."""
+    from inceptionctl import build_model
+    from inceptionctl.checkpoint import save_checkpoint
+
+    recipe_path = tmp_path / "tiny.yaml"
+    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
+    recipe = load_recipe(recipe_path, ["eval.crops=10"])
+    ckpt = save_checkpoint(tmp_path / "ten.pt", build_model(recipe).eval(), recipe)
+    default = cli("eval", ckpt, "--limit", "20", "--workers", "0", "--json")
+    assert default.exit_code == 0, default.stderr
+    assert json.loads(default.stdout)["crops"] == [10]
+    asked = cli("eval", ckpt, "--limit", "20", "--workers", "0", "--crops", "1", "--json")
+    assert asked.exit_code == 0 and json.loads(asked.stdout)["crops"] == [1]
+
+
+def test_eval_and_predict_resize_with_the_recipes_interpolation(tmp_path, monkeypatch):
+    """data.interpolation reaches eval's and predict's crops, as it reaches training's."""
+    from inceptionctl import build_model
+    from inceptionctl.checkpoint import save_checkpoint
+
+    recipe_path = tmp_path / "tiny.yaml"
+    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
+    recipe = load_recipe(recipe_path, ["data.interpolation=bicubic"])
+    ckpt = save_checkpoint(tmp_path / "c.pt", build_model(recipe).eval(), recipe)
+    seen = []
+    real = ev.take_crops
+    monkeypatch.setattr(ev, "take_crops", lambda *a: seen.append(a[4]) or real(*a))
+    evaluate(EvalOptions([str(ckpt)], data="digits", limit=4, workers=0))
+    Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
+    ev.predict([str(tmp_path / "a.png")], str(ckpt), device="cpu")
+    assert seen == ["bicubic"] * 5

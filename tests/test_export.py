@@ -119,7 +119,7 @@ def test_each_shipped_recipe_exports_with_parity_at_batch_1_2_5(tmp_path, name):
 
 
 def test_metadata_round_trip(tmp_path):
-    recipe = tiny(tmp_path)
+    recipe = tiny(tmp_path, ["data.interpolation=bicubic"])
     ckpt = make_checkpoint(tmp_path / "best.pt", recipe)
     report = export_onnx(ckpt, batch="2:4:8", **QUIET)
     with get_backend("onnxruntime").open(Path(report.file)) as session:
@@ -129,6 +129,7 @@ def test_metadata_round_trip(tmp_path):
     assert recipe_from_data(info.recipe) == recipe  # the saved recipe validates as it was
     assert info.classes == class_names(recipe)
     assert info.preprocessing == preprocessing(recipe)
+    assert info.preprocessing["interpolation"] == "bicubic"  # what eval's crops resize with
     assert info.batch_range == (2, 8) and info.extra["batch_profile"] == (2, 4, 8)
     assert info.input_dtype == torch.float32
     assert info.extra["source"]["file"] == "best.pt"

@@ -143,7 +143,7 @@ def test_an_onnx_file_without_our_metadata_is_refused(backend, tmp_path, tiny_on
         backend.open(foreign)
     text = str(err.value)
     assert text.startswith(f"{foreign}: not an inceptionctl model") and "\n" not in text
-    assert "inceptionctl.recipe" in text and "inceptionctl export" in text
+    assert "inceptionctl.recipe" in text and "name its preprocessing and classes with --recipe" in text
 
     stripped = tmp_path / "stripped.onnx"
     model = onnx.load(str(tiny_onnx))
@@ -188,3 +188,58 @@ def test_quantize_int8_rejects_unknown_options(backend, tiny_onnx, tmp_path):
     with backend.open(tmp_path / "q.onnx") as session:
         assert session.info.precision == "int8" and session.info.batch_range == (1, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # nothing left behind
+
+
+def test_a_foreign_onnx_with_a_recipe_is_evaluated_like_ours(tmp_path, cli):
+    """torchvision's googlenet exported by torch.onnx.export alone (no metadata of ours) gives,
+    with --recipe naming its preprocessing and classes, the same predictions as our export of
+    the same weights; without --recipe the error says --recipe is the way."""
+    import json
+
+    import torchvision
+
+    torch.manual_seed(5)
+    tv = torchvision.models.googlenet(weights=None, num_classes=10, aux_logits=False,
+                                      transform_input=False, init_weights=True).eval()
+    with torch.no_grad():  # a classifier of the features' deviations, so images disagree
+        from inceptionctl.data import digits
+
+        x = digits(72, "val").images[:60, :, 4:68, 4:68].float() / 255
+        fc, tv.fc = tv.fc, nn.Identity()
+        feats = tv((x - 0.5) / 0.5)
+        tv.fc = fc
+        fc.weight.copy_(torch.randn(10, feats.shape[1]) / feats.std(0).clamp_min(1e-6))
+        fc.bias.copy_(-fc.weight @ feats.mean(0))
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    foreign = tmp_path / "foreign.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tv, (torch.zeros(1, 3, 64, 64),), str(foreign), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                          opset_version=17, dynamo=False)
+    sets = ["--set", "model.num_classes=10", "--set", "data.input_size=64", "--set",
+            "eval.size=64", "--set", "data.resize=72", "--set", "eval.scales=[72]"]
+    out = cli("export", tmp_path / "tv.pth", "--recipe", "googlenet-bn", *sets, "--to", "onnx",
+              "--out", tmp_path / "ours.onnx", "--device", "cpu")
+    assert out.exit_code == 0, out.stderr
+
+    refused = cli("eval", foreign, "--limit", "8")
+    assert refused.exit_code == 2 and "--recipe" in refused.stderr.strip().splitlines()[-1]
+
+    args = ["--limit", "60", "--workers", "0", "--json"]
+    theirs = cli("eval", foreign, "--recipe", "googlenet-bn", *sets, *args)
+    assert theirs.exit_code == 0, theirs.stderr
+    ours = cli("eval", tmp_path / "ours.onnx", *args)
+    assert ours.exit_code == 0, ours.stderr
+    a, b = json.loads(theirs.stdout), json.loads(ours.stdout)
+    assert a["images"] == b["images"] == 60 and a["backend"] == "onnxruntime"
+    assert a["top1"] == b["top1"] and a["confusion"] == b["confusion"]
+    assert sum(1 for row in zip(*a["confusion"]) if sum(row)) > 1  # not one class for all
+
+    # a run's recipe.yaml names the same preprocessing and classes
+    recipe = tmp_path / "recipe.yaml"
+    from inceptionctl import load_recipe
+
+    recipe.write_text(load_recipe("googlenet-bn", [s for s in sets if s != "--set"]).to_yaml())
+    again = cli("eval", foreign, "--recipe", recipe, *args)
+    assert again.exit_code == 0 and json.loads(again.stdout)["confusion"] == a["confusion"]

@@ -115,7 +115,7 @@ def test_smallest_input_size():
     m = load_recipe("googlenet").model
     smallest = smallest_input_size(m)
     assert smallest is not None and smallest > 1
-    load_recipe("googlenet", [f"data.input_size={smallest}"])
+    load_recipe("googlenet", [f"data.input_size={smallest}", f"eval.size={smallest}"])
     with pytest.raises(RecipeError, match=f"smallest valid input is {smallest}"):
         load_recipe("googlenet", [f"data.input_size={smallest - 1}"])
 
@@ -149,6 +149,24 @@ MISTAKES = [
      "invalid YAML"),
     ("duplicate key", TINY.replace("  num_classes: 3", "  num_classes: 3\n  num_classes: 4"), 4,
      "model.num_classes: duplicate key"),
+    # eval's 1 crop must be training's validation: the sizes are tied, each message at eval's key
+    ("eval size apart", TINY.replace("  size: 16", "  size: 14"), 22,
+     "eval.size: 14 differs from data.input_size (16); eval reproduces training only when "
+     "they agree: set both (--set data.input_size=N --set eval.size=N)"),
+    ("eval scale apart", TINY.replace("scales: [18, 20]", "scales: [20, 22]"), 23,
+     "eval.scales[0]: 20 differs from data.resize (18); eval's first scale is training's "
+     "validation resize"),
+    ("unknown optimizer", TINY.replace("eval:", "train: {optimizer: adam}\neval:"), 21,
+     "train.optimizer: expected one of sgd, adamw, rmsprop, got 'adam' (did you mean 'adamw'?)"),
+    ("nesterov outside sgd",
+     TINY.replace("eval:", "train: {optimizer: rmsprop, nesterov: true}\neval:"), 21,
+     "train.nesterov: only sgd has Nesterov momentum, the optimizer is rmsprop"),
+    ("bad betas", TINY.replace("eval:", "train: {optimizer: adamw, betas: [0.9]}\neval:"), 21,
+     "train.betas: expected [beta1, beta2], each in [0, 1), got [0.9]"),
+    ("bad eps", TINY.replace("eval:", "train: {eps: 0}\neval:"), 21,
+     "train.eps: expected a positive number or null, got 0"),
+    ("bad rmsprop decay", TINY.replace("eval:", "train: {rmsprop_decay: 1.0}\neval:"), 21,
+     "train.rmsprop_decay: expected a value in (0, 1), got 1.0"),
 ]
 
 

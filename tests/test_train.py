@@ -113,6 +113,26 @@ def test_resume_is_bit_identical(tmp_path, tiny_recipe, precision, workers, monk
     assert moved > 1e-3
 
 
+def test_resume_is_bit_identical_with_adamw(tmp_path, tiny_recipe):
+    """AdamW's moments and step counts travel in last.pt: a split run ends where one does."""
+    recipe = load_recipe(tiny_recipe, ["train.optimizer=adamw", "train.lr=0.002"])
+    straight = train(_opts(recipe, tmp_path, "straight", max_steps=16))
+    train(_opts(recipe, tmp_path, "split", max_steps=8))
+    resumed = train(_opts(recipe, tmp_path, "split", max_steps=16,
+                          resume=str(tmp_path / "split")))
+    assert resumed.steps == straight.steps == 16
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(tmp_path / "split" / "last.pt")
+    _same_state(a["state_dict"], b["state_dict"])
+    _same_state(a["ema_state_dict"], b["ema_state_dict"])
+    sa, sb = a["train_state"]["optimizer"]["state"], b["train_state"]["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for key in sa:
+        assert set(sa[key]) == {"step", "exp_avg", "exp_avg_sq"}
+        for slot in sa[key]:
+            assert torch.equal(sa[key][slot], sb[key][slot]), (key, slot)
+
+
 def test_train_state_round_trip_through_last_pt(tmp_path, tiny_recipe):
     train(_opts(load_recipe(tiny_recipe), tmp_path, max_steps=50))  # past one epoch
     saved = read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]
@@ -199,20 +219,47 @@ def test_a_few_steps_of_the_224_recipes(tmp_path):
         assert any(k.startswith("aux.aux2.") for k in ckpt["state_dict"])
 
 
-def test_weights_and_reset_head(tmp_path, tiny_recipe):
+def test_own_folder_trains_with_the_data_classes(tmp_path, tiny_recipe):
+    """A 2-class folder trains as it is: no --set; the model follows the data and says so."""
+    make_folder(tmp_path / "two" / "train", classes=("cat", "dog"), per_class=12)
+    make_folder(tmp_path / "two" / "val", classes=("cat", "dog"), per_class=2)
+    logs = []
+    result = train(_opts(load_recipe(tiny_recipe, ["train.batch_size=8"]), tmp_path,
+                         data=str(tmp_path / "two"), logs=logs, max_steps=2))
+    assert [m for m in logs if m.startswith("classes:")] == [
+        f"classes: 2 from {tmp_path / 'two'} (cat, dog); the recipe's model had 10"]
+    ckpt = read_checkpoint(Path(result.run) / "last.pt")
+    assert ckpt["classes"] == ["cat", "dog"] and ckpt["recipe"]["model"]["num_classes"] == 2
+    assert ckpt["state_dict"]["fc.weight"].shape[0] == 2
+    # a batch larger than the training set stays a clear error
+    with pytest.raises(InceptionError, match="24 training images, fewer than one batch "
+                                             r"\(32 x 1 processes\)"):
+        train(_opts(load_recipe(tiny_recipe), tmp_path, "big", data=str(tmp_path / "two")))
+
+
+def test_weights_for_another_class_count_reset_the_head(tmp_path, tiny_recipe):
+    """Fine-tuning a 10-class run onto 3 classes: new classifiers, named; --strict-head refuses."""
     base = train(_opts(load_recipe(tiny_recipe), tmp_path, "base", max_steps=3))
     make_folder(tmp_path / "three" / "train", classes=("a", "b", "c"), per_class=12)
     make_folder(tmp_path / "three" / "val", classes=("a", "b", "c"), per_class=2)
-    three = load_recipe(tiny_recipe, ["model.num_classes=3", "train.batch_size=8"])
-    with pytest.raises(InceptionError, match="--reset-head"):
-        train(_opts(three, tmp_path, "ft0", data=str(tmp_path / "three"),
+    recipe = load_recipe(tiny_recipe, ["train.batch_size=8"])
+    with pytest.raises(InceptionError, match=r"fc.weight \[10, .*\] vs model \[3, .*without "
+                                             r"--strict-head"):
+        train(_opts(recipe, tmp_path, "ft0", data=str(tmp_path / "three"), strict_head=True,
                     weights=Path(base.run) / "last.pt"))
     logs = []
-    result = train(_opts(three, tmp_path, "ft", data=str(tmp_path / "three"), logs=logs,
-                         weights=Path(base.run) / "last.pt", reset_head=True, max_steps=2))
-    assert any("new head (re-initialised): aux.aux1.fc2, fc" in m for m in logs)
+    result = train(_opts(recipe, tmp_path, "ft", data=str(tmp_path / "three"), logs=logs,
+                         weights=Path(base.run) / "last.pt", max_steps=2))
+    assert "weights: new head (re-initialised): aux.aux1.fc2, fc" in logs
     ckpt = read_checkpoint(Path(result.run) / "last.pt")
+    base_ckpt = read_checkpoint(Path(base.run) / "last.pt")
     assert ckpt["classes"] == ["a", "b", "c"]
+    assert ckpt["state_dict"]["fc.weight"].shape[0] == 3
+    # the body came from the weights (trained two more steps, so close, not equal; a fresh
+    # initialisation is far)
+    key = "stem.conv1.conv.weight"
+    drift = (ckpt["state_dict"][key] - base_ckpt["ema_state_dict"][key]).abs().max().item()
+    assert drift < 0.05
 
 
 def test_bad_data_in_training(tmp_path, tiny_recipe):

@@ -160,3 +160,54 @@ def test_first_step_after_a_skipped_one_equals_a_first_step(tiny_recipe, monkeyp
     b_params = dict(b.model.named_parameters())
     for k, v in a.model.named_parameters():
         assert torch.equal(v, b_params[k]), k
+
+
+# --------------------------------------------------------------------------------- optimizers
+
+@pytest.mark.parametrize("overrides, cls, expected", [
+    (["train.momentum=0.8", "train.nesterov=true", "train.weight_decay=0.0001"], torch.optim.SGD,
+     {"momentum": 0.8, "nesterov": True, "weight_decay": 0.0001, "dampening": 0}),
+    (["train.optimizer=adamw", "train.betas=[0.8, 0.99]", "train.weight_decay=0.05"],
+     torch.optim.AdamW, {"betas": (0.8, 0.99), "eps": 1e-8, "weight_decay": 0.05}),
+    (["train.optimizer=adamw", "train.eps=0.000001"], torch.optim.AdamW, {"eps": 1e-6}),
+    # the Inception-v2/v3 papers' RMSprop: decay 0.9, epsilon 1.0, momentum 0.9
+    (["train.optimizer=rmsprop"], torch.optim.RMSprop,
+     {"alpha": 0.9, "eps": 1.0, "momentum": 0.9, "centered": False}),
+    (["train.optimizer=rmsprop", "train.rmsprop_decay=0.95", "train.eps=0.1",
+      "train.momentum=0"], torch.optim.RMSprop, {"alpha": 0.95, "eps": 0.1, "momentum": 0.0}),
+])
+def test_the_optimizer_is_the_recipes(tiny_recipe, overrides, cls, expected):
+    recipe = load_recipe(tiny_recipe, overrides + ["train.lr=0.02"])
+    trainer = Trainer(build_model(recipe), recipe, torch.device("cpu"), "fp32")
+    assert type(trainer.optimizer) is cls
+    group = trainer.optimizer.param_groups[0]
+    assert group["initial_lr"] == 0.02
+    for key, value in expected.items():
+        assert group[key] == value, key
+    assert sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"]) == \
+        sum(p.numel() for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("name, slots", [("adamw", ("exp_avg", "exp_avg_sq", "step")),
+                                         ("rmsprop", ("square_avg", "momentum_buffer", "step"))])
+def test_a_skipped_step_leaves_adaptive_state_as_it_was(tiny_recipe, monkeypatch, name, slots):
+    recipe = load_recipe(tiny_recipe, [f"train.optimizer={name}", "train.lr=0.001"])
+    model = build_model(recipe).to(memory_format=torch.channels_last)
+    trainer = Trainer(model, recipe, torch.device("cpu"), "fp32", steps_per_epoch=10)
+    data = Batch(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)), [])
+    trainer.step(data)
+    before = {i: {k: v.clone() for k, v in s.items()}
+              for i, s in trainer.optimizer.state_dict()["state"].items()}
+    weights = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    heal = _poison(monkeypatch)
+    _, bad = trainer.step(data)
+    heal()
+    assert bool(bad)
+    after = trainer.optimizer.state_dict()["state"]
+    assert after.keys() == before.keys()
+    for i, s in after.items():
+        assert set(slots) <= set(s)
+        for k in slots:
+            assert torch.equal(s[k], before[i][k]), (i, k)
+    for k, v in trainer.model.named_parameters():
+        assert torch.equal(v, weights[k]), k
