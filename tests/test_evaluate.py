@@ -15,6 +15,8 @@ from inceptionctl import evaluate as ev
 from inceptionctl.backend import ArtifactInfo, Session
 from inceptionctl.evaluate import EvalOptions, evaluate, stream_batches
 
+from .conftest import TINY_TRAIN
+
 
 
 def test_eval_reproduces_training_accuracy(tiny_run, cli):
