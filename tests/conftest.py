@@ -106,7 +106,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     recipe_path = root / "tiny.yaml"
     recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
-    result = train(TrainOptions(recipe=load_recipe(recipe_path, ["train.epochs=1"]),
+    result = train(TrainOptions(device="cpu", recipe=load_recipe(recipe_path, ["train.epochs=1"]),
                                 data="digits", out=root / "run", precision="fp32", workers=0,
                                 log=lambda m: None, progress=False))
     return root / "run", result

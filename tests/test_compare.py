@@ -173,7 +173,7 @@ def run_and_int8(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("cli-compare")
     recipe = tiny(tmp, ["train.epochs=4"])
-    run = Path(train(TrainOptions(recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
+    run = Path(train(TrainOptions(device="cpu", recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
                                   data="digits", precision="fp32", workers=0, progress=False,
                                   log=lambda _m: None)).run)
     int8 = tmp / "best.int8.onnx"

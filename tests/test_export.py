@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("trained")
     recipe = tiny(tmp, ["train.epochs=4"])
-    result = train(TrainOptions(recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
+    result = train(TrainOptions(device="cpu", recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
                                 data="digits", precision="fp32", workers=0, progress=False,
                                 log=lambda _m: None))
     assert result.best_top1 > 85.0

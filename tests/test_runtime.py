@@ -119,7 +119,7 @@ def test_train_auto_records_its_measured_choice_and_a_resume_keeps_it(two_candid
     recipe = load_recipe("googlenet-small", overrides=["train.batch_size=16"])
 
     def opts(**kw):
-        return TrainOptions(recipe=recipe, data="synthetic", synthetic_count=32,
+        return TrainOptions(device="cpu", recipe=recipe, data="synthetic", synthetic_count=32,
                             out=tmp_path / "run", runs_dir=tmp_path / "runs", workers=0,
                             log=logs.append, progress=False, **kw)
 
