@@ -10,6 +10,7 @@ import torch
 from inceptionctl.artifact import CHECKPOINT_SUFFIXES, Kind, class_names, preprocessing
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
 from inceptionctl.checkpoint import load_model
+from inceptionctl.crops import normalize
 from inceptionctl.errors import InceptionError
 from inceptionctl.runtime import resolve_device
 
@@ -39,7 +40,18 @@ class TorchSession(Session):
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         self.check_input(batch, None)
-        x = batch.to(self.device_obj, non_blocking=True)
+        return self._forward(batch.to(self.device_obj, non_blocking=True))
+
+    @torch.inference_mode()
+    def run_crops(self, crops: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+        if self.device_obj.type == "cpu" or crops.dtype != torch.uint8:
+            return super().run_crops(crops, mean, std)
+        # On an accelerator: a quarter of the bytes cross the bus, normalised on the device.
+        x = normalize(crops.to(self.device_obj, non_blocking=True), mean, std)
+        self.check_input(x, None)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.precision == "fp32":

@@ -3,7 +3,7 @@
 ``infer``: the torch backend's session (what ``eval`` runs: host batch in, host logits out)
 against the raw forward of the same model on device-resident input, per precision (fp32,
 bf16, fp16 autocast), channels_last, batch 1/32/256. ``train``: one training step of
-googlenet-bn at batch 128, AMP (bf16 autocast, channels_last) against fp32 eager.
+googlenet-bn at batch 128, AMP (bf16 or fp16 autocast, channels_last) against fp32 eager.
 ``--dry-run`` runs both on the CPU at toy sizes, to check the script itself anywhere.
 """
 
@@ -20,6 +20,7 @@ import torch
 from inceptionctl import build_model, load_recipe
 from inceptionctl.backend import get_backend
 from inceptionctl.checkpoint import save_checkpoint
+from inceptionctl.crops import normalize
 
 
 def _sync(device: torch.device) -> None:
@@ -43,9 +44,15 @@ def _per_second(fn, items: int, device: torch.device, warmup: int, iters: int) -
 
 
 def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> list[dict]:
-    """Session throughput against raw forward, per precision and batch."""
+    """Session throughput against raw forward, per precision and batch.
+
+    ``eval`` hands the session uint8 crops (``run_crops``: on CUDA they cross the bus as uint8 and
+    are normalised there), which is the row the target is about; ``run`` on a host float batch
+    (what ``predict`` and ``compare`` do) is shown beside it.
+    """
     r = load_recipe(recipe)
     size = r.eval.size
+    mean, std = torch.tensor(r.data.mean), torch.tensor(r.data.std)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_checkpoint(Path(tmp) / "m.pt", build_model(r), r)
@@ -55,7 +62,8 @@ def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> 
             model = session.model.eval()
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
             for n in batches:
-                host = torch.randn(n, 3, size, size)
+                crops = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+                host = normalize(crops, mean, std)
                 dev = host.to(device).contiguous(memory_format=torch.channels_last)
 
                 @torch.inference_mode()
@@ -64,44 +72,59 @@ def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> 
                         model(dev)
 
                 raw_ips = _per_second(raw, n, device, 3, iters)
-                ses_ips = _per_second(lambda: session.run(host), n, device, 3, iters)
+                eval_ips = _per_second(lambda: session.run_crops(crops, mean, std), n, device, 3,
+                                       iters)
+                run_ips = _per_second(lambda: session.run(host), n, device, 3, iters)
                 rows.append({"step": "infer", "precision": precision, "batch": n,
-                             "raw_img_s": round(raw_ips, 1), "session_img_s": round(ses_ips, 1),
-                             "session_vs_raw": round(ses_ips / raw_ips, 3)})
+                             "raw_img_s": round(raw_ips, 1), "session_img_s": round(eval_ips, 1),
+                             "session_vs_raw": round(eval_ips / raw_ips, 3),
+                             "run_float_img_s": round(run_ips, 1),
+                             "run_float_vs_raw": round(run_ips / raw_ips, 3)})
             session.close()
     return rows
 
 
 def train(device: torch.device, recipe: str, batch: int, iters: int) -> list[dict]:
-    """Training step throughput: AMP (bf16, channels_last) against fp32 eager."""
+    """Training step throughput: fp32 eager (PyTorch's defaults: cuDNN may use TF32 for
+    convolutions), fp32 with TF32 off, and AMP (bf16, fp16 with a GradScaler; channels_last)."""
     r = load_recipe(recipe)
     size = r.data.input_size
     out = {}
-    for mode in ("fp32", "amp"):
+    modes = ("fp32", "fp32-notf32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
+    for mode in modes:
         torch.manual_seed(0)
+        amp = mode in ("bf16", "fp16")
+        dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+        torch.backends.cudnn.allow_tf32 = mode != "fp32-notf32"
         model = build_model(r).to(device).train()
-        if mode == "amp":
+        if amp:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
         x = torch.randn(batch, 3, size, size, device=device)
-        if mode == "amp":
+        if amp:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, r.model.num_classes, (batch,), device=device)
         loss_fn = torch.nn.CrossEntropyLoss()
 
         def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "amp"):
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
                 logits, aux = model.forward_train(x)
                 loss = loss_fn(logits, y) + 0.3 * sum(loss_fn(a, y) for a in aux)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         out[mode] = _per_second(step, batch, device, 3, iters)
         del model, opt
-    return [{"step": "train", "recipe": recipe, "batch": batch,
-             "fp32_img_s": round(out["fp32"], 1), "amp_img_s": round(out["amp"], 1),
-             "amp_vs_fp32": round(out["amp"] / out["fp32"], 3)}]
+    torch.backends.cudnn.allow_tf32 = True
+    best = max(("bf16", "fp16"), key=lambda m: out.get(m, 0.0))
+    row = {"step": "train", "recipe": recipe, "batch": batch, "amp": best,
+           "fp32_img_s": round(out["fp32"], 1), "amp_img_s": round(out[best], 1),
+           "amp_vs_fp32": round(out[best] / out["fp32"], 3)}
+    row.update({f"{m}_img_s": round(v, 1) for m, v in out.items()})
+    return [row]
 
 
 def main() -> None:

@@ -121,6 +121,14 @@ class Session(ABC):
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, num_classes]`` (float32, CPU) for a preprocessed batch ``[N, C, H, W]``."""
 
+    def run_crops(self, crops: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+        """Logits for uint8 crops ``[N, C, H, W]``: normalised with ``mean`` / ``std``, then
+        :meth:`run`. A session on an accelerator may override it to send the uint8 crops (a
+        quarter of the bytes) and normalise on the device, with the same arithmetic."""
+        from inceptionctl.crops import normalize
+
+        return self.run(normalize(crops, mean, std))
+
     def close(self) -> None:
         """Release what the session holds (memory, engines)."""
 

@@ -314,8 +314,7 @@ def _run(opts: EvalOptions, sessions: list[Session], loader: DataLoader, counts:
     log_at = started
     for chunk, tags in stream_batches(pieces(), batch):
         for m, session in enumerate(sessions):
-            x = normalize(chunk, means[m], stds[m])
-            probs = torch.softmax(session.run(x).float(), dim=1)
+            probs = torch.softmax(session.run_crops(chunk, means[m], stds[m]).float(), dim=1)
             if m == 0:
                 sums.first.index_add_(0, tags, probs)
             sums.all.index_add_(0, tags, probs)

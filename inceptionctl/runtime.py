@@ -54,7 +54,9 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     if index is not None and index >= torch.cuda.device_count():
         raise InceptionError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
                              f"device(s)")
-    return torch.device("cuda", index) if index is not None else torch.device("cuda")
+    # A bare ``cuda`` is this process's GPU (its local rank), with the index spelled out:
+    # torch.cuda.set_device and the CUDA RNG calls refuse a device without one.
+    return torch.device("cuda", local_rank if index is None else index)
 
 
 def cuda_index(name: str | None, runner: str = "this backend") -> int:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from inceptionctl import __version__, load_recipe
+from inceptionctl.errors import InceptionError
 from inceptionctl.recipe import recipe_from_data
 
 COMMANDS = ["recipes", "train", "eval", "predict", "export", "compare", "profile", "backends"]
@@ -159,6 +160,23 @@ def test_auto_resolves_to_the_cpu_here_and_to_the_first_gpu_for_an_engine_builde
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert cuda_index("auto") == 0 and cuda_index("cuda:1") == 1
+
+
+def test_a_bare_cuda_names_this_process_gpu_with_its_index(monkeypatch):
+    """torch.cuda.set_device refuses torch.device('cuda'): every CUDA device we resolve carries
+    an index, the local rank's for a bare ``cuda`` (as for ``auto``)."""
+    import torch
+
+    from inceptionctl.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1", local_rank=0) == torch.device("cuda", 1)
+    with pytest.raises(InceptionError, match="only 2 CUDA"):
+        resolve_device("cuda:2")
 
 
 def _eval_child(tmp_path):
