@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ class TorchSession(Session):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.precision = precision
         self.forward = torch.compile(self.model) if compile else self.model
+        self._copy_stream: Any = None
         self.device = str(self.device_obj)
         self.info = ArtifactInfo(
             path=str(path), kind=(Kind.CHECKPOINT if "meta" in info else Kind.FOREIGN).value,
@@ -51,7 +53,38 @@ class TorchSession(Session):
         self.check_input(x, None)
         return self._forward(x)
 
+    def submit_crops(self, crops: torch.Tensor, mean: Any, std: Any
+                     ) -> Callable[[], torch.Tensor]:
+        if self.device_obj.type == "cpu" or crops.dtype != torch.uint8:
+            return super().submit_crops(crops, mean, std)
+        # The copy runs on a side stream, so it overlaps the forward pass of the batch before;
+        # the forward is queued behind it and its logits come back through pinned memory.
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device_obj)
+        compute = torch.cuda.current_stream(self.device_obj)
+        with torch.cuda.stream(self._copy_stream):
+            sent = crops.to(self.device_obj, non_blocking=True)
+        compute.wait_stream(self._copy_stream)
+        sent.record_stream(compute)
+        with torch.inference_mode():
+            x = normalize(sent, mean, std)
+            self.check_input(x, None)
+            logits = self._forward_device(x)
+            host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(logits, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(compute)
+
+        def result() -> torch.Tensor:
+            done.synchronize()
+            return host
+
+        return result
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_device(x).cpu()
+
+    def _forward_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.precision == "fp32":
@@ -60,7 +93,7 @@ class TorchSession(Session):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             with torch.autocast(self.device_obj.type, dtype=dtype):
                 logits = self.forward(x)
-        return logits.float().cpu()
+        return logits.float()
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

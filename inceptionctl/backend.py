@@ -129,6 +129,14 @@ class Session(ABC):
 
         return self.run(normalize(crops, mean, std))
 
+    def submit_crops(self, crops: torch.Tensor, mean: Any, std: Any
+                     ) -> Callable[[], torch.Tensor]:
+        """:meth:`run_crops` started, its logits returned by the callable. A session on an
+        accelerator may return before the device is done, so that the caller prepares the next
+        batch (and sends it) while this one computes; here it computes at once."""
+        logits = self.run_crops(crops, mean, std)
+        return lambda: logits
+
     def close(self) -> None:
         """Release what the session holds (memory, engines)."""
 

@@ -310,19 +310,29 @@ def _run(opts: EvalOptions, sessions: list[Session], loader: DataLoader, counts:
             tags = (b.images[:, None] * n_counts + crop_slot[None, :]).reshape(-1)
             yield b.crops, tags
 
-    started = time.monotonic()
-    log_at = started
-    for chunk, tags in stream_batches(pieces(), batch):
-        for m, session in enumerate(sessions):
-            probs = torch.softmax(session.run_crops(chunk, means[m], stds[m]).float(), dim=1)
+    def collect(pending: list[tuple[int, Callable[[], torch.Tensor], torch.Tensor]]) -> None:
+        for m, logits, tags in pending:
+            probs = torch.softmax(logits().float(), dim=1)
             if m == 0:
                 sums.first.index_add_(0, tags, probs)
             sums.all.index_add_(0, tags, probs)
-        sums.crops += len(chunk) * len(sessions)
+            sums.crops += len(tags)
+
+    started = time.monotonic()
+    log_at = started
+    # One batch in flight: a session that computes asynchronously (CUDA) works on batch i while
+    # batch i+1 is regrouped and sent; the sums see every batch in the same order either way.
+    pending: list[tuple[int, Callable[[], torch.Tensor], torch.Tensor]] = []
+    for chunk, tags in stream_batches(pieces(), batch):
+        submitted = [(m, session.submit_crops(chunk, means[m], stds[m]), tags)
+                     for m, session in enumerate(sessions)]
+        collect(pending)
+        pending = submitted
         if ctx.is_main and time.monotonic() - log_at > 10:
             rate = sums.crops / (time.monotonic() - started)
             opts.log(f"eval: {sums.crops:,} crops, {rate:,.0f} crops/s")
             log_at = time.monotonic()
+    collect(pending)
     sums.seconds = time.monotonic() - started
     return sums
 

@@ -82,3 +82,25 @@ def test_eval_and_profile_time_on_cuda(default_run, cli):
     result = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "torch",
                  "--device", "cuda", "--batch", "1,8", "--json")
     assert result.exit_code == 0, result.output[-3000:]
+
+
+def test_cuda_eval_sends_uint8_crops_and_matches_the_cpu(default_run, cli):
+    """eval on cuda (uint8 crops on a side stream, normalised on the GPU, one batch in flight)
+    gives the CPU's report; the session's logits match the CPU's to fp32 rounding."""
+    from inceptionctl.backend import open_artifact
+    from inceptionctl.crops import normalize
+
+    run, _, _ = default_run
+    args = ("eval", run, "--crops", "1,10", "--limit", "200", "--batch-size", "64", "--json")
+    on_gpu, on_cpu = _json(cli(*args, "--device", "cuda")), _json(cli(*args, "--device", "cpu"))
+    for g, c in zip(on_gpu["table"], on_cpu["table"]):
+        assert abs(g["top1"] - c["top1"]) <= 0.5, (g, c)
+    gpu, cpu = open_artifact(str(run), "torch", "cuda"), open_artifact(str(run), "torch", "cpu")
+    pre = gpu.info.preprocessing
+    crops = torch.randint(0, 256, (96, 3, int(pre["eval_size"]), int(pre["eval_size"])),
+                          dtype=torch.uint8)
+    handles = [gpu.submit_crops(crops[i:i + 32], pre["mean"], pre["std"]) for i in (0, 32, 64)]
+    got = torch.cat([h() for h in handles])
+    want = cpu.run(normalize(crops, pre["mean"], pre["std"]))
+    assert got.device.type == "cpu" and got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-3 * float(want.abs().max()), rtol=0)

@@ -1,0 +1,78 @@
+"""Eval keeps one batch in flight (``Session.submit_crops``): a session that computes later, as
+one on CUDA does, gives the same report as one that computes at once, batch for batch."""
+
+import pytest
+import torch
+
+from inceptionctl import evaluate as ev
+from inceptionctl.backend import open_artifact
+from inceptionctl.errors import InceptionError
+
+
+class Deferred:
+    """A real session whose ``submit_crops`` returns before computing, counting batches in
+    flight; ``fail_at`` makes the n-th result raise."""
+
+    def __init__(self, session, fail_at=None):
+        self.inner, self.fail_at = session, fail_at
+        self.info, self.device = session.info, session.device
+        self.in_flight = self.most_in_flight = self.submitted = 0
+
+    def submit_crops(self, crops, mean, std):
+        self.submitted += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        crops, number = crops.clone(), self.submitted
+
+        def result():
+            self.in_flight -= 1
+            if number == self.fail_at:
+                raise InceptionError(f"batch {number} failed")
+            return self.inner.run_crops(crops, mean, std)
+
+        return result
+
+    def close(self):
+        self.inner.close()
+
+
+def _report(run, monkeypatch, wrap):
+    made = []
+
+    def opened(path, *args, **kwargs):
+        made.append(wrap(open_artifact(path, "torch", "cpu")))
+        return made[-1]
+
+    monkeypatch.setattr(ev, "open_artifact", opened)
+    report = ev.evaluate(ev.EvalOptions([str(run), str(run)], crops=[1, 10], device="cpu",
+                                        batch_size=16, limit=24, workers=0))
+    return report, made
+
+
+def test_deferred_results_give_the_same_report_with_one_batch_in_flight(tiny_run, monkeypatch):
+    run, _ = tiny_run
+    now, _ = _report(run, monkeypatch, lambda s: s)
+    later, made = _report(run, monkeypatch, Deferred)
+    assert [(r.models, r.crops, r.top1, r.top5) for r in later.rows] == \
+        [(r.models, r.crops, r.top1, r.top5) for r in now.rows]
+    assert later.confusion == now.confusion
+    # 24 images x 11 crops in batches of 16: 17 batches per model, each collected, one pending
+    # per model at a time (the loop submits batch i+1 before collecting batch i)
+    assert [m.submitted for m in made] == [17, 17]
+    assert [m.most_in_flight for m in made] == [2, 2] and [m.in_flight for m in made] == [0, 0]
+
+
+def test_a_failing_deferred_batch_ends_eval_with_its_error(tiny_run, monkeypatch):
+    run, _ = tiny_run
+    with pytest.raises(InceptionError, match="batch 3 failed"):
+        _report(run, monkeypatch, lambda s: Deferred(s, fail_at=3))
+
+
+def test_the_torch_session_submits_on_the_cpu_as_it_runs(tiny_run):
+    run, _ = tiny_run
+    session = open_artifact(str(run), "torch", "cpu")
+    mean, std = session.info.preprocessing["mean"], session.info.preprocessing["std"]
+    size = int(session.info.preprocessing["eval_size"])
+    crops = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8)
+    assert torch.equal(session.submit_crops(crops, mean, std)(),
+                       session.run(ev.normalize(crops, mean, std)))
