@@ -17,6 +17,8 @@ from inceptionctl.runtime import resolve_device
 
 
 class TorchSession(Session):
+    switchable = ("fp32", "bf16", "fp16")
+
     def __init__(self, path: Path, device: str, recipe: Any = None, precision: str = "fp32",
                  compile: bool = False, channels_last: bool = True, **_: Any):
         self.device_obj = resolve_device(device)
@@ -94,6 +96,10 @@ class TorchSession(Session):
             with torch.autocast(self.device_obj.type, dtype=dtype):
                 logits = self.forward(x)
         return logits.float()
+
+    def set_precision(self, precision: str) -> None:
+        super().set_precision(precision)
+        self.precision = precision
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -91,6 +91,16 @@ class Session(ABC):
 
     info: ArtifactInfo
     device: str = "cpu"
+    #: Precisions the session can switch between after opening (autocast over one set of
+    #: weights); empty when it runs in the precision its artifact was built in.
+    switchable: tuple[str, ...] = ()
+
+    def set_precision(self, precision: str) -> None:
+        """Run in ``precision`` (one of :attr:`switchable`) from the next batch on."""
+        if precision not in self.switchable:
+            raise InceptionError(f"{self.info.path}: runs in {self.info.precision} only (asked "
+                                 f"for {precision})")
+        self.info.precision = precision
 
     def check_input(self, batch: torch.Tensor, spatial: int | None) -> None:
         """Raise InceptionError naming what is wrong with ``batch`` for this artifact."""

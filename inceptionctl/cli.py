@@ -93,7 +93,8 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 # ----------------------------------------------------------------------------- fixed choices
 
 class TrainPrecision(str, Enum):
-    """``train --precision``: fp32 or autocast bf16 / fp16; auto picks by the hardware."""
+    """``train``, ``eval`` and ``predict --precision``: fp32 or autocast bf16 / fp16; auto
+    measures the candidates on this machine and picks the fastest."""
 
     auto = "auto"
     fp32 = "fp32"
@@ -110,8 +111,9 @@ class ExportPrecision(str, Enum):
 
 
 class TimedPrecision(str, Enum):
-    """``profile --precision``: each item of the list."""
+    """``profile --precision``: each item of the list (auto: what eval / train would choose)."""
 
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -199,13 +201,19 @@ BackendsOpt = Annotated[str, typer.Option(
                                                     "torch,onnxruntime.")]
 TrainPrecisionOpt = Annotated[TrainPrecision, typer.Option(
     "--precision", parser=_one_of("--precision", TrainPrecision),
-    help="fp32 or autocast bf16 / fp16; auto picks bf16 where the hardware has it.")]
+    help="fp32 or autocast bf16 / fp16; auto measures them on this machine and picks the "
+         "fastest (the choice is cached).")]
+InferPrecisionOpt = Annotated[TrainPrecision, typer.Option(
+    "--precision", parser=_one_of("--precision", TrainPrecision),
+    help="Torch backend: fp32 or autocast bf16 / fp16; auto measures them here and picks the "
+         "fastest. ONNX and engines run in their own precision.")]
 ExportPrecisionOpt = Annotated[ExportPrecision, typer.Option(
     "--precision", parser=_one_of("--precision", ExportPrecision),
     help="fp32, fp16 or int8 (onnx and tensorrt).")]
 TimedPrecisionsOpt = Annotated[str, typer.Option(
-    "--precision", metavar="fp32|bf16|fp16|int8[,...]",
-    parser=_list_of("--precision", TimedPrecision), help="Precisions to time, e.g. fp32,int8.")]
+    "--precision", metavar="auto|fp32|bf16|fp16|int8[,...]",
+    parser=_list_of("--precision", TimedPrecision),
+    help="Precisions to time, e.g. fp32,int8; auto: the torch backend's measured choice.")]
 
 
 def emit_json(data: Any) -> None:
@@ -384,6 +392,7 @@ def eval_(
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG.")] = None,
+    precision: InferPrecisionOpt = TrainPrecision.auto,
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -395,7 +404,8 @@ def eval_(
                                   crops=_parse_crops(crops) if crops is not None else None,
                                   backend=backend, device=device, batch_size=batch_size,
                                   limit=limit, strict_data=strict_data, workers=workers,
-                                  recipe=_foreign_recipe(recipe, set_)))
+                                  recipe=_foreign_recipe(recipe, set_),
+                                  precision=precision.value))
     if report is None:  # not rank 0
         return
     if plot is not None:
@@ -419,6 +429,7 @@ def predict(
     backend: BackendOpt = None,
     device: DeviceOpt = "auto",
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
+    precision: InferPrecisionOpt = TrainPrecision.auto,
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -427,13 +438,17 @@ def predict(
     from .evaluate import predict as run_predict, predictions_to_json, render_predictions
 
     results, bad, session = run_predict(inputs, weights, crops, topk, backend, device,
-                                        strict_data, _foreign_recipe(recipe, set_))
+                                        strict_data, _foreign_recipe(recipe, set_),
+                                        precision=precision.value,
+                                        log=lambda m: print(m, file=sys.stderr, flush=True))
     for path, reason in bad:
         print(f"skipped {path}: cannot read image ({reason})", file=sys.stderr)
     if not results:
         raise InceptionError(f"none of the {len(bad)} input image(s) could be read")
     if as_json:
-        emit_json(predictions_to_json(results, bad, session.info.path, crops))
+        emit_json(predictions_to_json(results, bad, session.info.path, crops, dict(
+            session.info.extra.get("precision_choice") or
+            {"precision": session.info.precision, "source": "artifact"})))
     else:
         _show(render_predictions(results, crops))
 

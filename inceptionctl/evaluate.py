@@ -28,6 +28,7 @@ from .data import (Collate, DataError, ImageSource, KeyedSampler, collect_images
                    default_workers, eval_source)
 from .errors import InceptionError, one_line
 from .recipe import Recipe
+from .runtime import choose_session_precision
 
 
 class CropSet(Dataset):
@@ -134,10 +135,11 @@ class EvalReport:
     images_per_s: float
     crops_per_s: float
     skipped_paths: list[str] = field(default_factory=list)
+    precisions: list[dict[str, Any]] = field(default_factory=list)  # per model: choice, rates
 
     def to_json(self) -> dict[str, Any]:
         return {"artifacts": self.artifacts, "backend": self.backend, "versions": self.versions,
-                "device": self.device, "images": self.images, "skipped": self.skipped,
+                "device": self.device, "precisions": self.precisions, "images": self.images, "skipped": self.skipped,
                 "crops": self.crops, "models": len(self.artifacts), "top1": self.main.top1,
                 "top5": self.main.top5, "top1_error": 100.0 - self.main.top1,
                 "top5_error": 100.0 - self.main.top5,
@@ -159,6 +161,7 @@ class EvalOptions:
     strict_data: bool = False
     workers: int | None = None
     recipe: Recipe | None = None
+    precision: str = "auto"  # auto: measured per machine (torch backend); else as given
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -230,6 +233,9 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
         raise DataError(f"{opts.data}: no images to evaluate")
     counts = list(dict.fromkeys(opts.crops))
     batch = _ensemble_batch(opts, sessions)
+    for session in sessions:
+        choose_session_precision(session, opts.precision, batch, opts.log if ctx.is_main else None,
+                                 ctx)
     dataset = CropSet(source, counts, size, scales, str(pre.get("interpolation", "bilinear")))
     sampler = KeyedSampler(n_total, 0, 0, ctx.rank, ctx.world, shuffle=False)
     workers = default_workers() if opts.workers is None else opts.workers
@@ -377,7 +383,9 @@ def _report(opts: EvalOptions, sessions: list[Session], gathered: list[dict[str,
         rows=rows, main=rows[main_index], per_class=per_class, confusion=confusion.tolist(),
         seconds=seconds, images_per_s=n / max(seconds, 1e-9),
         crops_per_s=total_crops / max(seconds, 1e-9),
-        skipped_paths=[f"{p} ({r})" for p, r in all_bad])
+        skipped_paths=[f"{p} ({r})" for p, r in all_bad],
+        precisions=[dict(s.info.extra.get("precision_choice") or
+                         {"precision": s.info.precision, "source": "artifact"}) for s in sessions])
 
 
 def _backend_name(session: Session) -> str:
@@ -394,7 +402,9 @@ class Prediction:
 
 def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
             backend: str | None = None, device: str = "auto", strict: bool = False,
-            recipe: Recipe | None = None) -> tuple[list[Prediction], list[tuple[str, str]], Session]:
+            recipe: Recipe | None = None, precision: str = "auto",
+            log: Callable[[str], None] | None = None
+            ) -> tuple[list[Prediction], list[tuple[str, str]], Session]:
     """Top-k classes of each input image; unreadable images are listed (or fatal with strict)."""
     if crops not in (1, 10, 144):
         raise InceptionError(f"--crops: {crops} is not one of 1, 10, 144")
@@ -404,6 +414,7 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
     extra = {"recipe": recipe} if recipe is not None else {}
     session = open_artifact(weights, backend, device, **extra)
     with session:
+        choose_session_precision(session, precision, crops, log)
         pre = session.info.preprocessing
         size, scales = int(pre["eval_size"]), [int(s) for s in pre["eval_scales"]]
         mean, std = torch.tensor(pre["mean"]), torch.tensor(pre["std"])
@@ -457,7 +468,9 @@ def render(report: EvalReport, plot: Path | None = None) -> list[Any]:
     """Table 3 for this run as a rich Table, then the throughput line (naming the plot file)."""
     from rich.table import Table
 
-    table = Table(title=f"eval: {report.images} images, backend {report.backend} ({report.device})")
+    precisions = "/".join(dict.fromkeys(str(p.get("precision")) for p in report.precisions))
+    where = ", ".join(x for x in (report.device, precisions) if x)
+    table = Table(title=f"eval: {report.images} images, backend {report.backend} ({where})")
     for col in ("models", "crops", "cost", "top-1", "top-5", "top-1 err", "top-5 err",
                 "Δ top-1", "Δ top-5"):
         table.add_column(col, justify="right")
@@ -472,9 +485,10 @@ def render(report: EvalReport, plot: Path | None = None) -> list[Any]:
 
 
 def predictions_to_json(results: list[Prediction], bad: list[tuple[str, str]], weights: str,
-                        crops: int) -> dict[str, Any]:
-    """``predict --json``: the weights, crops, each image's top-k and the skipped images."""
-    return {"weights": weights, "crops": crops,
+                        crops: int, precision: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``predict --json``: the weights, crops, precision, each image's top-k and the skipped
+    images."""
+    return {"weights": weights, "crops": crops, "precision": precision,
             "predictions": [{"path": r.path, "topk": [
                 {"class": c, "index": i, "probability": p} for c, i, p in r.topk]}
                 for r in results],

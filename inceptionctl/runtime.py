@@ -271,3 +271,40 @@ def time_rate(step: Callable[[], Any], images: int, device: torch.device,
         sync()
         done += 1
     return images * done / (time.perf_counter() - started)
+
+
+def choose_session_precision(session: Any, requested: str, batch: int,
+                             log: Callable[[str], None] | None,
+                             ctx: Any = None) -> PrecisionChoice | None:
+    """Set ``session``'s precision: ``auto`` measured on this machine at this batch (torch
+    backend; the decision is cached per machine), an explicit one as given. A session that runs
+    in its artifact's own precision (ONNX, engines) takes ``auto`` or that precision only.
+    ``session`` is a :class:`inceptionctl.backend.Session`; ``ctx`` a distributed context, whose
+    rank 0 measures and every rank follows."""
+    if not session.switchable:
+        if requested not in ("auto", session.info.precision):
+            raise InceptionError(f"--precision {requested}: {session.info.path} runs in "
+                                 f"{session.info.precision} (the precision it was exported in)")
+        return None
+    device = torch.device(session.device)
+    pre = session.info.preprocessing
+    size = int(pre["eval_size"])
+    probe_batch = max(1, min(batch, 16))  # the real work, kept well under a second
+    key = probe_key(device, "infer", str(session.info.recipe.get("name", "?")), batch, size)
+
+    def probe(precision: str) -> float:
+        session.set_precision(precision)
+        x = torch.randn(probe_batch, session.info.channels, size, size)
+        return time_rate(lambda: session.run(x), probe_batch, device, budget_s=0.1)
+
+    choice = None
+    if ctx is None or ctx.is_main:
+        choice = choose_precision(requested, device, probe, key=key)
+    if ctx is not None and ctx.active:
+        choice = ctx.broadcast_object(choice)
+    assert choice is not None
+    session.set_precision(choice.precision)
+    session.info.extra["precision_choice"] = choice.to_json()
+    if log is not None and choice.source in ("probe", "cache"):
+        log(choice.describe())
+    return choice

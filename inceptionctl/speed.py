@@ -33,6 +33,7 @@ Unavailable backends get a row with ``available: false`` and the reason, never a
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,8 @@ import torch
 from .backend import BuildContext, Quantizer
 from .errors import InceptionError
 from .recipe import Recipe
-from .runtime import autocast, resolve_device
+from .runtime import (autocast, choose_precision, choose_session_precision, probe_key,
+                      resolve_device, time_rate)
 
 SCHEMA = "inceptionctl.speed/1"
 
@@ -273,7 +275,7 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
         for name in opts.backends:
             rows += _time_backend(name, opts, ckpt, ctx, device, macs, peak, versions)
         if opts.train:
-            for prec in [p for p in opts.precisions if p in ("fp32", "bf16", "fp16")]:
+            for prec in [p for p in opts.precisions if p in ("fp32", "bf16", "fp16", "auto")]:
                 for batch in opts.batches:
                     rows.append(_train_row(recipe, prec, batch, device, opts, macs, peak))
     return SpeedReport(recipe.name, size, macs, machine_info(device, versions), peaks, rows)
@@ -295,21 +297,31 @@ def _time_backend(name: str, opts: SpeedOptions, ckpt: Path, ctx: BuildContext,
         versions[name] = av.version
     rows: list[SpeedRow] = []
     recipe, size = opts.recipe, opts.recipe.data.input_size
-    for prec in [p for p in opts.precisions if p in backend.precisions]:
+    # ``auto``: what eval would run, measured per batch, on backends whose sessions switch
+    # precision (torch); the row says the choice, e.g. ``auto:bf16``.
+    wanted = [p for p in opts.precisions if p in backend.precisions or
+              (p == "auto" and "fp32" in backend.precisions)]
+    for prec in wanted:
         if not av.available:
             rows.append(SpeedRow(name, prec, 0, available=False, reason=av.reason))
             continue
         try:
-            path, extra = backend.make_artifact(ckpt, prec, ctx)
+            path, extra = backend.make_artifact(ckpt, "fp32" if prec == "auto" else prec, ctx)
             with open_artifact(path, name, str(device), **extra) as session:
+                if prec == "auto" and not session.switchable:
+                    continue
                 for batch in opts.batches:
+                    label = prec
+                    if prec == "auto":
+                        choice = choose_session_precision(session, "auto", batch, opts.log)
+                        label = f"auto:{choice.precision if choice else session.info.precision}"
                     x = torch.randn(batch, recipe.model.in_channels, size, size)
                     reset_peak_memory(device)
-                    opts.log(f"timing {name} {prec} batch {batch}")
+                    opts.log(f"timing {name} {label} batch {batch}")
                     times = time_calls(lambda: session.run(x), device, opts.warmup,
                                        opts.iters, opts.seconds)
-                    rows.append(_row(name, prec, batch, "inference", times, macs, 1,
-                                     peak(prec), device))
+                    rows.append(_row(name, label, batch, "inference", times, macs, 1,
+                                     peak(session.info.precision), device))
         except InceptionError as exc:
             rows.append(SpeedRow(name, prec, 0, available=False, reason=str(exc)))
     return rows
@@ -337,18 +349,30 @@ def _train_row(recipe: Recipe, precision: str, batch: int, device: torch.device,
         return SpeedRow("torch", precision, batch, "train", False, "fp16 training needs CUDA")
     reset_peak_memory(device)
     model = build_model(recipe).to(device, memory_format=torch.channels_last).train()
-    trainer = Trainer(model, recipe, device, precision, ema=False)
+    trainer = Trainer(model, recipe, device, "fp32" if precision == "auto" else precision,
+                      ema=False)
     size = recipe.data.input_size
     x = torch.randn(batch, recipe.model.in_channels, size, size, device=device
                     ).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, recipe.model.num_classes, (batch,), device=device)
     data = Batch(x, y, [])
+    label = precision
+    if precision == "auto":  # what `train` would choose at this batch, measured the same way
+        def probe(p: str) -> float:
+            trial = Trainer(copy.deepcopy(model), recipe, device, p, ema=False)
+            return time_rate(lambda: trial.step(data), batch, device)
 
-    opts.log(f"timing torch training {precision} batch {batch}")
+        choice = choose_precision("auto", device, probe,
+                                  key=probe_key(device, "train", recipe.name, batch, size))
+        opts.log(choice.describe())
+        precision, label = choice.precision, f"auto:{choice.precision}"
+        trainer = Trainer(model, recipe, device, precision, ema=False)
+
+    opts.log(f"timing torch training {label} batch {batch}")
     times = time_calls(lambda: trainer.step(data), device, max(1, opts.warmup), opts.iters,
                        opts.seconds)
     # forward + backward is about 3x the forward's multiply-adds
-    return _row("torch", precision, batch, "train", times, macs, 3, peak(precision), device)
+    return _row("torch", label, batch, "train", times, macs, 3, peak(precision), device)
 
 
 # ----------------------------------------------------------------------------------- rendering

@@ -135,3 +135,104 @@ def test_train_auto_records_its_measured_choice_and_a_resume_keeps_it(two_candid
     train(opts(max_steps=2, resume="auto"))
     meta = read_checkpoint(tmp_path / "run" / "last.pt")["meta"]
     assert meta["precision"] == "bf16" and meta["precision_choice"]["source"] == "resume"
+
+
+# ------------------------------------------------------- eval / predict / profile: auto measured
+
+class _Switchable:
+    """A session that switches precision and runs at a rate the test sets per precision."""
+
+    switchable = ("fp32", "bf16", "fp16")
+    device = "cpu"
+
+    def __init__(self, rates):
+        from inceptionctl.backend import ArtifactInfo
+
+        self.rates, self.ran = rates, []
+        self.info = ArtifactInfo(path="m.pt", kind="checkpoint", recipe={"name": "tiny"},
+                                 classes=["a", "b"], preprocessing={"eval_size": 8})
+
+    def set_precision(self, precision):
+        self.info.precision = precision
+
+    def run(self, x):
+        self.ran.append((self.info.precision, len(x)))
+
+
+def _fake_rates(monkeypatch, session):
+    """time_rate reports the session's rate for the precision it is set to (after one call)."""
+    def rate(step, images, device, **kw):
+        step()
+        return session.rates[session.info.precision]
+
+    monkeypatch.setattr(runtime, "time_rate", rate)
+
+
+def test_inference_auto_measures_the_session_at_the_batch_and_caches(two_candidates, monkeypatch):
+    session = _Switchable({"fp32": 40.0, "bf16": 90.0})
+    _fake_rates(monkeypatch, session)
+    logs = []
+    choice = runtime.choose_session_precision(session, "auto", 64, logs.append)
+    assert (choice.precision, choice.source) == ("bf16", "probe")
+    assert session.info.precision == "bf16"
+    assert {p for p, _ in session.ran} == {"fp32", "bf16"}
+    assert {n for _, n in session.ran} == {16}  # the probe's batch: at most 16 of the real 64
+    assert logs == ["precision auto -> bf16 (measured now: fp32 40.0 img/s, bf16 90.0 img/s)"]
+    assert "| infer | tiny | batch 64 | 8px" in choice.key
+    # read back: another session of the same recipe at the same batch measures nothing
+    other = _Switchable({"fp32": 1.0, "bf16": 1.0})
+    other.run = _never
+    again = runtime.choose_session_precision(other, "auto", 64, None)
+    assert (again.precision, again.source, other.info.precision) == ("bf16", "cache", "bf16")
+
+
+def test_inference_explicit_precision_skips_the_probe(two_candidates):
+    session = _Switchable({})
+    session.run = _never
+    choice = runtime.choose_session_precision(session, "fp32", 64, None)
+    assert (choice.precision, choice.source, session.info.precision) == ("fp32", "explicit",
+                                                                          "fp32")
+
+
+def test_a_session_in_its_own_precision_takes_auto_or_that_precision_only():
+    session = _Switchable({})
+    session.switchable, session.run = (), _never
+    session.info.precision = "int8"
+    assert runtime.choose_session_precision(session, "auto", 8, None) is None
+    assert runtime.choose_session_precision(session, "int8", 8, None) is None
+    with pytest.raises(InceptionError, match=r"--precision bf16: m.pt runs in int8 \(the "
+                                             r"precision it was exported in\)"):
+        runtime.choose_session_precision(session, "bf16", 8, None)
+
+
+def test_eval_and_predict_record_the_measured_choice(two_candidates, monkeypatch, tiny_run, cli,
+                                                     tmp_path):
+    """Through the CLI on a real run: auto's line on stderr and its record in --json; an
+    explicit --precision is taken as given and said so."""
+    from inceptionctl.backends.torch import TorchSession
+
+    measured, now = {"fp32": 10.0, "bf16": 30.0}, []
+    switch = TorchSession.set_precision
+    monkeypatch.setattr(TorchSession, "set_precision",
+                        lambda self, p: (now.append(p), switch(self, p))[1])
+    monkeypatch.setattr(runtime, "time_rate",
+                        lambda step, images, device, **kw: (step(), measured[now[-1]])[1])
+    run, _ = tiny_run
+    out = cli("eval", run, "--limit", "20", "--device", "cpu", "--json")
+    assert out.exit_code == 0, out.output
+    assert "precision auto -> bf16 (measured now: fp32 10.0 img/s, bf16 30.0 img/s)" in out.stderr
+    data = json.loads(out.stdout)
+    assert data["precisions"][0]["precision"] == "bf16"
+    assert data["precisions"][0]["rates"] == measured
+    fixed = json.loads(cli("eval", run, "--limit", "20", "--device", "cpu", "--precision",
+                           "fp32", "--json").stdout)
+    assert fixed["precisions"][0]["precision"] == "fp32"
+    assert fixed["precisions"][0]["source"] == "explicit"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "x.png")
+    pred = cli("predict", tmp_path / "x.png", "-w", run, "--device", "cpu", "--json")
+    assert pred.exit_code == 0, pred.output
+    assert json.loads(pred.stdout)["precision"]["precision"] in ("bf16", "fp32")
+    bad = cli("eval", run, "--precision", "int4")
+    assert bad.exit_code != 0 and "--precision" in bad.output
