@@ -848,6 +848,8 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
         raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "
                              f"batch ({t.batch_size} x {ctx.world} processes)")
     out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
+    if ctx.note is not None:
+        log(ctx.note)
     if ctx.active:  # every process says where it stands, on every machine
         opts.log(f"rank {ctx.rank} of {ctx.world} (local rank {ctx.local_rank} on "
                  f"{socket.gethostname()}); run folder {out}")
