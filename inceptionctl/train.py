@@ -559,6 +559,20 @@ def _restore(trainer: Trainer, ckpt: dict[str, Any], resume_path: Path,
     return state
 
 
+def _same_start(ctx: dist_utils.Context, state: TrainState) -> None:
+    """Every process starts where rank 0 does: a machine that cannot see the run's last.pt
+    would otherwise train on from step 0 beside the others."""
+    if not ctx.active:
+        return
+    first = ctx.broadcast_object(state.global_step)
+    if not ctx.all_true(first == state.global_step):
+        who = (f"rank {ctx.rank} starts at step {state.global_step}, rank 0 at step {first}"
+               if first != state.global_step else
+               f"another rank does not start at step {first} as rank 0 does")
+        raise InceptionError(f"{who}: every machine must see the same run folder, with its "
+                             f"last.pt (a shared file system)")
+
+
 def _tensorboard(opts: TrainOptions, ctx: dist_utils.Context, out: Path) -> Any:
     if not (opts.tensorboard and ctx.is_main):
         return None
@@ -864,6 +878,7 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
                       channels_last=opts.channels_last)
     state = (_restore(trainer, ckpt, resume_path, ctx, log)
              if ckpt is not None and resume_path is not None else TrainState(world_size=ctx.world))
+    _same_start(ctx, state)
     run = _Run(opts, ctx, recipe, out, device, precision, loaders.per_epoch, log,
                writer=_tensorboard(opts, ctx, out), precision_choice=choice.to_json())
     _announce(run, model, splits, loaders, resumed=ckpt is not None)

@@ -65,12 +65,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_nodes(args: list) -> list[list]:
-    """The torchrun commands of two one-process "nodes" on this machine (static rendezvous)."""
+def _two_nodes(args: list, *own: list) -> list[list]:
+    """The torchrun commands of two one-process "nodes" on this machine (static rendezvous),
+    with ``own[i]`` added to node i's arguments."""
     port = _free_port()
+    own = own or ([], [])
     return [[*TORCHRUN, "--nnodes", "2", "--node-rank", rank, "--nproc-per-node", "1",
-             "--master-addr", "127.0.0.1", "--master-port", port, "-m", "inceptionctl", *args]
-            for rank in (0, 1)]
+             "--master-addr", "127.0.0.1", "--master-port", port, "-m", "inceptionctl", *args,
+             *own[rank]] for rank in (0, 1)]
 
 
 def _without_timings(records: list[dict]) -> list[dict]:
@@ -118,12 +120,13 @@ def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, 
 @pytest.mark.slow
 def test_two_nodes_train_one_run(tmp_path, tiny_recipe):
     """Two torchrun "nodes" (1 process each) train one run folder, written by rank 0, to the
-    weights one process reaches with the same global batch."""
+    weights one process reaches with the same global batch. A node that does not see the
+    run's last.pt cannot resume beside the other."""
     args = ["train", "--recipe", tiny_recipe, "--workers", "0", "--precision", "fp32",
-            "--device", "cpu", "--max-steps", "6", "--out", tmp_path / "run"]
-    for s in EXACT_SETS + ["train.batch_size=16"]:
-        args += ["--set", s]
-    (code0, _, err0), (code1, out1, err1) = _run(*_two_nodes(args), env=_env())
+            "--device", "cpu", "--resume", "auto"]
+    sets = [a for s in EXACT_SETS + ["train.batch_size=16"] for a in ("--set", s)]
+    run = ["--max-steps", "6", "--out", tmp_path / "run", *sets]
+    (code0, _, err0), (code1, out1, err1) = _run(*_two_nodes(args + run), env=_env())
     assert code0 == 0 and code1 == 0, (err0[-3000:], err1[-3000:])
     assert "rank 0 of 2 (local rank 0 on " in err0 and "run folder: " in err0
     assert "rank 1 of 2 (local rank 0 on " in err1 and "run folder: " not in err1
@@ -142,6 +145,15 @@ def test_two_nodes_train_one_run(tmp_path, tiny_recipe):
     assert moved > 1e-3  # the weights moved from their start: the comparison means something
     for k in a:
         assert torch.allclose(a[k], b["state_dict"][k], atol=1e-5, rtol=0), k
+
+    # node 1 with a run folder of its own (no shared file system): both stop, saying why
+    apart = _run(*_two_nodes(args + ["--max-steps", "8"], ["--out", tmp_path / "run"],
+                             ["--out", tmp_path / "elsewhere", *sets]), env=_env())
+    assert [code for code, _, _ in apart] == [1, 1]
+    assert "error: another rank does not start at step 6 as rank 0 does: every machine must " \
+           "see the same run folder" in apart[0][2]
+    assert "error: rank 1 starts at step 0, rank 0 at step 6: " in apart[1][2]
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["global_step"] == 6
 
 
 @pytest.mark.slow
