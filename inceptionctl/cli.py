@@ -301,18 +301,28 @@ def train(
                                                     "in a row.")] = 5,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop (and save) after this many "
                                                           "optimizer steps.")] = None,
+    save_every: Annotated[Optional[str], typer.Option(
+        metavar="N|Nm", parser=_save_every,
+        help="Also write last.pt inside an epoch: every N optimizer steps, or every N minutes "
+             "(e.g. 30m).")] = None,
     nproc: Annotated[Optional[int], typer.Option(help="Launch this many processes on this "
                                                       "machine with torchrun.")] = None,
+    max_restarts: Annotated[Optional[int], typer.Option(
+        help="With --nproc: torchrun restarts the processes this many times when one dies; "
+             "each restart continues from last.pt (needs --resume).")] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a recipe (default: googlenet-small on the embedded digits)."""
     if nproc is not None and nproc < 1:
         raise InceptionError(f"--nproc: expected at least 1, got {nproc}")
-    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_launch_torchrun(nproc))
+    if max_restarts is not None:
+        _check_restarts(max_restarts, nproc, resume)
+    if nproc is not None and (nproc > 1 or max_restarts is not None) \
+            and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_torchrun(nproc, max_restarts))
     from .recipe import load_recipe
-    from .train import TrainOptions, render, train as run_training
+    from .train import SaveEvery, TrainOptions, render, train as run_training
 
     if max_nonfinite < 1:
         raise InceptionError(f"--max-nonfinite: expected at least 1, got {max_nonfinite}")
@@ -323,7 +333,8 @@ def train(
         weights=weights, strict_head=not reset_head, resume=resume, device=device,
         precision=precision.value, compile=compile_, channels_last=channels_last,
         workers=workers, val_split=val_split, strict_data=strict_data, tensorboard=tensorboard,
-        max_nonfinite=max_nonfinite, max_steps=max_steps))
+        max_nonfinite=max_nonfinite, max_steps=max_steps,
+        save_every=SaveEvery.parse(save_every) if save_every is not None else None))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:
@@ -332,8 +343,32 @@ def train(
         _show(render(result))
 
 
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes; return its exit code."""
+def _save_every(value: Any) -> str:
+    """``--save-every``: checked while parsing (before torchrun starts anything)."""
+    from .train import SaveEvery
+
+    SaveEvery.parse(value)
+    return str(value)
+
+
+def _check_restarts(max_restarts: int, nproc: Optional[int], resume: Optional[str]) -> None:
+    """``--max-restarts`` is torchrun's: it needs --nproc, and --resume to find the run again."""
+    if max_restarts < 0:
+        raise InceptionError(f"--max-restarts: expected 0 or more, got {max_restarts}")
+    if "WORLD_SIZE" in os.environ:
+        raise InceptionError("--max-restarts: this process already runs under torchrun; give "
+                             "torchrun its own --max-restarts")
+    if nproc is None:
+        raise InceptionError("--max-restarts: restarts are torchrun's; add --nproc N (1 or "
+                             "more) to launch it")
+    if resume is None:
+        raise InceptionError("--max-restarts: a restarted process must continue the run; add "
+                             "--resume auto (with --out RUN)")
+
+
+def _launch_torchrun(nproc: int, max_restarts: Optional[int] = None) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes (and ``max_restarts``
+    restarts); return its exit code."""
     import subprocess
 
     args = list(sys.argv[1:])
@@ -342,14 +377,15 @@ def _launch_torchrun(nproc: int) -> int:
         if skip:
             skip = False
             continue
-        if a == "--nproc":
+        if a in ("--nproc", "--max-restarts"):
             skip = True
             continue
-        if a.startswith("--nproc="):
+        if a.startswith(("--nproc=", "--max-restarts=")):
             continue
         cleaned.append(a)
+    restarts = [f"--max-restarts={max_restarts}"] if max_restarts is not None else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "inceptionctl", *cleaned]
+           f"--nproc-per-node={nproc}", *restarts, "-m", "inceptionctl", *cleaned]
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd)
 

@@ -20,6 +20,7 @@ class Context:
     world: int = 1
     local_rank: int = 0
     initialised_here: bool = False
+    note: str | None = None  # something about the launch the user should know (rank 0 says it)
 
     @property
     def is_main(self) -> bool:
@@ -80,6 +81,31 @@ class Context:
             dist.destroy_process_group()
 
 
+SHARED_STORE_NOTE = ("torchrun restarts across machines: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                     "for torchrun on every node, or a restarted group may read the previous "
+                     "attempt's addresses and fail to connect")
+
+
+def _attempt_store(timeout: datetime.timedelta) -> tuple[dist.Store | None, str | None]:
+    """(a store of this restart attempt's own, or None for the default; a note for the user).
+
+    torchrun shares its rendezvous store with the workers (``TORCHELASTIC_USE_AGENT_STORE``),
+    and the process group's keys in it outlive a restart: a restarted process may read its
+    peer's address from the attempt before and fail to connect. On one machine one agent
+    restarts every process with the same ``TORCHELASTIC_RESTART_COUNT``, so the keys go under
+    that attempt's prefix; across machines the counts can differ, so only a note is possible.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" \
+            or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) == 0:
+        return None, None
+    if env.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None, SHARED_STORE_NOTE
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"inceptionctl/attempt_{attempt}", store), None
+
+
 def init(timeout_s: float = 600.0) -> Context:
     """Join the torchrun process group when there is one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -93,5 +119,11 @@ def init(timeout_s: float = 600.0) -> Context:
         "INCEPTIONCTL_DIST_BACKEND", "") != "gloo" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return Context(rank, world, local_rank, initialised_here=True)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, note = _attempt_store(timeout)
+    if store is None:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=timeout)
+    return Context(rank, world, local_rank, initialised_here=True, note=note)

@@ -16,8 +16,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
 import random
+import re
 import signal
+import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -73,6 +76,7 @@ class TrainOptions:
     max_steps: int | None = None
     synthetic_count: int = 512
     log_every: int = 10  # steps between host syncs: loss, progress, signals, the non-finite guard
+    save_every: "SaveEvery | None" = None  # also write last.pt inside an epoch
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     progress: bool | None = None  # None: a live bar when stderr is a terminal
 
@@ -137,6 +141,51 @@ class TrainState:
             values[f.name] = state.get(f.name, optional.get(f.name))
         values["history"] = list(values["history"])
         return cls(**values)
+
+
+# ------------------------------------------------------------------------ mid-epoch saves
+
+@dataclass(frozen=True)
+class SaveEvery:
+    """``--save-every``: write ``last.pt`` every ``steps`` optimizer steps, or every
+    ``minutes`` (checked at the host syncs, i.e. every ``log_every`` steps)."""
+
+    steps: int | None = None
+    minutes: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "SaveEvery":
+        """``N`` (optimizer steps) or ``Nm`` (minutes); anything else is one InceptionError."""
+        value = str(text).strip()
+        match = re.fullmatch(r"(\d+)|(\d+(?:\.\d*)?|\.\d+)m", value)
+        number = float(match.group(1) or match.group(2)) if match else 0.0
+        if number <= 0:
+            raise InceptionError(f"--save-every {text}: expected a positive number of optimizer "
+                                 f"steps (e.g. 500) or of minutes (e.g. 30m)")
+        return cls(steps=int(number)) if match.group(1) else cls(minutes=number)
+
+    def __str__(self) -> str:
+        return f"{self.steps} steps" if self.steps else f"{self.minutes:g} minutes"
+
+
+class _SaveClock:
+    """When the loop writes ``last.pt`` inside an epoch (``--save-every``)."""
+
+    def __init__(self, every: SaveEvery | None):
+        self.every = every
+        self.last = time.monotonic()
+
+    def at_step(self, global_step: int) -> bool:
+        """Every rank alike: a step-count save is due (the loop syncs the host for it)."""
+        return bool(self.every and self.every.steps and global_step % self.every.steps == 0)
+
+    def on_time(self) -> bool:
+        """A time save is due; only rank 0 writes, so its clock alone decides."""
+        return bool(self.every and self.every.minutes
+                    and time.monotonic() - self.last >= 60.0 * self.every.minutes)
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
 
 
 # ------------------------------------------------------------------------------- RNG states
@@ -510,6 +559,20 @@ def _restore(trainer: Trainer, ckpt: dict[str, Any], resume_path: Path,
     return state
 
 
+def _same_start(ctx: dist_utils.Context, state: TrainState) -> None:
+    """Every process starts where rank 0 does: a machine that cannot see the run's last.pt
+    would otherwise train on from step 0 beside the others."""
+    if not ctx.active:
+        return
+    first = ctx.broadcast_object(state.global_step)
+    if not ctx.all_true(first == state.global_step):
+        who = (f"rank {ctx.rank} starts at step {state.global_step}, rank 0 at step {first}"
+               if first != state.global_step else
+               f"another rank does not start at step {first} as rank 0 does")
+        raise InceptionError(f"{who}: every machine must see the same run folder, with its "
+                             f"last.pt (a shared file system)")
+
+
 def _tensorboard(opts: TrainOptions, ctx: dist_utils.Context, out: Path) -> Any:
     if not (opts.tensorboard and ctx.is_main):
         return None
@@ -535,6 +598,8 @@ def _announce(run: _Run, model: GoogLeNet, splits: Any, loaders: _Loaders,
             f"{run.device} {run.precision}, {run.ctx.world} process(es), batch {t.batch_size} x "
             f"{run.ctx.world}, {run.per_epoch} steps/epoch, {t.epochs} epochs, "
             f"{loaders.workers} loader workers")
+    if run.opts.save_every is not None:
+        run.log(f"saving {out / 'last.pt'} every {run.opts.save_every} and at each epoch's end")
 
 
 # ------------------------------------------------------------------------------- host syncs
@@ -631,11 +696,26 @@ def _nonfinite_error(run: _Run, count: int, step: int, epoch: int, in_epoch: int
 
 # ---------------------------------------------------------------------------------- the loop
 
+def _die_at_step(ctx: dist_utils.Context) -> int | None:
+    """Tests of elastic restarts: ``INCEPTIONCTL_TEST_SIGKILL_AT=RANK:STEP`` makes that rank
+    SIGKILL itself after that global step, on torchrun's first attempt only."""
+    spec = os.environ.get("INCEPTIONCTL_TEST_SIGKILL_AT")
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
+    rank, step = (int(v) for v in spec.split(":"))
+    return step if rank == ctx.rank else None
+
+
 def _train_epoch(run: _Run, trainer: Trainer, state: TrainState, loaders: _Loaders,
-                 interval: _Interval, stop: StopFlag, progress: Progress
+                 interval: _Interval, stop: StopFlag, progress: Progress, clock: _SaveClock
                  ) -> tuple[str | None, _Epoch]:
-    """Train to the end of the epoch, a signal or --max-steps; return (why it stopped, totals)."""
+    """Train to the end of the epoch, a signal or --max-steps; return (why it stopped, totals).
+
+    ``--save-every`` writes ``last.pt`` between steps, right after a host sync, so it holds the
+    same state as a stop there would (position, running loss, RNGs).
+    """
     t, max_steps = run.recipe.train, run.opts.max_steps
+    die_at = _die_at_step(run.ctx)
     loaders.sampler.epoch, loaders.sampler.skip = state.epoch, state.step_in_epoch * t.batch_size
     trainer.model.train()
     progress.start(state.epoch, t.epochs, run.per_epoch, state.step_in_epoch)
@@ -650,8 +730,9 @@ def _train_epoch(run: _Run, trainer: Trainer, state: TrainState, loaders: _Loade
         state.global_step += 1
         interval.add(loss, bad, state, len(batch.labels), trainer.lr)
         at_max = max_steps is not None and state.global_step >= max_steps
+        at_save = clock.at_step(state.global_step)
         # alone, a signal needs no one's agreement: act on it after this step
-        if interval.due() or at_max or (run.ctx.world == 1 and stop.signum):
+        if interval.due() or at_max or at_save or (run.ctx.world == 1 and stop.signum):
             signum = interval.sync(run, state, epoch, stop.signum, progress)
             if signum:
                 stop.signum, stop_reason = signum, "signal"
@@ -659,6 +740,13 @@ def _train_epoch(run: _Run, trainer: Trainer, state: TrainState, loaders: _Loade
         if at_max:
             stop_reason = "max_steps"
             break
+        # the epoch's end saves anyway; elsewhere a save needs the steps synced just now
+        if state.step_in_epoch < run.per_epoch and not interval.steps \
+                and (at_save or clock.on_time()):
+            _save(run, "last", trainer, state)
+            clock.saved()
+        if state.global_step == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
     if interval.steps:  # the epoch's last steps
         signum = interval.sync(run, state, epoch, stop.signum, progress)
         if signum and stop_reason is None:
@@ -774,6 +862,11 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
         raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "
                              f"batch ({t.batch_size} x {ctx.world} processes)")
     out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
+    if ctx.note is not None:
+        log(ctx.note)
+    if ctx.active:  # every process says where it stands, on every machine
+        opts.log(f"rank {ctx.rank} of {ctx.world} (local rank {ctx.local_rank} on "
+                 f"{socket.gethostname()}); run folder {out}")
     loaders = _loaders(opts, recipe, splits, ctx, device)
     model = _build_model(opts, recipe, ckpt, device, log)
     choice = _choose_precision(opts, recipe, model, device, ctx, ckpt)
@@ -785,6 +878,7 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
                       channels_last=opts.channels_last)
     state = (_restore(trainer, ckpt, resume_path, ctx, log)
              if ckpt is not None and resume_path is not None else TrainState(world_size=ctx.world))
+    _same_start(ctx, state)
     run = _Run(opts, ctx, recipe, out, device, precision, loaders.per_epoch, log,
                writer=_tensorboard(opts, ctx, out), precision_choice=choice.to_json())
     _announce(run, model, splits, loaders, resumed=ckpt is not None)
@@ -799,14 +893,16 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
     interval = _Interval(opts.log_every)
     started, skipped_images = time.monotonic(), 0
     stop_reason = "max_steps" if max_steps is not None and state.global_step >= max_steps else None
+    clock = _SaveClock(opts.save_every)
     with StopFlag() as stop:
         while state.epoch < t.epochs and stop_reason is None:
             stop_reason, epoch = _train_epoch(run, trainer, state, loaders, interval, stop,
-                                              progress)
+                                              progress, clock)
             skipped_images += _report_bad_images(run, state.epoch, epoch.bad_images)
             if stop_reason is not None and state.step_in_epoch < run.per_epoch:
                 break  # mid-epoch stop: save the position, no validation
             _end_of_epoch(run, trainer, state, epoch, loaders.val)
+            clock.saved()
         if stop_reason is not None and state.step_in_epoch:
             _save(run, "last", trainer, state)
         ctx.barrier()

@@ -134,6 +134,93 @@ def test_resume_is_bit_identical_with_adamw(tmp_path, tiny_recipe):
             assert torch.equal(sa[key][slot], sb[key][slot]), (key, slot)
 
 
+class _Died(Exception):
+    """A process that died between two steps, without a chance to save."""
+
+
+def test_resume_from_a_save_every_checkpoint_is_bit_identical(tmp_path, tiny_recipe,
+                                                              monkeypatch):
+    """--save-every 3: a run that dies after step 14 resumes from the save at step 12 (epoch 2,
+    step 4) and ends exactly where an uninterrupted run ends: weights, EMA, optimizer, metrics."""
+    from inceptionctl import trainer as trainer_mod
+    from inceptionctl.train import SaveEvery
+
+    recipe = load_recipe(tiny_recipe, {"train.batch_size": 8})  # 8 steps per epoch, 2 epochs
+
+    def run(name, **kw):
+        return train(_opts(recipe, tmp_path, name, data="synthetic", synthetic_count=64, **kw))
+
+    straight = run("straight")
+    steps = []
+    real_step = trainer_mod.Trainer.step
+
+    def dying_step(self, batch):
+        if len(steps) == 14:
+            raise _Died
+        steps.append(1)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "step", dying_step)
+    with pytest.raises(_Died):
+        run("split", save_every=SaveEvery(steps=3))
+    monkeypatch.setattr(trainer_mod.Trainer, "step", real_step)
+    saved = read_checkpoint(tmp_path / "split" / "last.pt")["train_state"]
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 4, 12)
+    assert saved["epoch_loss_steps"] == 4 and len(saved["history"]) == 1
+    resumed = run("split", resume="auto", save_every=SaveEvery(steps=3))
+    assert resumed.steps == straight.steps == 16
+
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(tmp_path / "split" / "last.pt")
+    _same_state(a["state_dict"], b["state_dict"])
+    _same_state(a["ema_state_dict"], b["ema_state_dict"])
+    _optimizer_equal(a["train_state"]["optimizer"], b["train_state"]["optimizer"])
+    _same_rng(a["train_state"]["rng"], b["train_state"]["rng"])
+    metrics = [[json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+               for n in ("straight", "split")]
+    assert [r["epoch"] for r in metrics[1]] == [1, 2]
+    assert _without_timings(metrics[0]) == _without_timings(metrics[1])
+    assert _without_timings(straight.history) == _without_timings(resumed.history)
+
+
+def test_save_every_minutes_saves_at_host_syncs(tmp_path, tiny_recipe, monkeypatch):
+    """--save-every Nm writes last.pt at the first host sync past N minutes, mid-epoch."""
+    from inceptionctl import train as train_mod
+    from inceptionctl.train import SaveEvery
+
+    saves = []
+    real = train_mod._save
+
+    def counting(run, kind, trainer, state):
+        saves.append((kind, state.global_step, state.epoch_loss_steps))
+        return real(run, kind, trainer, state)
+
+    monkeypatch.setattr(train_mod, "_save", counting)
+    logs = []
+    train(_opts(load_recipe(tiny_recipe), tmp_path, max_steps=5, log_every=2, logs=logs,
+                save_every=SaveEvery(minutes=1e-9)))
+    # at the syncs after steps 2 and 4 (their losses counted), then the stop at step 5
+    assert saves == [("last", 2, 2), ("last", 4, 4), ("last", 5, 5)]
+    assert any("every 1e-09 minutes" in m for m in logs)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "5x", "m", "0m", "1.5"])
+def test_save_every_bad_values_are_one_line(cli, value):
+    result = cli("train", "--save-every", value, "--data", "synthetic")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == (f"error: --save-every {value}: expected a positive number of optimizer "
+                        f"steps (e.g. 500) or of minutes (e.g. 30m)")
+
+
+def test_save_every_parses_steps_and_minutes():
+    from inceptionctl.train import SaveEvery
+
+    assert SaveEvery.parse("500") == SaveEvery(steps=500)
+    assert SaveEvery.parse("30m") == SaveEvery(minutes=30.0)
+    assert SaveEvery.parse("0.5m") == SaveEvery(minutes=0.5)
+
+
 def test_train_state_round_trip_through_last_pt(tmp_path, tiny_recipe):
     train(_opts(load_recipe(tiny_recipe), tmp_path, max_steps=50))  # past one epoch
     saved = read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]

@@ -1,0 +1,205 @@
+"""torchrun on CPU (gloo): elastic restarts after a worker dies, and two "nodes" on one machine.
+
+Each test starts torchrun the way the README shows it; every process it starts is killed (its
+whole process group) when the test ends, whatever happened.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from inceptionctl import load_recipe
+from inceptionctl.checkpoint import read_checkpoint
+from inceptionctl.train import TrainOptions, train
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# No batch norm, no dropout: then 2 x B in DDP is 1 x 2B, up to float rounding.
+EXACT_SETS = ["model.norm=none", "model.init=xavier", "model.head.dropout=0",
+              "model.aux.dropout=0", "train.ema_decay=null"]
+
+
+def _env(**extra: str) -> dict:
+    return dict(os.environ, INCEPTIONCTL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1", **extra)
+
+
+@contextmanager
+def _started(*cmds: list, env: dict):
+    """Start the commands side by side, each in its own process group and writing to files
+    (so none blocks on a full pipe); kill every group still alive at the end."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as logs:
+        procs = []
+        try:
+            for i, cmd in enumerate(cmds):
+                with open(f"{logs}/{i}.out", "w") as out, open(f"{logs}/{i}.err", "w") as err:
+                    procs.append(subprocess.Popen([str(a) for a in cmd], stdout=out, stderr=err,
+                                                  text=True, env=env, start_new_session=True))
+            yield procs, logs
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+
+
+def _run(*cmds: list, env: dict, timeout: float = 300) -> list[tuple[int, str, str]]:
+    """Run the commands side by side to their end: (exit code, stdout, stderr) of each."""
+    with _started(*cmds, env=env) as (procs, logs):
+        codes = [p.wait(timeout=timeout) for p in procs]
+        return [(code, Path(f"{logs}/{i}.out").read_text(), Path(f"{logs}/{i}.err").read_text())
+                for i, code in enumerate(codes)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(args: list, *own: list) -> list[list]:
+    """The torchrun commands of two one-process "nodes" on this machine (static rendezvous),
+    with ``own[i]`` added to node i's arguments."""
+    port = _free_port()
+    own = own or ([], [])
+    return [[*TORCHRUN, "--nnodes", "2", "--node-rank", rank, "--nproc-per-node", "1",
+             "--master-addr", "127.0.0.1", "--master-port", port, "-m", "inceptionctl", *args,
+             *own[rank]] for rank in (0, 1)]
+
+
+def _without_timings(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("img_per_s", "seconds")} for r in records]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, tiny_recipe):
+    """Rank 1 SIGKILLs itself after step 12 (epoch 2, step 4) on the first attempt; torchrun
+    restarts both workers, which resume from the --save-every 5 save at step 10 (mid-epoch) and
+    end bit-identical to an uninterrupted run, each epoch in metrics.jsonl once."""
+    common = ["train", "--recipe", tiny_recipe, "--data", "synthetic", "--workers", "0",
+              "--precision", "fp32", "--device", "cpu", "--save-every", "5", "--resume", "auto"]
+    # 512 images, batch 32 x 2 processes: 8 steps per epoch, 2 epochs
+    straight = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "inceptionctl",
+                *common, "--out", tmp_path / "straight"]
+    (code, _, err), = _run(straight, env=_env())
+    assert code == 0, err[-3000:]
+    # the same run through `train --nproc 2 --max-restarts 1`, with rank 1 dying once
+    killed = [sys.executable, "-m", "inceptionctl", *common, "--nproc", "2", "--max-restarts",
+              "1", "--out", tmp_path / "elastic"]
+    (code, _, err), = _run(killed, env=_env(INCEPTIONCTL_TEST_SIGKILL_AT="1:12"))
+    assert code == 0, err[-3000:]
+    assert "--max-restarts=1" in next(line for line in err.splitlines()
+                                      if line.startswith("launching: "))
+    assert "exitcode: -9" in err and "local_rank: 1" in err  # it did die, by SIGKILL
+    elastic = tmp_path / "elastic"
+    assert f"resuming {elastic / 'last.pt'} at epoch 2, step 2 (global step 10)" in err
+
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(elastic / "last.pt")
+    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] == 16
+    for key in ("state_dict", "ema_state_dict"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert [r["epoch"] for r in _metrics(elastic)] == [1, 2]
+    assert _without_timings(_metrics(elastic)) == _without_timings(_metrics(tmp_path / "straight"))
+
+
+@pytest.mark.slow
+def test_two_nodes_train_one_run(tmp_path, tiny_recipe):
+    """Two torchrun "nodes" (1 process each) train one run folder, written by rank 0, to the
+    weights one process reaches with the same global batch. A node that does not see the
+    run's last.pt cannot resume beside the other."""
+    args = ["train", "--recipe", tiny_recipe, "--workers", "0", "--precision", "fp32",
+            "--device", "cpu", "--resume", "auto"]
+    sets = [a for s in EXACT_SETS + ["train.batch_size=16"] for a in ("--set", s)]
+    run = ["--max-steps", "6", "--out", tmp_path / "run", *sets]
+    (code0, _, err0), (code1, out1, err1) = _run(*_two_nodes(args + run), env=_env())
+    assert code0 == 0 and code1 == 0, (err0[-3000:], err1[-3000:])
+    assert "rank 0 of 2 (local rank 0 on " in err0 and "run folder: " in err0
+    assert "rank 1 of 2 (local rank 0 on " in err1 and "run folder: " not in err1
+    assert out1 == ""
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt", "recipe.yaml"]
+
+    train(TrainOptions(recipe=load_recipe(tiny_recipe, EXACT_SETS + ["train.batch_size=32"]),
+                       data="digits", out=tmp_path / "one", device="cpu", precision="fp32",
+                       workers=0, max_steps=6, log=lambda m: None, progress=False))
+    a = read_checkpoint(tmp_path / "one" / "last.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert b["train_state"]["world_size"] == 2 and b["train_state"]["global_step"] == 6
+    start = __import__("inceptionctl").build_model(load_recipe(tiny_recipe, EXACT_SETS))
+    moved = max((a[k] - v).abs().max().item() for k, v in start.state_dict().items()
+                if v.is_floating_point())
+    assert moved > 1e-3  # the weights moved from their start: the comparison means something
+    for k in a:
+        assert torch.allclose(a[k], b["state_dict"][k], atol=1e-5, rtol=0), k
+
+    # node 1 with a run folder of its own (no shared file system): both stop, saying why
+    apart = _run(*_two_nodes(args + ["--max-steps", "8"], ["--out", tmp_path / "run"],
+                             ["--out", tmp_path / "elsewhere", *sets]), env=_env())
+    assert [code for code, _, _ in apart] == [1, 1]
+    assert "error: another rank does not start at step 6 as rank 0 does: every machine must " \
+           "see the same run folder" in apart[0][2]
+    assert "error: rank 1 starts at step 0, rank 0 at step 6: " in apart[1][2]
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_two_nodes_eval_equals_one_process(tiny_run, cli):
+    run, _ = tiny_run
+    args = ["eval", run, "--crops", "1,10", "--workers", "0", "--limit", "101", "--device",
+            "cpu", "--json"]
+    (code0, out0, err0), (code1, out1, err1) = _run(*_two_nodes(args), env=_env())
+    assert code0 == 0 and code1 == 0, (err0[-3000:], err1[-3000:])
+    assert out1 == ""  # the report is rank 0's
+    one = cli(*args)
+    assert one.exit_code == 0, one.stderr
+    a, b = json.loads(one.stdout), json.loads(out0)
+    assert a["images"] == b["images"] == 101
+    assert a["table"] == b["table"] and a["confusion"] == b["confusion"]
+
+
+def test_train_nproc_passes_max_restarts_to_torchrun(cli, monkeypatch, tmp_path):
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["train", "--nproc", "2", "--max-restarts", "3", "--resume", "auto", "--out",
+            str(tmp_path / "run"), "--save-every", "30m"]
+    monkeypatch.setattr(sys, "argv", ["inceptionctl", *argv])
+    assert cli(*argv).exit_code == 0
+    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone",
+                      "--nproc-per-node=2", "--max-restarts=3", "-m", "inceptionctl", "train",
+                      "--resume", "auto", "--out", str(tmp_path / "run"), "--save-every",
+                      "30m"]]
+
+
+def test_restarts_across_machines_get_a_note(monkeypatch):
+    """One agent (one machine) restarts every process alike: its attempt count names the store
+    prefix; across machines the counts can differ, so the user is told what to set instead."""
+    import datetime
+
+    from inceptionctl.distributed import SHARED_STORE_NOTE, _attempt_store
+
+    timeout = datetime.timedelta(seconds=5)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert _attempt_store(timeout) == (None, None)  # no restarts: nothing outlives an attempt
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    assert _attempt_store(timeout) == (None, SHARED_STORE_NOTE)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    assert _attempt_store(timeout) == (None, None)  # a store of the round's own: nothing stale
