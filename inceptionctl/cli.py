@@ -25,6 +25,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import InceptionError, one_line
+from .files import check_output_file
 
 
 class _NoFlagMetavars:
@@ -436,6 +437,8 @@ def eval_(
     """Evaluate with the paper's 1 / 10 / 144-crop protocol; several artifacts form an ensemble."""
     from .evaluate import EvalOptions, evaluate, plot_confusion, render, skipped_note
 
+    if plot is not None:
+        check_output_file(plot)
     report = evaluate(EvalOptions(artifacts=artifacts, data=data,
                                   crops=_parse_crops(crops) if crops is not None else None,
                                   backend=backend, device=device, batch_size=batch_size,
@@ -636,6 +639,8 @@ def profile(
 
         options = _speed_options(recipe, resolved, backend, precision, batch, device, warmup,
                                  iters, seconds, train_)
+        if plot is not None:
+            check_output_file(plot)
         if calib_data not in (None, "digits") and not Path(str(calib_data)).is_dir():
             raise InceptionError(f"--calib-data {calib_data}: no such folder (expected a folder "
                                  f"of images or 'digits')")

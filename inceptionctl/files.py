@@ -9,17 +9,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def check_output_file(target: str | os.PathLike) -> Path:
+    """``target`` as a Path, or the one-line error when it names a folder (checked before any
+    long work, so that a wrong output path fails at once)."""
+    target = Path(target)
+    if target.is_dir():
+        from .errors import InceptionError
+
+        raise InceptionError(f"{target}: is a folder; give a file name")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces ``target`` in one rename.
 
     An interrupted or failed write leaves ``target`` as it was (or absent) and no temp file behind.
     """
-    target = Path(target)
-    if target.is_dir():
-        from .errors import InceptionError
-
-        raise InceptionError(f"{target}: is a folder; give a file name")
+    target = check_output_file(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

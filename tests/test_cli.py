@@ -70,7 +70,9 @@ CHOICES = {
     ("export", "--precision"): ["fp32", "fp16", "int8"],
     ("export", "--calib-method"): ["minmax", "entropy", "percentile"],
     ("export", "--int8-flavour"): ["cpu", "tensorrt"],
-    ("profile", "--precision"): ["fp32", "bf16", "fp16", "int8"],
+    ("eval", "--precision"): ["auto", "fp32", "bf16", "fp16"],
+    ("predict", "--precision"): ["auto", "fp32", "bf16", "fp16"],
+    ("profile", "--precision"): ["auto", "fp32", "bf16", "fp16", "int8"],
 }
 
 
@@ -200,7 +202,8 @@ def _eval_child(tmp_path):
     import signal
 
     return subprocess.Popen(
-        [sys.executable, "-c", script, "eval", str(ckpt), "--crops", "144", "--workers", "0"],
+        [sys.executable, "-c", script, "eval", str(ckpt), "--crops", "144", "--workers", "0",
+         "--precision", "fp32"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

@@ -104,8 +104,9 @@ def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
         Image.new("RGB", (20, 20)).save(tmp_path / "d" / c / "ok.png")
     (tmp_path / "d" / "3" / "bad.png").write_bytes(b"")
     result = subprocess.run([sys.executable, "-m", "inceptionctl", "eval", str(run), "--data",
-                             str(tmp_path / "d"), "--strict-data", "--workers", "1"],
-                            capture_output=True, text=True)
+                             str(tmp_path / "d"), "--strict-data", "--workers", "1",
+                             "--precision", "fp32"],  # auto would say its choice first
+                            capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "bad.png: cannot read image" in lines[0]
@@ -119,7 +120,7 @@ def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
     (["export", "x.pt", "--calib-method", "minmaxx"],
      "--calib-method minmaxx: expected minmax, entropy or percentile (did you mean 'minmax'?)"),
     (["export", "x.pt", "--int8-flavour", "gpu"], "--int8-flavour gpu: expected cpu or tensorrt"),
-    (["profile", "--precision", "fp32,fp64"], "--precision fp64: expected fp32, bf16, fp16 or "
+    (["profile", "--precision", "fp32,fp64"], "--precision fp64: expected auto, fp32, bf16, fp16 or "
                                               "int8"),
 ])
 def test_choice_typos_are_caught_by_the_parser(cli, args, text):

@@ -160,7 +160,7 @@ def test_two_nodes_train_one_run(tmp_path, tiny_recipe):
 def test_two_nodes_eval_equals_one_process(tiny_run, cli):
     run, _ = tiny_run
     args = ["eval", run, "--crops", "1,10", "--workers", "0", "--limit", "101", "--device",
-            "cpu", "--json"]
+            "cpu", "--precision", "fp32", "--json"]
     (code0, out0, err0), (code1, out1, err1) = _run(*_two_nodes(args), env=_env())
     assert code0 == 0 and code1 == 0, (err0[-3000:], err1[-3000:])
     assert out1 == ""  # the report is rank 0's

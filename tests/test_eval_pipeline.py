@@ -16,6 +16,7 @@ class Deferred:
     def __init__(self, session, fail_at=None):
         self.inner, self.fail_at = session, fail_at
         self.info, self.device = session.info, session.device
+        self.switchable, self.set_precision = session.switchable, session.set_precision
         self.in_flight = self.most_in_flight = self.submitted = 0
 
     def submit_crops(self, crops, mean, std):

@@ -21,11 +21,13 @@ from .conftest import TINY_TRAIN
 
 def test_eval_reproduces_training_accuracy(tiny_run, cli):
     run, result = tiny_run
-    report = evaluate(EvalOptions([str(run)], data="digits", crops=[1], workers=0))
+    # the run was trained (and validated) in fp32: eval in fp32 gives the same numbers
+    report = evaluate(EvalOptions([str(run)], data="digits", crops=[1], workers=0,
+                                  precision="fp32"))
     assert report.images == 360 and report.skipped == 0
     assert report.main.top1 == pytest.approx(result.best_top1, abs=1e-9)
     assert report.main.top5 == pytest.approx(result.history[-1]["val_top5"], abs=1e-9)
-    out = cli("eval", run, "--json", "--workers", "0")
+    out = cli("eval", run, "--json", "--workers", "0", "--precision", "fp32")
     assert out.exit_code == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["top1"] == pytest.approx(result.best_top1) and data["images"] == 360
@@ -215,7 +217,7 @@ def test_distributed_eval_equals_single_process(tiny_run, tmp_path):
     run, _ = tiny_run
     env = dict(os.environ, INCEPTIONCTL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
     args = ["-m", "inceptionctl", "eval", str(run), "--crops", "1,10", "--workers", "0",
-            "--limit", "101", "--json"]
+            "--limit", "101", "--precision", "fp32", "--json"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc-per-node=2", *args], capture_output=True, text=True, env=env,
                          timeout=300)
@@ -231,7 +233,8 @@ def test_distributed_eval_equals_single_process(tiny_run, tmp_path):
 def test_default_model_144_crops_not_worse_than_one(default_run):
     """The shipped default, trained as `inceptionctl train` trains it: 144 crops vs 1 crop."""
     run, trained, _ = default_run
-    report = evaluate(EvalOptions([str(run)], data="digits", crops=[1, 144]))
+    report = evaluate(EvalOptions([str(run)], data="digits", crops=[1, 144],
+                                  precision=trained["precision"]))  # as it was validated
     one, many = report.rows
     assert one.top1 == pytest.approx(trained["best_top1"])  # same weights, same number
     # 360 images: one image is 0.28 points; allow three images of noise

@@ -30,7 +30,8 @@ def checkpoint_top1(default_run):
     from inceptionctl.cli import app
 
     run, _, _ = default_run
-    result = CliRunner().invoke(app, ["eval", str(run), "--device", "cuda", "--json"])
+    result = CliRunner().invoke(app, ["eval", str(run), "--device", "cuda", "--precision",
+                                      "fp32", "--json"])
     return _json(result)["top1"]
 
 
@@ -91,7 +92,8 @@ def test_cuda_eval_sends_uint8_crops_and_matches_the_cpu(default_run, cli):
     from inceptionctl.crops import normalize
 
     run, _, _ = default_run
-    args = ("eval", run, "--crops", "1,10", "--limit", "200", "--batch-size", "64", "--json")
+    args = ("eval", run, "--crops", "1,10", "--limit", "200", "--batch-size", "64",
+            "--precision", "fp32", "--json")
     on_gpu, on_cpu = _json(cli(*args, "--device", "cuda")), _json(cli(*args, "--device", "cpu"))
     for g, c in zip(on_gpu["table"], on_cpu["table"]):
         assert abs(g["top1"] - c["top1"]) <= 0.5, (g, c)
