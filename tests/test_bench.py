@@ -27,6 +27,11 @@ def test_bench_quick_smoke(tmp_path):
     assert "P3 train img/s vs naive" in result.stdout
     (p4,) = [g for g in data["goals"] if g["name"].startswith("P4")]
     assert p4["target"] == 0.9 and p4["details"]["eval crops/s"] > 0
+    (p6,) = [g for g in data["goals"] if g["name"].startswith("P6")]
+    assert p6["target"] == 1.0 and p6["measured"] > 0
+    assert p6["details"]["ours 1 worker img/s"] > 0
+    assert p6["details"]["reference 1 worker img/s"] > 0
+    assert p6["details"]["workers for 3000 img/s (ours)"] >= 1
 
 
 def test_make_test_gpu_fails_loudly_without_a_gpu(tmp_path):

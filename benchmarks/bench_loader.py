@@ -1,0 +1,221 @@
+"""P6: training-loader images/s per worker, ours against torchvision's reference recipe.
+
+Both sides read the same JPEGs: ``COUNT`` 500x375 photos-like images (smooth colour fields,
+shapes with edges, texture and sensor-like noise; quality 90, about ImageNet's 110 KB on
+average), generated once into the user cache folder (``$XDG_CACHE_HOME/inceptionctl/``, keyed
+by the count and a version) as an ImageFolder tree of a few classes.
+
+* ours: ``inceptionctl``'s training dataset with the ``googlenet`` recipe's augmentation (the
+  paper's crop of 8%-100% of the area at aspect 3/4-4/3, one of four interpolations, flip,
+  colour jitter, PCA lighting), keyed items through ``inceptionctl.data.loader``;
+* reference: torchvision's ``references/classification`` ``ClassificationPresetTrain`` (as
+  it stands there: ``RandomResizedCrop(224, bilinear, antialias)``, ``RandomHorizontalFlip``,
+  ``PILToTensor``, ``ToDtype(float32, scale=True)``, ``Normalize``; transforms v2) over
+  ``torchvision.datasets.ImageFolder`` with its PIL loader.
+
+Each is timed in one DataLoader worker (its rate is that worker's: startup excluded) and in the
+main process (``num_workers=0``, one thread), the best of a few interleaved rounds. From the
+per-worker rate: the workers a GPU consuming ``--gpu-rate`` images/s needs.
+
+    python benchmarks/bench_loader.py [--count 2000] [--images 800] [--gpu-rate 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Goal  # noqa: E402
+
+VERSION = 1
+CLASSES = 8
+SIZE = (500, 375)  # ImageNet's most common size
+
+
+# --------------------------------------------------------------------------------- the images
+
+def synthetic_photo(index: int, size: tuple[int, int] = SIZE):
+    """A deterministic photo-like RGB image (PIL): several octaves of smooth colour, a few
+    sharp-edged shapes, fine texture and per-pixel noise, so it compresses as photos do."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    rng = np.random.default_rng(index)
+    img = np.zeros((h, w, 3), np.float32)
+    for cells, amp in ((3, 90), (10, 50), (40, 30), (150, 80), (250, 30)):
+        small = rng.normal(0, 1, (max(2, cells * h // w), cells, 3))
+        small = ((small - small.min()) / (np.ptp(small) + 1e-6) * 255).astype(np.uint8)
+        up = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32)
+        img += (up / 255 - 0.5) * amp
+    img += rng.uniform(60, 190, 3)
+    shapes = Image.new("L", (w, h))
+    draw = ImageDraw.Draw(shapes)
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        box = [x0, y0, x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2))]
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape(box, fill=int(rng.integers(1, 256)))
+    img += (np.asarray(shapes, np.float32)[..., None] / 255 - 0.5) * rng.normal(0, 60, 3)
+    noise = rng.uniform(12, 32)
+    img += rng.normal(0, noise, (h, w, 1)) + rng.normal(0, noise / 3, (h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _write(args: tuple[Path, int]) -> int:
+    folder, index = args
+    path = folder / f"c{index % CLASSES}" / f"img{index:06d}.jpg"
+    synthetic_photo(index).save(path, "JPEG", quality=90)
+    return path.stat().st_size
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "inceptionctl"
+
+
+def generate(count: int, root: Path | None = None, processes: int | None = None) -> Path:
+    """The folder of ``count`` generated JPEGs (``<folder>/c<k>/img<i>.jpg``), made once."""
+    folder = (root or cache_root()) / f"bench-jpegs-v{VERSION}-{count}"
+    done = folder / "done.json"
+    if done.is_file():
+        return folder
+    for k in range(CLASSES):
+        (folder / f"c{k}").mkdir(parents=True, exist_ok=True)
+    jobs = [(folder, i) for i in range(count)]
+    processes = processes or min(16, len(os.sched_getaffinity(0)))
+    if processes > 1 and count >= 32:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(processes) as pool:
+            sizes = pool.map(_write, jobs, chunksize=8)
+    else:
+        sizes = [_write(job) for job in jobs]
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"count": count, "mean_bytes": float(np.mean(sizes))}))
+    os.replace(tmp, done)
+    return folder
+
+
+def mean_kb(folder: Path) -> float:
+    return json.loads((folder / "done.json").read_text())["mean_bytes"] / 1000
+
+
+# -------------------------------------------------------------------------------- the loaders
+
+def reference_loader(folder: Path, batch: int, workers: int) -> torch.utils.data.DataLoader:
+    """torchvision's reference training preset over ImageFolder (PIL loader)."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import InterpolationMode, v2
+
+    preset = v2.Compose([
+        v2.RandomResizedCrop(224, interpolation=InterpolationMode.BILINEAR, antialias=True),
+        v2.RandomHorizontalFlip(0.5),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        v2.ToPureTensor(),
+    ])
+    dataset = ImageFolder(str(folder), transform=preset)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True,
+                                       num_workers=workers, drop_last=True,
+                                       persistent_workers=workers > 0,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def ours_loader(folder: Path, batch: int, workers: int, decode: str = "cpu"
+                ) -> torch.utils.data.DataLoader:
+    """inceptionctl's training items (the googlenet recipe), as ``train`` loads them."""
+    from inceptionctl import load_recipe
+    from inceptionctl.data import KeyedSampler, Transformed, image_folder, loader, \
+        train_transform
+
+    recipe = load_recipe("googlenet")
+    source = image_folder(folder)
+    dataset = Transformed(source, train_transform(recipe), recipe.train.seed,
+                          decode="device" if decode == "gpu" else "cpu")
+    sampler = KeyedSampler(len(dataset), 0, recipe.train.seed)
+    return loader(dataset, sampler, batch, workers, strict=False, pin=False, drop_last=True)
+
+
+def images_per_s(make, images: int, batch: int, finish=None) -> float:
+    """Images/s of a loader over about ``images`` images, from its first batch on (so a
+    worker's start is not counted); ``finish`` is applied to each batch (the device path)."""
+    data = make()
+    seen, started = 0, None
+    while True:
+        for item in data:
+            if finish is not None:
+                item = finish(item)
+            if started is None:  # the clock starts when the first batch is there
+                started = time.perf_counter()
+                continue
+            seen += batch
+            if seen >= images:
+                break
+        if seen >= images:
+            break
+    seconds = time.perf_counter() - started
+    del data
+    return seen / seconds
+
+
+def _one_thread(fn):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure(count: int = 2000, images: int = 800, batch: int = 32, gpu_rate: float = 3000.0,
+            rounds: int = 2, root: Path | None = None) -> Goal:
+    folder = generate(count, root)
+    images = min(images, count - count % batch - batch)
+    best: dict[str, float] = {}
+    for _ in range(rounds):  # interleaved, the best of each: a busy machine only slows
+        for name, make in (("ours", ours_loader), ("reference", reference_loader)):
+            for workers in (1, 0):
+                rate = _one_thread(lambda: images_per_s(lambda: make(folder, batch, workers),
+                                                        images, batch))
+                key = f"{name} {'1 worker' if workers else 'in-process'}"
+                best[key] = max(best.get(key, 0.0), rate)
+    ours, ref = best["ours 1 worker"], best["reference 1 worker"]
+    details = {f"{k} img/s": v for k, v in best.items()}
+    details.update({f"workers for {gpu_rate:g} img/s (ours)": math.ceil(gpu_rate / ours),
+                    f"workers for {gpu_rate:g} img/s (reference)": math.ceil(gpu_rate / ref),
+                    "in-process ratio": best["ours in-process"] / best["reference in-process"],
+                    "JPEG KB": mean_kb(folder), "images": count})
+    return Goal("P6 train loader img/s per worker vs torchvision reference", ours / ref, 1.0,
+                details=details, note="ours: the paper's augmentation; reference: "
+                                      "ClassificationPresetTrain")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common import report
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=2000, help="JPEGs generated (once, cached)")
+    ap.add_argument("--images", type=int, default=800, help="images timed per measurement")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--gpu-rate", type=float, default=3000.0,
+                    help="images/s one GPU consumes (googlenet on an H100: about 3000)")
+    ap.add_argument("--out", type=Path, default=Path("bench-loader.json"))
+    args = ap.parse_args(argv)
+    goal = measure(args.count, args.images, args.batch, args.gpu_rate, args.rounds)
+    return report([goal], args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
