@@ -132,9 +132,11 @@ def reference_loader(folder: Path, batch: int, workers: int) -> torch.utils.data
                                        generator=torch.Generator().manual_seed(0))
 
 
-def ours_loader(folder: Path, batch: int, workers: int, decode: str = "cpu"
+def ours_loader(folder: Path, batch: int, workers: int, decode: str = "cpu", pin: bool = False
                 ) -> torch.utils.data.DataLoader:
-    """inceptionctl's training items (the googlenet recipe), as ``train`` loads them."""
+    """inceptionctl's training items (the googlenet recipe), as ``train`` loads them; with
+    ``decode="gpu"`` the items are encoded, for ``finish_on_device`` with the loader's
+    ``dataset.transform``."""
     from inceptionctl import load_recipe
     from inceptionctl.data import KeyedSampler, Transformed, image_folder, loader, \
         train_transform
@@ -144,20 +146,26 @@ def ours_loader(folder: Path, batch: int, workers: int, decode: str = "cpu"
     dataset = Transformed(source, train_transform(recipe), recipe.train.seed,
                           decode="device" if decode == "gpu" else "cpu")
     sampler = KeyedSampler(len(dataset), 0, recipe.train.seed)
-    return loader(dataset, sampler, batch, workers, strict=False, pin=False, drop_last=True)
+    return loader(dataset, sampler, batch, workers, strict=False, pin=pin, drop_last=True)
 
 
-def images_per_s(make, images: int, batch: int, finish=None) -> float:
+def images_per_s(make, images: int, batch: int, finish=None, skip: int = 0) -> float:
     """Images/s of a loader over about ``images`` images, from its first batch on (so a
-    worker's start is not counted); ``finish`` is applied to each batch (the device path)."""
+    worker's start is not counted); ``finish`` is applied to each batch (the device path).
+
+    With several workers, each makes its first batch at once: ``skip`` batches more (the
+    number of workers) go by before the clock starts, so that none of it counts.
+    """
     data = make()
-    seen, started = 0, None
+    seen, started, waited = 0, None, 0
     while True:
         for item in data:
             if finish is not None:
                 item = finish(item)
-            if started is None:  # the clock starts when the first batch is there
-                started = time.perf_counter()
+            if started is None:  # the clock starts when the first batches are there
+                waited += 1
+                if waited > skip:
+                    started = time.perf_counter()
                 continue
             seen += batch
             if seen >= images:

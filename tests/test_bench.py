@@ -85,6 +85,7 @@ def test_gpu_check_dry_run_prints_its_table(tmp_path):
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    assert "infer      ok" in out and "train      ok" in out
-    assert "eval fp16 b2" in out and "amp/fp32" in out
+    assert "infer      ok" in out and "train      ok" in out and "decode     ok" in out
+    assert "decode jpeg b8 gpu/cpu loader" in out
+    assert "eval fp16 b2" in out and ("bf16/fp32" in out or "fp16/fp32" in out)
     assert len((tmp_path / "infer.out").read_text().splitlines()) == 3  # one per precision

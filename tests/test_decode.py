@@ -227,6 +227,8 @@ def _corrupt(tmp_path, size):
 def test_corrupt_jpegs_are_reported_in_one_line_and_skipped_or_fatal(tmp_path, size, recipe):
     source, names = _corrupt(tmp_path, size)
     transform = train_transform(load_recipe(recipe))
+    # every path gives the reason eval's decoder gives (FileSource.load)
+    reasons = {source.items[i][0]: source.load(i).error for i in range(1, len(source))}
     for decode in ("cpu", "device"):
         ds = Transformed(source, transform, 0, decode=decode)
         for epoch in range(3):
@@ -236,6 +238,7 @@ def test_corrupt_jpegs_are_reported_in_one_line_and_skipped_or_fatal(tmp_path, s
                 batch = finish_on_device(batch, transform, CPU, strict=False)
             assert len(batch.images) == 1 and batch.labels.tolist() == [0]
             assert sorted(os.path.basename(p) for p, _ in batch.bad) == sorted(names)
+            assert dict(batch.bad) == reasons
             for _, reason in batch.bad:
                 assert reason and "\n" not in reason and ".cpp" not in reason
             with pytest.raises(DataError, match=r"cannot read image .*--strict-data"):
@@ -345,6 +348,36 @@ def test_a_damaged_cache_is_ignored(tmp_path):
     (cache,) = run.glob("filelist-*.json")
     cache.write_text("{not json")
     assert FileLists(run).class_files(root, ["cat", "dog"]) == expected
+
+
+# ------------------------------------------------------------------------------------ train
+
+@pytest.mark.slow
+def test_train_with_the_device_path_on_the_cpu_takes_the_same_steps(tmp_path, tiny_recipe,
+                                                                     monkeypatch):
+    """train's --decode gpu wiring, run on the CPU (the CUDA check set aside): workers send
+    encoded items, the loop decodes and augments them, and the steps equal --decode cpu's."""
+    from inceptionctl import train as train_mod
+    from inceptionctl.checkpoint import read_checkpoint
+
+    for split, n in (("train", 12), ("val", 2)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                _jpeg(tmp_path / "data" / split / c / f"{i}.jpg", 40 + i, 30, seed=i)
+    recipe = load_recipe(tiny_recipe, ["train.batch_size=8", "train.hflip=0.5"])
+    monkeypatch.setattr(train_mod, "_check_decode", lambda decode, device: None)
+    runs = {}
+    for decode, workers in (("cpu", 0), ("gpu", 1)):
+        result = train_mod.train(train_mod.TrainOptions(
+            recipe=recipe, data=str(tmp_path / "data"), out=tmp_path / decode, device="cpu",
+            precision="fp32", workers=workers, decode=decode, max_steps=3, progress=False,
+            log=lambda m: None))
+        assert result.steps == 3 and result.skipped_images == 0
+        runs[decode] = read_checkpoint(tmp_path / decode / "last.pt")["state_dict"]
+        assert list((tmp_path / decode).glob("filelist-*.json"))
+    for k, v in runs["cpu"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(runs["gpu"][k], v, atol=1e-4, rtol=1e-4)
 
 
 # -------------------------------------------------------------------------------------- CLI
