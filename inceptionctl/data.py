@@ -810,7 +810,8 @@ class Collate:
             raise _strict_error(*bad[0])
         if not good:
             return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
-        return Batch(torch.stack([g[0] for g in good]),
+        # default_collate stacks into shared memory in a worker: no copy on the way out
+        return Batch(torch.utils.data.default_collate([g[0] for g in good]),
                      torch.tensor([g[1] for g in good], dtype=torch.long), bad)
 
     def _encoded(self, items: list[Encoded]) -> EncodedBatch:
