@@ -221,13 +221,13 @@ def measure(count: int = 2000, images: int = 800, batch: int = 32, gpu_rate: flo
     """The goal: ours / reference images per worker-CPU-second in one worker (the clock's
     rates, which a busy machine distorts, are in the details beside it)."""
     folder = generate(count, root)
-    images = min(images, count - count % batch - batch)
     best: dict[str, float] = {}
     for _ in range(rounds):  # interleaved, the best of each: a busy machine only slows
         for name, make in (("ours", ours_loader), ("reference", reference_loader)):
             for workers in (1, 0):
+                # two batches more before the clock starts: a fresh process is still growing
                 wall, cpu = _one_thread(lambda: loader_rates(
-                    lambda: make(folder, batch, workers), images, batch))
+                    lambda: make(folder, batch, workers), images, batch, skip=2))
                 key = f"{name} {'1 worker' if workers else 'in-process'}"
                 best[f"{key} img/s"] = max(best.get(f"{key} img/s", 0.0), wall)
                 if cpu is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -54,10 +55,10 @@ INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": Interpolati
 PAPER_INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
 
 # AlexNet's PCA lighting noise: eigenvalues / eigenvectors of ImageNet's RGB covariance.
-_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
-_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
-                        [-0.5808, -0.0045, -0.8140],
-                        [-0.5836, -0.6948, 0.4203]])
+_EIGVAL = [0.2175, 0.0188, 0.0045]
+_EIGVEC = [[-0.5675, 0.7192, 0.4009],
+           [-0.5808, -0.0045, -0.8140],
+           [-0.5836, -0.6948, 0.4203]]
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -87,12 +88,12 @@ class PaperCrop(torch.nn.Module):
         self.ratio = tuple(ratio)
         self.interpolations = tuple(interpolations)
 
-    def params(self, shape: Sequence[int], g: torch.Generator | None = None
+    def params(self, shape: Sequence[int], rng: random.Random
                ) -> tuple[int, int, int, int, int, int, str]:
         """(image height, width, crop top, left, height, width, interpolation)."""
         h, w = int(shape[-2]), int(shape[-1])
-        top, left, ch, cw = crop_box(h, w, self.scale, self.ratio, g)
-        mode = self.interpolations[int(torch.randint(len(self.interpolations), (), generator=g))]
+        top, left, ch, cw = crop_box(h, w, self.scale, self.ratio, rng)
+        mode = self.interpolations[rng.randrange(len(self.interpolations))]
         return h, w, top, left, ch, cw, mode
 
     def draft_scale(self, p: tuple) -> int:
@@ -115,26 +116,29 @@ class PaperCrop(torch.nn.Module):
         return resize_to(crop, (self.size, self.size), mode)
 
     def forward(self, img: Tensor) -> Tensor:
-        return self.apply(img, self.params(img.shape))
+        return self.apply(img, self.params(img.shape, _torch_seeded()))
+
+
+def _torch_seeded() -> random.Random:
+    """Draws for a transform called on its own: seeded from torch's generator, so that
+    ``torch.manual_seed`` decides them as it decides torchvision's."""
+    return random.Random(int(torch.randint(2 ** 62, ())))
 
 
 def crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-             g: torch.Generator | None = None) -> tuple[int, int, int, int]:
-    """(top, left, height, width): torchvision's ``RandomResizedCrop.get_params``, step for
-    step (the same draws from the same generator), on the image's size and drawing from ``g``
-    (None: torch's global generator)."""
+             rng: random.Random) -> tuple[int, int, int, int]:
+    """(top, left, height, width): torchvision's ``RandomResizedCrop.get_params`` step for step
+    (area uniform in ``scale``, log aspect uniform in ``log(ratio)``, up to 10 tries, then the
+    central crop), drawing from ``rng``: Python numbers, a few microseconds a crop."""
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=g).item()
-        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1],
-                                                         generator=g)).item()
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect_ratio = math.exp(rng.uniform(log_lo, log_hi))
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
-            i = torch.randint(0, height - h + 1, size=(1,), generator=g).item()
-            j = torch.randint(0, width - w + 1, size=(1,), generator=g).item()
-            return int(i), int(j), h, w
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
     in_ratio = float(width) / float(height)  # fallback: the central crop
     if in_ratio < min(ratio):
         w, h = width, int(round(width / min(ratio)))
@@ -163,7 +167,9 @@ def area_resize(img: Tensor, size: tuple[int, int]) -> Tensor:
     if h > 2 * size[0] or w > 2 * size[1]:
         out = F.interpolate(img[None].float(), size=size, mode="area")[0]
         return out.round_().clamp_(0, 255).to(img.dtype)
-    rows, lh = _window_sums(img.to(torch.float32), -2, size[0])
+    # CHW memory (decoders hand out HWC memory): gathering rows is then a few long copies
+    x = img.to(torch.float32, memory_format=torch.contiguous_format)
+    rows, lh = _window_sums(x, -2, size[0])
     # columns as rows: gathering whole rows is much faster than gathering along the last dim
     sums, lw = _window_sums(rows.transpose(-1, -2).contiguous(), -2, size[1])
     count = (lw[:, None] * lh[None, :]).to(sums)
@@ -196,14 +202,14 @@ class _BatchStep(torch.nn.Module):
     each step the batch the one before made); called on an image, a step leaves it as it was.
     """
 
-    def params(self, shape: Sequence[int], g: torch.Generator | None = None) -> Any:
+    def params(self, shape: Sequence[int], rng: random.Random) -> Any:
         return None
 
     def apply_batch(self, x: Tensor, params: list[Any]) -> Tensor:
         raise NotImplementedError
 
     def forward(self, img: Tensor) -> Tensor:
-        return self.apply_batch(img[None].clone(), [self.params(img.shape)])[0]
+        return self.apply_batch(img[None].clone(), [self.params(img.shape, _torch_seeded())])[0]
 
 
 class HFlip(_BatchStep):
@@ -213,8 +219,8 @@ class HFlip(_BatchStep):
         super().__init__()
         self.p = p
 
-    def params(self, shape: Sequence[int], g: torch.Generator | None = None) -> bool:
-        return not bool(torch.rand(1, generator=g) >= self.p)
+    def params(self, shape: Sequence[int], rng: random.Random) -> bool:
+        return rng.random() < self.p
 
     def apply_batch(self, x: Tensor, params: list[bool]) -> Tensor:
         if len(params) == 1:
@@ -241,16 +247,17 @@ class ColorJitter(_BatchStep):
         super().__init__()
         self.draw = v2.ColorJitter(brightness, contrast, saturation, hue)
 
-    def params(self, shape: Sequence[int], g: torch.Generator | None = None
+    def params(self, shape: Sequence[int], rng: random.Random
                ) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """(the order of the four operations, their factors): the draws of v2.ColorJitter's
-        make_params, in its order, from ``g``; an operation it leaves out gets a neutral one."""
+        """(the order of the four operations, their factors): what v2.ColorJitter's make_params
+        draws (a random order; each factor uniform in its range, from torchvision's checks of
+        the arguments); an operation it leaves out gets a neutral factor."""
         d = self.draw
-        order = tuple(int(i) for i in torch.randperm(4, generator=g))
+        order = tuple(rng.sample(range(4), 4))
         factors = [1.0, 1.0, 1.0, 0.0]
         for k, bounds in enumerate((d.brightness, d.contrast, d.saturation, d.hue)):
             if bounds is not None:
-                factors[k] = float(torch.empty(1).uniform_(bounds[0], bounds[1], generator=g))
+                factors[k] = rng.uniform(bounds[0], bounds[1])
         return order, tuple(factors)
 
     def apply_batch(self, x: Tensor, params: list[tuple]) -> Tensor:
@@ -347,21 +354,21 @@ class Lighting(_BatchStep):
         super().__init__()
         self.std = std
 
-    def params(self, shape: Sequence[int], g: torch.Generator | None = None) -> Tensor | None:
+    def params(self, shape: Sequence[int], rng: random.Random) -> tuple[float, ...] | None:
+        """The RGB shift V (alpha * eigval), alpha ~ N(0, std) per eigenvector."""
         if self.std <= 0 or shape[-3] != 3:
             return None
-        alpha = torch.randn(3, generator=g) * self.std
-        return (_EIGVEC * (alpha * _EIGVAL)).sum(dim=1)
+        alpha = [rng.gauss(0.0, self.std) * e for e in _EIGVAL]
+        return tuple(sum(v * a for v, a in zip(row, alpha)) for row in _EIGVEC)
 
     def apply_batch(self, x: Tensor, params: list[Tensor | None]) -> Tensor:
         if all(p is None for p in params):
             return x
-        if len(params) == 1:
-            r, g, b = params[0].tolist()  # Python numbers: see ColorJitter
-            for channel, value in zip(x[0], (r, g, b)):
+        if len(params) == 1:  # Python numbers: see ColorJitter
+            for channel, value in zip(x[0], params[0]):
                 channel.add_(value)
             return x.clamp_(0.0, 1.0)
-        shift = torch.stack([torch.zeros(3) if p is None else p for p in params])
+        shift = torch.tensor([(0.0, 0.0, 0.0) if p is None else p for p in params])
         return x.add_(shift.to(x.device, non_blocking=True).view(-1, 3, 1, 1)).clamp_(0.0, 1.0)
 
 
@@ -386,8 +393,10 @@ class TrainTransform(v2.Compose):
     def crop(self) -> PaperCrop:
         return self.transforms[0]
 
-    def plan(self, shape: Sequence[int], g: torch.Generator | None = None) -> list[Any]:
-        return [t.params(shape, g) for t in self.transforms]
+    def plan(self, shape: Sequence[int], rng: random.Random | None = None) -> list[Any]:
+        """Every random number of one sample, from ``rng`` (None: seeded from torch's)."""
+        rng = _torch_seeded() if rng is None else rng
+        return [t.params(shape, rng) for t in self.transforms]
 
     def apply_batch(self, images: Sequence[Tensor], plans: Sequence[list[Any]]) -> Tensor:
         x = torch.stack([self.crop.apply(img, p[0]) for img, p in zip(images, plans)])
@@ -675,8 +684,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class Transformed(Dataset):
     """``source`` through ``transform``; items are requested as ``(index, epoch)`` keys.
 
-    The random numbers of the transform are drawn from a generator seeded by the key, inside
-    ``fork_rng`` so the caller's RNG is untouched: augmentation is a pure function of the key.
+    The random numbers of the transform are drawn from a generator seeded by the key (the
+    training transform's plan from a ``random.Random`` of its own; another transform inside
+    ``fork_rng``), so the caller's RNG is untouched: augmentation is a pure function of the key.
 
     With the training transform, a JPEG's crop is drawn from its header before it is decoded,
     and a crop large enough is decoded at a reduced scale (:meth:`PaperCrop.draft_scale`).
@@ -696,11 +706,9 @@ class Transformed(Dataset):
         return len(self.source)
 
     def _plan(self, shape: Sequence[int], index: int, epoch: int) -> list[Any]:
-        """The draws of one sample, from a generator seeded by its key (as ``manual_seed``
-        would seed torch's own, so the same numbers)."""
+        """The draws of one sample, from a generator seeded by its key."""
         assert isinstance(self.transform, TrainTransform)
-        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-        return self.transform.plan(shape, g)
+        return self.transform.plan(shape, random.Random(sample_seed(self.seed, epoch, index)))
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[Tensor | None, int, str, str | None]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -882,6 +890,29 @@ def steps_per_epoch(n: int, batch: int, world: int) -> int:
     return (n // world) // batch
 
 
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of handing it back to the system.
+
+    An image's decode, crop and augmentation allocate and free several MB; by default glibc
+    returns much of it, and taking it again costs over a hundred page faults per image, about a
+    sixth of a worker's time. Called in DataLoader workers (their memory is theirs); a no-op
+    where the C library has no ``mallopt``.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mallopt(m_mmap_threshold, 16 << 20)  # setting both also stops glibc's own adjusting
+    mallopt(m_trim_threshold, 128 << 20)
+
+
+def _worker_init(worker_id: int) -> None:
+    keep_freed_memory()
+
+
 def loader(dataset: Transformed, sampler: KeyedSampler, batch: int, workers: int, strict: bool,
            pin: bool, drop_last: bool) -> torch.utils.data.DataLoader:
     """A DataLoader over keyed items; change ``sampler.epoch`` / ``sampler.skip`` between epochs.
@@ -893,6 +924,7 @@ def loader(dataset: Transformed, sampler: KeyedSampler, batch: int, workers: int
         dataset, batch_size=batch, sampler=sampler, num_workers=workers,
         collate_fn=Collate(strict), pin_memory=pin, drop_last=drop_last,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
         generator=torch.Generator().manual_seed(0))
 
 
