@@ -13,7 +13,11 @@ Sources (``--data``):
 Images are decoded with ``torchvision.io`` (RGB whatever the source mode: grayscale, CMYK, RGBA,
 palette); unreadable files are reported by path and skipped, or fail the run when ``strict``.
 Augmentation randomness is keyed by ``(seed, epoch, index)``, so a sample gets the same crop
-whichever worker, world size or resume point produces it.
+whichever worker, world size or resume point produces it. For training, a JPEG's crop is drawn
+from its header first, so a crop that is large enough decodes at 1/2, 1/4 or 1/8 scale
+(:mod:`inceptionctl.jpeg`); with ``train --decode gpu`` the workers only read the files and
+the GPU decodes and augments each batch with the same draws (:func:`finish_on_device`).
+A run keeps the listing of its class folders (:mod:`inceptionctl.filelist`).
 
 Images for the checks around an artifact come from here too: :func:`eval_source` (the images
 ``eval`` scores, labelled with a model's classes), :func:`load_samples` (preprocessed images for
