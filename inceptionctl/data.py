@@ -30,7 +30,7 @@ import csv
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -365,7 +365,7 @@ class Lighting(_BatchStep):
         alpha = [rng.gauss(0.0, self.std) * e for e in _EIGVAL]
         return tuple(sum(v * a for v, a in zip(row, alpha)) for row in _EIGVEC)
 
-    def apply_batch(self, x: Tensor, params: list[Tensor | None]) -> Tensor:
+    def apply_batch(self, x: Tensor, params: list[tuple[float, ...] | None]) -> Tensor:
         if all(p is None for p in params):
             return x
         if len(params) == 1:  # Python numbers: see ColorJitter
@@ -785,11 +785,23 @@ class Encoded:
 
 @dataclass
 class EncodedBatch:
+    """Encoded items (their ``data`` moved into ``blob``: one tensor crosses from a worker,
+    not one per image), ``sizes[i]`` the length of item i's bytes in ``blob`` (0: its
+    ``image`` is decoded already), and the items that could not be read."""
+
     items: list[Encoded]
     bad: list[tuple[str, str]]
+    blob: Tensor | None = None
+    sizes: list[int] = field(default_factory=list)
 
     def pin_memory(self) -> "EncodedBatch":
         return self
+
+    def datas(self) -> list[Tensor | None]:
+        """Each item's JPEG bytes (a view of ``blob``), None for a decoded item."""
+        parts = iter(self.blob.split([n for n in self.sizes if n]) if self.blob is not None
+                     else [])
+        return [next(parts) if n else None for n in self.sizes]
 
 
 @dataclass
@@ -830,7 +842,11 @@ class Collate:
         bad = [(it.path, it.error or "unreadable") for it in items if it.plan is None]
         if bad and self.strict:
             raise _strict_error(*bad[0])
-        return EncodedBatch([it for it in items if it.plan is not None], bad)
+        good = [it for it in items if it.plan is not None]
+        datas = [it.data for it in good if it.data is not None]
+        return EncodedBatch([replace(it, data=None) for it in good], bad,
+                            torch.cat(datas) if datas else None,
+                            [0 if it.data is None else it.data.numel() for it in good])
 
 
 def finish_on_device(batch: EncodedBatch, transform: TrainTransform, device: torch.device,
@@ -838,11 +854,11 @@ def finish_on_device(batch: EncodedBatch, transform: TrainTransform, device: tor
     """Decode a batch of :class:`Encoded` items on ``device`` (one batched ``decode_jpeg``
     call) and apply each item's augmentation draws there: the same crops, interpolations,
     flips and photometric noise the CPU path applies to the same keys."""
-    items, bad = batch.items, list(batch.bad)
-    jpegs = [i for i, it in enumerate(items) if it.data is not None]
+    items, bad, datas = batch.items, list(batch.bad), batch.datas()
+    jpegs = [i for i, data in enumerate(datas) if data is not None]
     images: list[Any] = [None if it.image is None else it.image.to(device, non_blocking=True)
                          for it in items]
-    for i, img in zip(jpegs, decode_on_device([items[i].data for i in jpegs], device)):
+    for i, img in zip(jpegs, decode_on_device([datas[i] for i in jpegs], device)):
         images[i] = img
     keep = []
     for it, img in zip(items, images):
