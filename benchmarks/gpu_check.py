@@ -4,13 +4,18 @@
 against the raw forward of the same model on device-resident input, per precision (fp32,
 bf16, fp16 autocast), channels_last, batch 1/32/256. ``train``: one training step of
 googlenet-bn at batch 128, AMP (bf16 or fp16 autocast, channels_last) against fp32 eager.
-``--dry-run`` runs both on the CPU at toy sizes, to check the script itself anywhere.
+``decode``: the training loader on generated 500x375 JPEGs (the P6 benchmark's), batches
+delivered on the device: workers decoding and augmenting (``train --decode cpu``) against
+workers that only read the files and the GPU decoding and augmenting each batch
+(``--decode gpu``). ``--dry-run`` runs them on the CPU at toy sizes, to check the script itself
+anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,9 +141,41 @@ def train(device: torch.device, recipe: str, batch: int, iters: int) -> list[dic
     return [row]
 
 
+def decode(device: torch.device, count: int, batch: int, images: int,
+           workers: int | None) -> list[dict]:
+    """Loader images/s with the batches on ``device``: --decode cpu against --decode gpu."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_loader
+    from inceptionctl.data import default_workers, finish_on_device
+
+    folder = bench_loader.generate(count)
+    workers = default_workers() if workers is None else workers
+    rates = {}
+    for mode in ("cpu", "gpu"):
+        data = bench_loader.ours_loader(folder, batch, workers, mode, pin=device.type == "cuda")
+        transform = data.dataset.transform
+
+        def delivered(item, mode=mode, transform=transform):
+            if mode == "gpu":
+                x = finish_on_device(item, transform, device, strict=False).images
+            else:
+                x = item.images.to(device, non_blocking=True)
+            _sync(device)
+            return x
+
+        rates[mode] = bench_loader.images_per_s(lambda data=data: data, images, batch,
+                                                finish=delivered, skip=workers)
+        del data
+    return [{"step": "decode", "batch": batch, "workers": workers, "images": images,
+             "jpeg_kb": round(bench_loader.mean_kb(folder), 1),
+             "cpu_img_s": round(rates["cpu"], 1), "gpu_img_s": round(rates["gpu"], 1),
+             "cpu_per_worker_img_s": round(rates["cpu"] / max(1, workers), 1),
+             "gpu_vs_cpu": round(rates["gpu"] / rates["cpu"], 3)}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["infer", "train"])
+    ap.add_argument("what", choices=["infer", "train", "decode"])
     ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks the script")
     args = ap.parse_args()
     if args.dry_run:
@@ -149,8 +186,14 @@ def main() -> None:
         device, recipe, batches, tbatch, iters = torch.device("cuda"), "googlenet-bn", \
             [1, 32, 256], 128, 10
         torch.backends.cudnn.benchmark = True
-    rows = infer(device, recipe, batches, iters) if args.what == "infer" else \
-        train(device, recipe, tbatch, iters)
+    if args.what == "infer":
+        rows = infer(device, recipe, batches, iters)
+    elif args.what == "train":
+        rows = train(device, recipe, tbatch, iters)
+    elif args.dry_run:
+        rows = decode(device, count=48, batch=8, images=16, workers=1)
+    else:
+        rows = decode(device, count=1024, batch=256, images=8192, workers=None)
     for row in rows:
         print(json.dumps(row), flush=True)
 

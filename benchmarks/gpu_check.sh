@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (<= 8 minutes on one H100), run from the repository
-# root: the CUDA tests, then the torch backend's inference and training speed on cuda, then one
-# table. It uses the machine's own torch and never installs tensorrt (its wheels are too large
-# to carry; the TensorRT tests skip here and say so). Exit status: non-zero if any step failed.
+# root: the CUDA tests, then the torch backend's inference and training speed on cuda and the
+# training loader's JPEG decoding (CPU workers against the GPU), then one table. It uses the
+# machine's own torch and never installs tensorrt (its wheels are too large to carry; the
+# TensorRT tests skip here and say so). Exit status: non-zero if any step failed.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine
 #   bash benchmarks/gpu_check.sh --dry-run  # anywhere: CPU, toy sizes, no tests; checks the script
@@ -103,6 +104,7 @@ PYEOF
 fi
 step infer 90 "$PY" benchmarks/gpu_check.py infer $DRY
 step train 90 "$PY" benchmarks/gpu_check.py train $DRY
+step decode 90 "$PY" benchmarks/gpu_check.py decode $DRY
 
 echo
 echo "gpu_check: steps"
@@ -116,9 +118,10 @@ import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-rows = [json.loads(l) for f in ("infer.out", "train.out") if (out / f).is_file()
+rows = [json.loads(l) for f in ("infer.out", "train.out", "decode.out") if (out / f).is_file()
         for l in (out / f).read_text().splitlines() if l.startswith("{")]
-print("\ngpu_check: speed (targets: eval >= 0.8x raw forward; AMP training >= 2.0x fp32)")
+print("\ngpu_check: speed (targets: eval >= 0.8x raw forward; AMP training >= 2.0x fp32; "
+      "JPEG decode on the GPU >= 1.0x the CPU loader)")
 print(f"  {'what':<30}{'raw img/s':>11}{'ours img/s':>11}{'ratio':>7}  target  (host float batch)")
 for r in rows:
     if r["step"] == "infer":
@@ -126,6 +129,11 @@ for r in rows:
         print(f"  {'eval ' + r['precision'] + ' b' + str(r['batch']):<30}{r['raw_img_s']:>11}"
               f"{r['session_img_s']:>11}{r['session_vs_raw']:>7}  {ok:<6}  "
               f"({r['run_float_img_s']} img/s, {r['run_float_vs_raw']})")
+    elif r["step"] == "decode":
+        ok = "ok" if r["gpu_vs_cpu"] >= 1.0 else "BELOW"
+        print(f"  {'decode jpeg b' + str(r['batch']) + ' gpu/cpu loader':<30}{r['cpu_img_s']:>11}"
+              f"{r['gpu_img_s']:>11}{r['gpu_vs_cpu']:>7}  {ok:<6}  ({r['workers']} workers, "
+              f"{r['cpu_per_worker_img_s']} img/s each on the cpu path; {r['jpeg_kb']} KB JPEGs)")
     else:
         ok = "ok" if r["amp_vs_fp32"] >= 2.0 else "BELOW"
         others = ", ".join(f"{k[:-6]} {v}" for k, v in r.items() if k.endswith("_img_s")

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_eval  # noqa: E402
 import bench_infer  # noqa: E402
+import bench_loader  # noqa: E402
 import bench_train  # noqa: E402
 from common import report  # noqa: E402
 
@@ -32,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         goals.append(bench_eval.measure("googlenet-small", images=2, batch=16, iters=1,
                                         image_size=(48, 40), workers=0))
         goals += bench_infer.measure(batch=2, warmup=0, iters=1, recipe_name="googlenet-small")
+        goals.append(bench_loader.measure(count=48, images=16, batch=8, rounds=1))
     else:
         goals.append(bench_train.measure(cpu))
         goals.append(bench_eval.measure())
         goals += bench_infer.measure()
+        goals.append(bench_loader.measure())
         if torch.cuda.is_available():
             goals += bench_infer.measure_gpu()
             goals.append(bench_train.measure(torch.device("cuda"), batch=64, warmup=5, iters=20))

@@ -295,6 +295,10 @@ def train(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = True,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: CPUs - 1).")] = None,
+    decode: Annotated[str, typer.Option(metavar="cpu|gpu",
+                                        help="Where training JPEGs are decoded and augmented: "
+                                             "in the loader workers (cpu), or batched on the "
+                                             "CUDA device (gpu; workers only read files).")] = "cpu",
     val_split: Annotated[float, typer.Option(help="Hold out this fraction of a single folder.")] = 0.0,
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Log to TensorBoard in the run folder.")] = False,
@@ -333,8 +337,8 @@ def train(
         recipe=load_recipe(recipe, set_), overrides=list(set_ or []), data=data, out=out,
         weights=weights, strict_head=not reset_head, resume=resume, device=device,
         precision=precision.value, compile=compile_, channels_last=channels_last,
-        workers=workers, val_split=val_split, strict_data=strict_data, tensorboard=tensorboard,
-        max_nonfinite=max_nonfinite, max_steps=max_steps,
+        workers=workers, decode=decode, val_split=val_split, strict_data=strict_data,
+        tensorboard=tensorboard, max_nonfinite=max_nonfinite, max_steps=max_steps,
         save_every=SaveEvery.parse(save_every) if save_every is not None else None))
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -35,9 +35,10 @@ from torch import nn
 from . import distributed as dist_utils
 from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
     save_checkpoint
-from .data import (KeyedSampler, Transformed, default_workers, eval_transform, loader,
-                   open_data, steps_per_epoch, train_transform)
+from .data import (Batch, KeyedSampler, Transformed, default_workers, eval_transform,
+                   finish_on_device, loader, open_data, steps_per_epoch, train_transform)
 from .errors import CheckFailed, InceptionError
+from .filelist import FileLists
 from .files import write_text_atomic
 from .model import GoogLeNet, build_model
 from .recipe import Recipe, recipe_from_data  # noqa: F401
@@ -69,6 +70,7 @@ class TrainOptions:
     compile: bool = False
     channels_last: bool = True
     workers: int | None = None
+    decode: str = "cpu"  # cpu: workers decode and augment; gpu: workers read, the GPU decodes
     val_split: float = 0.0
     strict_data: bool = False
     tensorboard: bool = False
@@ -427,6 +429,8 @@ class _Loaders:
     sampler: KeyedSampler  # the training order: its epoch and skip place a resumed run
     per_epoch: int
     workers: int
+    # --decode gpu: the training loader yields encoded batches, this decodes them on the device
+    finish: Callable[[Any], Batch] | None = None
 
 
 def _open_resume(opts: TrainOptions, log: Callable[[str], None]
@@ -474,7 +478,10 @@ def _loaders(opts: TrainOptions, recipe: Recipe, splits: Any, ctx: dist_utils.Co
     if ctx.world > 1 and opts.workers is None:
         workers = max(1, workers // ctx.world)
     pin = device.type == "cuda"
-    train_set = Transformed(splits.train, train_transform(recipe), t.seed)
+    transform = train_transform(recipe)
+    on_device = opts.decode == "gpu"
+    train_set = Transformed(splits.train, transform, t.seed,
+                            decode="device" if on_device else "cpu")
     val_set = Transformed(splits.val, eval_transform(recipe), t.seed)
     train_sampler = KeyedSampler(len(train_set), 0, t.seed, ctx.rank, ctx.world, shuffle=True)
     val_sampler = KeyedSampler(len(val_set), 0, t.seed, ctx.rank, ctx.world, shuffle=False)
@@ -484,7 +491,9 @@ def _loaders(opts: TrainOptions, recipe: Recipe, splits: Any, ctx: dist_utils.Co
         val=loader(val_set, val_sampler, recipe.eval.batch_size, min(workers, 2),
                    opts.strict_data, pin, drop_last=False),
         sampler=train_sampler, per_epoch=steps_per_epoch(len(train_set), t.batch_size, ctx.world),
-        workers=workers)
+        workers=workers,
+        finish=(lambda batch: finish_on_device(batch, transform, device, opts.strict_data))
+        if on_device else None)
 
 
 def _build_model(opts: TrainOptions, recipe: Recipe, ckpt: dict[str, Any] | None,
@@ -597,7 +606,8 @@ def _announce(run: _Run, model: GoogLeNet, splits: Any, loaders: _Loaders,
     run.log(f"training {run.recipe.name} ({model.num_params():,} params) on {splits.description}; "
             f"{run.device} {run.precision}, {run.ctx.world} process(es), batch {t.batch_size} x "
             f"{run.ctx.world}, {run.per_epoch} steps/epoch, {t.epochs} epochs, "
-            f"{loaders.workers} loader workers")
+            f"{loaders.workers} loader workers"
+            + ("; JPEGs decoded and augmented on the GPU" if run.opts.decode == "gpu" else ""))
     if run.opts.save_every is not None:
         run.log(f"saving {out / 'last.pt'} every {run.opts.save_every} and at each epoch's end")
 
@@ -721,6 +731,8 @@ def _train_epoch(run: _Run, trainer: Trainer, state: TrainState, loaders: _Loade
     progress.start(state.epoch, t.epochs, run.per_epoch, state.step_in_epoch)
     epoch, stop_reason = _Epoch(time.monotonic()), None
     for batch in loaders.train:
+        if loaders.finish is not None:
+            batch = loaders.finish(batch)
         epoch.bad_images += batch.bad
         if batch.images.numel() == 0:
             state.step_in_epoch += 1
@@ -851,17 +863,19 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     recipe, ckpt, resume_path = _open_resume(opts, log)
     device = resolve_device(opts.device, ctx.local_rank)
     resolve_precision(opts.precision, device)  # a wrong --precision fails before any work
+    _check_decode(opts.decode, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     _seed_everything(recipe.train.seed)
-    splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count)
+    out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
+    lists = FileLists(out)  # the data folders' listings, kept in the run folder
+    splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count, lists)
     recipe = _follow_classes(recipe, splits.classes, opts.data, fixed=ckpt is not None,
                              log=log)
     t = recipe.train
     if len(splits.train) < t.batch_size * ctx.world:
         raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "
                              f"batch ({t.batch_size} x {ctx.world} processes)")
-    out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
     if ctx.note is not None:
         log(ctx.note)
     if ctx.active:  # every process says where it stands, on every machine
@@ -882,7 +896,19 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     run = _Run(opts, ctx, recipe, out, device, precision, loaders.per_epoch, log,
                writer=_tensorboard(opts, ctx, out), precision_choice=choice.to_json())
     _announce(run, model, splits, loaders, resumed=ckpt is not None)
+    if ctx.is_main:
+        lists.save()
     return run, trainer, state, loaders
+
+
+def _check_decode(decode: str, device: torch.device) -> None:
+    if decode not in ("cpu", "gpu"):
+        raise InceptionError(f"--decode: expected cpu or gpu, got {decode!r}")
+    if decode == "gpu" and device.type != "cuda":
+        where = ("there is no CUDA device here" if not torch.cuda.is_available()
+                 else f"this run is on {device}")
+        raise InceptionError(f"--decode gpu: JPEGs are decoded on a CUDA device, and {where}; "
+                             f"use --decode cpu")
 
 
 def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:

@@ -28,6 +28,11 @@ def test_bench_quick_smoke(tmp_path):
     assert "P3 train img/s vs naive" in result.stdout
     (p4,) = [g for g in data["goals"] if g["name"].startswith("P4")]
     assert p4["target"] == 0.9 and p4["details"]["eval crops/s"] > 0
+    (p6,) = [g for g in data["goals"] if g["name"].startswith("P6")]
+    assert p6["target"] == 1.0 and p6["measured"] > 0
+    assert p6["details"]["ours 1 worker img/s"] > 0
+    assert p6["details"]["reference 1 worker img/s"] > 0
+    assert p6["details"]["workers for 3000 img/s (ours)"] >= 1
 
 
 def test_make_test_gpu_fails_loudly_without_a_gpu(tmp_path):
@@ -81,6 +86,7 @@ def test_gpu_check_dry_run_prints_its_table(tmp_path):
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    assert "infer      ok" in out and "train      ok" in out
+    assert "infer      ok" in out and "train      ok" in out and "decode     ok" in out
+    assert "decode jpeg b8 gpu/cpu loader" in out
     assert "eval fp16 b2" in out and re.search(r"train googlenet-small b2 (bf16|fp16)/fp32", out)
     assert len((tmp_path / "infer.out").read_text().splitlines()) == 3  # one per precision
