@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU machine (<= 8 minutes on one H100), run from the repository
+# One prepared check for a lent GPU machine (about 5 minutes on one H100), run from the repository
 # root: the CUDA tests, then the torch backend's inference and training speed on cuda and the
 # training loader's JPEG decoding (CPU workers against the GPU), then one table. It uses the
 # machine's own torch and never installs tensorrt (its wheels are too large to carry; the
@@ -99,12 +99,12 @@ PYEOF
     fi
     PY="$OUT/venv/bin/python"
     export PYTHONSAFEPATH=1  # never the checkout's inceptionctl/ from the current folder
-    step tests 200 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+    step tests 150 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
     step tests-ran 10 "$PY" benchmarks/gpu_tests_ran.py "$OUT/gpu-tests.xml"
 fi
-step infer 90 "$PY" benchmarks/gpu_check.py infer $DRY
-step train 90 "$PY" benchmarks/gpu_check.py train $DRY
-step decode 90 "$PY" benchmarks/gpu_check.py decode $DRY
+step infer 60 "$PY" benchmarks/gpu_check.py infer $DRY
+step train 75 "$PY" benchmarks/gpu_check.py train $DRY
+step decode 45 "$PY" benchmarks/gpu_check.py decode $DRY
 
 echo
 echo "gpu_check: steps"
