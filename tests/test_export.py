@@ -10,7 +10,6 @@ import pytest
 import torch
 from onnx import numpy_helper
 from rich.console import Console
-from torch import nn
 
 from inceptionctl import CheckFailed, InceptionError, build_model, load_recipe
 from inceptionctl.backend import BackendUnavailable, get_backend
@@ -21,26 +20,9 @@ from inceptionctl.data import load_samples
 from inceptionctl.export import ExportCheckFailed, default_output, export, export_onnx, render
 from inceptionctl.recipe import recipe_from_data
 
-from .conftest import SHIPPED, TINY_TRAIN
+from .conftest import SHIPPED, TINY_TRAIN, lively
 
 QUIET = {"log": lambda _msg: None}
-
-
-def lively(model: nn.Module) -> nn.Module:
-    """Weights that give O(1) logits (fresh inits shrink activations to ~1e-12 with depth),
-    with non-trivial BatchNorm statistics, so parity and BN folding are really exercised."""
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
-                if mod.bias is not None:
-                    mod.bias.uniform_(-0.1, 0.1)
-            elif isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.1, 0.1)
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.1, 0.1)
-    return model
 
 
 def make_checkpoint(path: Path, recipe) -> Path:
