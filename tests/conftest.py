@@ -1,3 +1,4 @@
+import errno
 import os
 import queue
 import signal
@@ -99,6 +100,53 @@ def tiny_recipe(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_TRAIN.lstrip("\n"))
     return path
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nothing can be created in: mode 0500, and where that does not stop this user
+    (root writes anywhere) the calls that create files and folders refuse inside it with
+    EACCES, as the kernel does for a user who may not write there."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.MonkeyPatch.context() as mp:
+        if os.access(locked, os.W_OK):
+            _refuse_writes_under(mp, locked.resolve())
+        yield locked
+    locked.chmod(0o700)
+
+
+def _refuse_writes_under(mp: pytest.MonkeyPatch, root: Path) -> None:
+    def under(path, itself: bool) -> bool:
+        if isinstance(path, int):  # a file descriptor
+            return False
+        p = Path(os.fsdecode(path)).resolve()
+        return (itself and p == root) or p.parent.is_relative_to(root)
+
+    def refused(path):
+        return PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+    real_access, real_open, real_mkdir = os.access, os.open, os.mkdir
+
+    def access(path, mode, *args, **kw):
+        if mode & os.W_OK and under(path, itself=True):
+            return False
+        return real_access(path, mode, *args, **kw)
+
+    def open_(path, flags, *args, **kw):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and under(path, itself=False):
+            raise refused(path)
+        return real_open(path, flags, *args, **kw)
+
+    def mkdir(path, *args, **kw):
+        if under(path, itself=False) and not os.path.lexists(path):
+            raise refused(path)
+        return real_mkdir(path, *args, **kw)
+
+    mp.setattr(os, "access", access)
+    mp.setattr(os, "open", open_)
+    mp.setattr(os, "mkdir", mkdir)
 
 
 @pytest.fixture(scope="session")
