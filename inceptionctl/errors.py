@@ -17,6 +17,19 @@ class CheckFailed(InceptionError):
     exit_code = 1
 
 
+class OutputError(InceptionError, OSError):
+    """A file or folder could not be written (permission, read-only disk, full disk): one line
+    naming the path, exit code 2. An OSError too, so code that tolerates a failed write (an
+    optional cache) still catches it as one."""
+
+    def __init__(self, path: object, cause: OSError, what: str = "cannot write"):
+        OSError.__init__(self, cause.errno, cause.strerror, str(path))
+        self.message = f"{path}: {what} ({cause.strerror or cause})"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def one_line(exc: BaseException, limit: int | None = None, default: str | None = None) -> str:
     """The message of ``exc`` as one line, for an ``error:`` line or a reason column.
 

@@ -25,18 +25,30 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces ``target`` in one rename.
 
     An interrupted or failed write leaves ``target`` as it was (or absent) and no temp file behind.
+    An OSError of the write (permission denied, read-only or full disk) is raised as an
+    :class:`~inceptionctl.errors.OutputError` naming ``target``: one line at the command line.
     """
+    from .errors import OutputError
+
     target = check_output_file(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(target, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 is not what users expect
-        os.replace(tmp_path, target)
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 is not what users expect
+            os.replace(tmp_path, target)
+        except OutputError:
+            raise
+        except OSError as exc:
+            raise OutputError(target, exc) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

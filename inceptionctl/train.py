@@ -37,7 +37,7 @@ from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
     save_checkpoint
 from .data import (Batch, KeyedSampler, Transformed, default_workers, eval_transform,
                    finish_on_device, loader, open_data, steps_per_epoch, train_transform)
-from .errors import CheckFailed, InceptionError
+from .errors import CheckFailed, InceptionError, OutputError
 from .filelist import FileLists
 from .files import write_text_atomic
 from .model import GoogLeNet, build_model
@@ -599,7 +599,10 @@ def _announce(run: _Run, model: GoogLeNet, splits: Any, loaders: _Loaders,
     if not run.ctx.is_main:
         return
     t, out = run.recipe.train, run.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(out, exc, "cannot create the run folder") from None
     if not resumed or run.opts.overrides:  # a resumed run's recipe.yaml changes only with epochs
         write_text_atomic(out / "recipe.yaml", run.recipe.to_yaml())
     run.log(f"run folder: {out}")

@@ -1,10 +1,18 @@
+import errno
 import os
+import queue
+import signal
+import subprocess
+import sys
 import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from inceptionctl.cli import app
@@ -94,6 +102,53 @@ def tiny_recipe(tmp_path):
     return path
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nothing can be created in: mode 0500, and where that does not stop this user
+    (root writes anywhere) the calls that create files and folders refuse inside it with
+    EACCES, as the kernel does for a user who may not write there."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.MonkeyPatch.context() as mp:
+        if os.access(locked, os.W_OK):
+            _refuse_writes_under(mp, locked.resolve())
+        yield locked
+    locked.chmod(0o700)
+
+
+def _refuse_writes_under(mp: pytest.MonkeyPatch, root: Path) -> None:
+    def under(path, itself: bool) -> bool:
+        if isinstance(path, int):  # a file descriptor
+            return False
+        p = Path(os.fsdecode(path)).resolve()
+        return (itself and p == root) or p.parent.is_relative_to(root)
+
+    def refused(path):
+        return PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+    real_access, real_open, real_mkdir = os.access, os.open, os.mkdir
+
+    def access(path, mode, *args, **kw):
+        if mode & os.W_OK and under(path, itself=True):
+            return False
+        return real_access(path, mode, *args, **kw)
+
+    def open_(path, flags, *args, **kw):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and under(path, itself=False):
+            raise refused(path)
+        return real_open(path, flags, *args, **kw)
+
+    def mkdir(path, *args, **kw):
+        if under(path, itself=False) and not os.path.lexists(path):
+            raise refused(path)
+        return real_mkdir(path, *args, **kw)
+
+    mp.setattr(os, "access", access)
+    mp.setattr(os, "open", open_)
+    mp.setattr(os, "mkdir", mkdir)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The tiny recipe trained for one epoch on the digits, once per session: (run, result).
@@ -137,3 +192,127 @@ def default_run(tmp_path_factory):
     report = json.loads(result.stdout)
     assert "run folder: " in result.stderr
     return cwd / report["run"], report, seconds
+
+
+def lively(model: nn.Module) -> nn.Module:
+    """Weights that give O(1) logits (fresh inits shrink activations to ~1e-12 with depth),
+    with non-trivial BatchNorm statistics, so parity and BN folding are really exercised."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                if mod.bias is not None:
+                    mod.bias.uniform_(-0.1, 0.1)
+            elif isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+class Child:
+    """A command in a subprocess of its own session (as a terminal starts a job), its output
+    read by threads so waiting for a line has a deadline; on leaving the ``with`` block the
+    whole process group is killed if it is still running.
+
+    ``sigint_default`` puts SIGINT at its default disposition in the child, whatever the test
+    runner's is (a job started in the background inherits SIGINT ignored).
+    """
+
+    def __init__(self, args: list, *, env: dict | None = None, cwd: Path | None = None,
+                 sigint_default: bool = False):
+        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if sigint_default \
+            else None
+        self.proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                                     start_new_session=True, preexec_fn=preexec)
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._lines: queue.Queue = queue.Queue()
+        self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self._out,
+                                                                   None), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self._err,
+                                                                   self._lines), daemon=True)]
+        for r in self._readers:
+            r.start()
+
+    @staticmethod
+    def _read(stream, into: list, lines: queue.Queue | None) -> None:
+        for line in stream:
+            into.append(line)
+            if lines is not None:
+                lines.put(line)
+        if lines is not None:
+            lines.put(None)  # end of output
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group (torchrun's workers too) if the child still runs."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=60)
+        for r in self._readers:
+            r.join(timeout=10)
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first stderr line (not yet consumed) containing ``text``; fails with what the
+        child said when it ends or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self._lines.get(timeout=max(0.0, left))
+            except queue.Empty:
+                raise AssertionError(f"no line with {text!r} within {timeout}s; stderr:\n"
+                                     f"{self.stderr[-3000:]}") from None
+            if line is None:
+                raise AssertionError(f"the child ended (exit {self.proc.wait()}) before a line "
+                                     f"with {text!r}; stderr:\n{self.stderr[-3000:]}")
+            if text in line:
+                return line
+
+    def signal_group(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; fails (the child is then killed on exit) when it runs past ``timeout``."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout}s; stderr:\n"
+                                 f"{self.stderr[-3000:]}") from None
+        for r in self._readers:
+            r.join(timeout=10)
+        return code
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+
+def run_child(args: list, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """Run a command to its end as :class:`Child` does (own session, killed with its group on
+    any failure); ``timeout`` fails the test instead of hanging it."""
+    with Child(args, **kw) as child:
+        code = child.wait(timeout)
+        return subprocess.CompletedProcess(child.proc.args, code, child.stdout, child.stderr)
+
+
+def cli_command(*args) -> list[str]:
+    """``python -m inceptionctl ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "inceptionctl", *map(str, args)]

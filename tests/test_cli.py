@@ -1,7 +1,7 @@
 """The command line skeleton: version, help everywhere, recipes listing and show."""
 
 import json
-import subprocess
+import signal
 import sys
 
 import pytest
@@ -10,6 +10,8 @@ import yaml
 from inceptionctl import __version__, load_recipe
 from inceptionctl.errors import InceptionError
 from inceptionctl.recipe import recipe_from_data
+
+from .conftest import Child, run_child
 
 COMMANDS = ["recipes", "train", "eval", "predict", "export", "compare", "profile", "backends"]
 
@@ -56,10 +58,10 @@ def test_console_script_and_module_entry_points():
     """`python -m inceptionctl` and the installed script, as a user runs them: one error line."""
     bin_dir = __import__("pathlib").Path(sys.executable).parent
     for argv in ([sys.executable, "-m", "inceptionctl"], [str(bin_dir / "inceptionctl")]):
-        ok = subprocess.run(argv + ["--version"], capture_output=True, text=True)
+        ok = run_child(argv + ["--version"], timeout=120)
         assert ok.returncode == 0 and __version__ in ok.stdout
-        bad = subprocess.run(argv + ["recipes", "show", "googlenet", "--set", "model.x=1"],
-                             capture_output=True, text=True)
+        bad = run_child(argv + ["recipes", "show", "googlenet", "--set", "model.x=1"],
+                        timeout=120)
         assert bad.returncode == 2 and bad.stdout == ""
         assert bad.stderr.strip().count("\n") == 0 and "unknown key 'x'" in bad.stderr
 
@@ -181,7 +183,7 @@ def test_a_bare_cuda_names_this_process_gpu_with_its_index(monkeypatch):
         resolve_device("cuda:2")
 
 
-def _eval_child(tmp_path):
+def _eval_child(tmp_path) -> Child:
     """``inceptionctl eval`` of a 144-crop run as a terminal starts it, saying 'ready' on stderr
     once the crops stream (so the signal lands inside the command, not in the imports)."""
     from inceptionctl.checkpoint import save_checkpoint
@@ -199,28 +201,17 @@ def _eval_child(tmp_path):
               "from inceptionctl.cli import main\n"
               "sys.argv = ['inceptionctl'] + sys.argv[1:]\n"
               "main()\n")
-    import signal
-
-    return subprocess.Popen(
-        [sys.executable, "-c", script, "eval", str(ckpt), "--crops", "144", "--workers", "0",
-         "--precision", "fp32"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return Child([sys.executable, "-c", script, "eval", ckpt, "--crops", "144", "--workers", "0",
+                  "--precision", "fp32"], sigint_default=True)
 
 
 def test_ctrl_c_on_eval_is_one_line_and_exit_130(tmp_path):
     """SIGINT to the process group, as a terminal sends it: one line, 130, whatever typer does."""
-    import os
-    import signal
-
-    proc = _eval_child(tmp_path)
-    try:
-        assert proc.stderr.readline().strip() == "ready"
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert out == "" and err.strip().splitlines() == ["interrupted (exit 130)"], err
+    with _eval_child(tmp_path) as child:
+        child.wait_for("ready", timeout=120)
+        child.signal_group(signal.SIGINT)
+        code = child.wait(timeout=120)
+    err = child.stderr
+    assert code == 130, err
+    assert child.stdout == "", child.stdout
+    assert err.strip().splitlines() == ["ready", "interrupted (exit 130)"], err

@@ -9,6 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
+from .conftest import TINY_TRAIN
+
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,55 @@ def test_output_paths(cli, run, tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(png.stat().st_mode) == 0o666 & ~mask
+
+
+def test_unwritable_outputs_are_one_line(cli, run, tmp_path, read_only_folder):
+    """A folder the user may not write into (as root too: the writes are refused there): each
+    command that writes ends with one line naming the file, exit 2, and leaves nothing behind."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_TRAIN.lstrip("\n"))
+    cases = [
+        (["train", "--recipe", recipe, "--data", "synthetic", "--max-steps", "1", "--workers",
+          "0", "--device", "cpu", "--precision", "fp32", "--out", read_only_folder / "run"],
+         f"{read_only_folder / 'run'}: cannot create the run folder (Permission denied)"),
+        (["train", "--recipe", recipe, "--data", "synthetic", "--max-steps", "1", "--workers",
+          "0", "--device", "cpu", "--precision", "fp32", "--out", read_only_folder],
+         f"{read_only_folder / 'recipe.yaml'}: cannot write (Permission denied)"),
+        (["eval", run, "--limit", "5", "--workers", "0", "--plot", read_only_folder / "cm.png"],
+         f"{read_only_folder / 'cm.png'}: cannot write (Permission denied)"),
+        (["export", run, "--out", read_only_folder / "m.onnx"],
+         f"--out {read_only_folder / 'm.onnx'}: cannot write into {read_only_folder} "
+         f"(permission denied)"),
+    ]
+    for args, text in cases:
+        result = cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and lines[-1] == f"error: {text}", (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.exception is not None
+    assert not list(read_only_folder.iterdir())
+
+
+def test_a_write_refused_after_the_checks_is_one_line(cli, run, tmp_path, monkeypatch):
+    """The write itself fails (a folder made read-only while the command ran, a full disk):
+    the atomic write names its target in one line, exit 2, and leaves no temporary file."""
+    import errno
+
+    import inceptionctl.files as files
+
+    def refused(*args, **kw):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(files.os, "replace", refused)
+    for args, target in [(["export", run, "--out", out / "m.onnx"], out / "m.onnx"),
+                         (["eval", run, "--limit", "5", "--workers", "0", "--plot",
+                           out / "cm.png"], out / "cm.png")]:
+        result = cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2, (args, result.stderr)
+        assert lines[-1] == f"error: {target}: cannot write (Permission denied)", result.stderr
+        assert "Traceback" not in result.stderr
+    assert not list(out.iterdir())
 
 
 def test_val_split_range(cli, tmp_path):

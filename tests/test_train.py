@@ -15,6 +15,7 @@ from inceptionctl import CheckFailed, InceptionError, load_recipe
 from inceptionctl.checkpoint import read_checkpoint
 from inceptionctl.train import TrainOptions, TrainState, train
 
+from .conftest import Child, cli_command, run_child
 from .test_data import _bad_files, make_folder
 
 
@@ -425,6 +426,160 @@ def test_sigterm_saves_and_resumes(tmp_path, tiny_recipe):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == state["global_step"] + 2
     assert f"resuming {run / 'last.pt'}" in result.stderr
+
+
+# Every training subprocess below: the tiny recipe on CPU, fp32, one thread (the runs compared
+# bit for bit run in the same conditions).
+TINY_CLI = ["--workers", "0", "--precision", "fp32", "--device", "cpu"]
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.mark.slow
+def test_sigint_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path, tiny_recipe):
+    """Ctrl-C (SIGINT to the process group) in the second epoch: exit 130 with last.pt saved
+    mid-epoch; --resume then ends with the weights of a run that was never interrupted."""
+    args = ["train", "--recipe", tiny_recipe, "--set", "train.epochs=2", *TINY_CLI]
+    run = tmp_path / "run"
+    with Child(cli_command(*args, "--out", run), env=ONE_THREAD, sigint_default=True) as child:
+        child.wait_for("epoch 1/2: ", timeout=600)  # epoch 1 done and saved, epoch 2 begun
+        child.signal_group(signal.SIGINT)
+        assert child.wait(timeout=120) == 130, child.stderr[-3000:]
+    last_line = child.stderr.strip().splitlines()[-1]
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < 44, state["step_in_epoch"]
+    assert last_line == (f"error: interrupted at epoch 2, step {state['step_in_epoch']}: saved "
+                         f"{run / 'last.pt'}; resume with: inceptionctl train --resume {run}")
+    assert "Traceback" not in child.stderr
+
+    resumed = run_child(cli_command("train", "--resume", run, *TINY_CLI, "--json"), timeout=600,
+                        env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run / 'last.pt'} at epoch 2, step {state['step_in_epoch']}" in \
+        resumed.stderr
+    straight = run_child(cli_command(*args, "--out", tmp_path / "straight", "--json"),
+                         timeout=600, env=ONE_THREAD)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(run / "last.pt")
+    _same_state(a["state_dict"], b["state_dict"])
+    _same_state(a["ema_state_dict"], b["ema_state_dict"])
+    sa, sb = a["train_state"], b["train_state"]
+    assert (sa["epoch"], sa["global_step"]) == (sb["epoch"], sb["global_step"]) == (2, 88)
+    _optimizer_equal(sa["optimizer"], sb["optimizer"])
+    assert _without_timings(sa["history"]) == _without_timings(sb["history"])
+    assert _without_timings(json.loads(resumed.stdout)["history"]) == \
+        _without_timings(json.loads(straight.stdout)["history"])
+
+
+_SLOW_MID_EPOCH_SAVE = """\
+import sys, time, torch
+real = torch.save
+def slow(obj, f, *args, **kw):
+    state = obj.get("train_state") if isinstance(obj, dict) else None
+    if state and state.get("step_in_epoch"):  # the save a stop makes inside an epoch
+        with open(f, "wb") as fh:
+            fh.write(b"PK half a checkpoint")
+        print("saving mid-epoch", file=sys.stderr, flush=True)
+        time.sleep(300)
+    return real(obj, f, *args, **kw)
+torch.save = slow
+from inceptionctl.cli import main
+sys.argv = ["inceptionctl"] + sys.argv[1:]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_second_sigint_while_saving_stops_at_once(tmp_path, tiny_recipe):
+    """The first SIGINT asks for a save; a second one during that save stops the run at once
+    (the save takes 300 s here): one line, exit 130, the previous last.pt intact and no
+    half-written file left."""
+    run = tmp_path / "run"
+    with Child([sys.executable, "-c", _SLOW_MID_EPOCH_SAVE, "train", "--recipe", tiny_recipe,
+                "--set", "train.epochs=2", *TINY_CLI, "--out", run], env=ONE_THREAD,
+               sigint_default=True) as child:
+        child.wait_for("epoch 1/2: ", timeout=600)
+        child.signal_group(signal.SIGINT)
+        child.wait_for("saving mid-epoch", timeout=120)
+        started = time.monotonic()
+        child.signal_group(signal.SIGINT)
+        code = child.wait(timeout=60)
+        seconds = time.monotonic() - started
+    assert code == 130, child.stderr[-3000:]
+    assert seconds < 30, seconds
+    assert child.stderr.strip().splitlines()[-1] == "interrupted (exit 130)", child.stderr
+    assert "Traceback" not in child.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
+                                                     "recipe.yaml"]
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 44)
+
+
+@pytest.mark.slow
+def test_nproc_2_launches_torchrun_and_rank_0_writes_the_run(tmp_path, tiny_recipe):
+    """train --nproc 2: the CLI starts torchrun itself (gloo on CPU); one process writes the
+    run folder, logs and prints; the metrics cover both shards of the data."""
+    from inceptionctl.data import digits
+
+    run = tmp_path / "run"
+    env = dict(ONE_THREAD, INCEPTIONCTL_DIST_BACKEND="gloo")
+    result = run_child(cli_command("train", "--nproc", "2", "--recipe", tiny_recipe, "--set",
+                                   "train.epochs=1", *TINY_CLI, "--out", run, "--json"),
+                       timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    launch = [ln for ln in result.stderr.splitlines() if ln.startswith("launching: ")]
+    assert len(launch) == 1 and "torch.distributed.run --standalone --nproc-per-node=2 -m " \
+        "inceptionctl train" in launch[0] and "--nproc " not in launch[0], launch
+    report = json.loads(result.stdout)  # one document: rank 1 prints nothing
+    # rank 0 alone logs: each line once; the run is two processes of 32
+    assert result.stderr.count(f"run folder: {run}\n") == 1, result.stderr
+    assert result.stderr.count("2 process(es), batch 32 x 2") == 1, result.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
+                                                     "recipe.yaml"]
+    steps = len(digits(18, "train")) // 2 // 32  # each rank's half, in full batches
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    assert (state["world_size"], state["epoch"], state["global_step"]) == (2, 1, steps)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["step"] == steps == report["steps"]
+    assert records == report["history"] and records[0]["val_top1"] == report["best_top1"]
+    # validation ran over both ranks' shards: the whole val set, as eval of best.pt sees it
+    from inceptionctl.evaluate import EvalOptions, evaluate
+
+    evaluated = evaluate(EvalOptions([str(run)], data="digits", crops=[1], workers=0))
+    assert evaluated.images == 360
+    assert evaluated.main.top1 == pytest.approx(records[0]["val_top1"], abs=1e-9)
+
+
+def test_without_tensorboard_the_flag_is_one_line_before_any_work(cli, tiny_recipe, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    result = cli("train", "--recipe", tiny_recipe, "--data", "synthetic", "--tensorboard",
+                 *TINY_CLI, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == ("error: --tensorboard: the tensorboard "
+                                                      "package is not installed (pip install "
+                                                      "tensorboard)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_event_files_hold_the_runs_scalars(tmp_path, tiny_recipe):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = load_recipe(tiny_recipe, {"train.batch_size": 8, "train.epochs": 1})
+    result = train(_opts(recipe, tmp_path, data="synthetic", synthetic_count=64,
+                         tensorboard=True, log_every=3))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["train/loss", "train/lr", "val/top1", "val/top5"]
+    loss, lr = events.Scalars("train/loss"), events.Scalars("train/lr")
+    assert [e.step for e in loss] == [e.step for e in lr] == list(range(1, 9))  # 64 / 8 steps
+    record = result.history[0]
+    assert sum(e.value for e in loss) / 8 == pytest.approx(record["train_loss"], rel=1e-6)
+    assert lr[0].value > 0 and lr[-1].value == pytest.approx(record["lr"], abs=1e-7)
+    for tag, key in (("val/top1", "val_top1"), ("val/top5", "val_top5")):
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == \
+            [(8, pytest.approx(record[key], rel=1e-6))]
 
 
 @pytest.mark.slow
