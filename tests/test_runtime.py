@@ -168,7 +168,14 @@ def _fake_rates(monkeypatch, session):
     monkeypatch.setattr(runtime, "time_rate", rate)
 
 
-def test_inference_auto_measures_the_session_at_the_batch_and_caches(two_candidates, monkeypatch):
+@pytest.fixture
+def own_cache(monkeypatch, tmp_path):
+    """A probe cache of the test's own: nothing measured by other tests is read back."""
+    monkeypatch.setattr(runtime, "cache_path", lambda: tmp_path / "precision.json")
+
+
+def test_inference_auto_measures_the_session_at_the_batch_and_caches(two_candidates, monkeypatch,
+                                                                      own_cache):
     session = _Switchable({"fp32": 40.0, "bf16": 90.0})
     _fake_rates(monkeypatch, session)
     logs = []
@@ -206,7 +213,7 @@ def test_a_session_in_its_own_precision_takes_auto_or_that_precision_only():
 
 
 def test_eval_and_predict_record_the_measured_choice(two_candidates, monkeypatch, tiny_run, cli,
-                                                     tmp_path):
+                                                     tmp_path, own_cache):
     """Through the CLI on a real run: auto's line on stderr and its record in --json; an
     explicit --precision is taken as given and said so."""
     from inceptionctl.backends.torch import TorchSession
