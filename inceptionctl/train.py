@@ -96,6 +96,8 @@ class TrainResult:
     skipped_nonfinite: int
     skipped_images: int
     history: list[dict[str, Any]]
+    precision: str = "fp32"  # what the run trained (and validated) in
+    precision_choice: dict[str, Any] = field(default_factory=dict)  # auto's measured rates
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -849,7 +851,8 @@ def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int 
                          best_epoch=state.best_epoch if history else None,
                          last_top1=last["val_top1"], last_top5=last["val_top5"], seconds=seconds,
                          steps=state.global_step, skipped_nonfinite=state.skipped_nonfinite,
-                         skipped_images=skipped_images, history=history)
+                         skipped_images=skipped_images, history=history,
+                         precision=run.precision, precision_choice=run.precision_choice)
     if run.ctx.is_main:
         done = "stopped at --max-steps" if stop_reason == "max_steps" else "done"
         best = (f"best val top-1 {state.best_top1:.2f}% (epoch {state.best_epoch})" if history
