@@ -120,7 +120,8 @@ def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, 
 @pytest.mark.slow
 def test_two_nodes_train_one_run(tmp_path, tiny_recipe):
     """Two torchrun "nodes" (1 process each) train one run folder, written by rank 0, to the
-    weights one process reaches with the same global batch. A node that does not see the
+    weights one process reaches with the same global batch (DDP's gradient averaging, the
+    sharded sampler and rank-0-only writing, as on one machine with --nproc-per-node 2). A node that does not see the
     run's last.pt cannot resume beside the other."""
     args = ["train", "--recipe", tiny_recipe, "--workers", "0", "--precision", "fp32",
             "--device", "cpu", "--resume", "auto"]
@@ -158,6 +159,7 @@ def test_two_nodes_train_one_run(tmp_path, tiny_recipe):
 
 @pytest.mark.slow
 def test_two_nodes_eval_equals_one_process(tiny_run, cli):
+    """Eval sharded over two processes (on two "nodes") gives one process's table exactly."""
     run, _ = tiny_run
     args = ["eval", run, "--crops", "1,10", "--workers", "0", "--limit", "101", "--device",
             "cpu", "--precision", "fp32", "--json"]

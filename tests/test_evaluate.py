@@ -1,8 +1,6 @@
 """eval and predict: averaging, ensembles, the Table 3 report, bad inputs, distributed eval."""
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from inceptionctl.backend import ArtifactInfo, Session
 from inceptionctl.crops import take_crops
 from inceptionctl.evaluate import EvalOptions, evaluate, stream_batches
 
-from .conftest import TINY_TRAIN, run_child
+from .conftest import TINY_TRAIN
 
 
 def test_eval_reproduces_training_accuracy(tiny_run, cli):
@@ -343,22 +341,6 @@ def test_backends_listing(cli):
     assert out.exit_code == 0
     rows = {r["name"]: r for r in json.loads(out.stdout)["backends"]}
     assert rows["torch"]["available"] and rows["torch"]["version"] == torch.__version__
-
-
-@pytest.mark.slow
-def test_distributed_eval_equals_single_process(tiny_run, tmp_path):
-    run, _ = tiny_run
-    env = dict(os.environ, INCEPTIONCTL_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
-    args = ["-m", "inceptionctl", "eval", str(run), "--crops", "1,10", "--workers", "0",
-            "--limit", "101", "--precision", "fp32", "--json"]
-    two = run_child([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                     "--nproc-per-node=2", *args], timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = run_child([sys.executable, *args], timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 1 prints nothing
-    assert a["images"] == b["images"] == 101
-    assert a["table"] == b["table"] and a["confusion"] == b["confusion"]
 
 
 @pytest.mark.slow
