@@ -103,7 +103,7 @@ PYEOF
     step tests-ran 10 "$PY" benchmarks/gpu_tests_ran.py "$OUT/gpu-tests.xml"
 fi
 step infer 60 "$PY" benchmarks/gpu_check.py infer $DRY
-step train 75 "$PY" benchmarks/gpu_check.py train $DRY
+step train 110 "$PY" benchmarks/gpu_check.py train $DRY
 step decode 45 "$PY" benchmarks/gpu_check.py decode $DRY
 
 echo
