@@ -93,12 +93,12 @@ def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, 
     # 512 images, batch 32 x 2 processes: 8 steps per epoch, 2 epochs
     straight = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "inceptionctl",
                 *common, "--out", tmp_path / "straight"]
-    (code, _, err), = _run(straight, env=_env())
-    assert code == 0, err[-3000:]
-    # the same run through `train --nproc 2 --max-restarts 1`, with rank 1 dying once
-    killed = [sys.executable, "-m", "inceptionctl", *common, "--nproc", "2", "--max-restarts",
-              "1", "--out", tmp_path / "elastic"]
-    (code, _, err), = _run(killed, env=_env(INCEPTIONCTL_TEST_SIGKILL_AT="1:12"))
+    # the same run through `train --nproc 2 --max-restarts 1`, with rank 1 dying once; both
+    # side by side (one thread per process: the results do not depend on it)
+    killed = ["env", "INCEPTIONCTL_TEST_SIGKILL_AT=1:12", sys.executable, "-m", "inceptionctl",
+              *common, "--nproc", "2", "--max-restarts", "1", "--out", tmp_path / "elastic"]
+    (code0, _, err0), (code, _, err) = _run(straight, killed, env=_env())
+    assert code0 == 0, err0[-3000:]
     assert code == 0, err[-3000:]
     assert "--max-restarts=1" in next(line for line in err.splitlines()
                                       if line.startswith("launching: "))
@@ -121,8 +121,8 @@ def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, 
 def test_two_nodes_train_one_run(tmp_path, tiny_recipe):
     """Two torchrun "nodes" (1 process each) train one run folder, written by rank 0, to the
     weights one process reaches with the same global batch (DDP's gradient averaging, the
-    sharded sampler and rank-0-only writing, as on one machine with --nproc-per-node 2). A node that does not see the
-    run's last.pt cannot resume beside the other."""
+    sharded sampler and rank-0-only writing, as on one machine with --nproc-per-node 2). A node
+    that does not see the run's last.pt cannot resume beside the other."""
     args = ["train", "--recipe", tiny_recipe, "--workers", "0", "--precision", "fp32",
             "--device", "cpu", "--resume", "auto"]
     sets = [a for s in EXACT_SETS + ["train.batch_size=16"] for a in ("--set", s)]

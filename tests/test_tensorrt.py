@@ -384,7 +384,8 @@ def test_importing_the_plugin_does_not_import_tensorrt():
             "from inceptionctl.backend import backend_names, get_backend\n"
             "b = get_backend('tensorrt'); assert 'tensorrt' in backend_names()\n"
             "print(b.name, b.suffixes, 'tensorrt' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120)
     assert out.stdout.strip() == "tensorrt ('.engine', '.plan') False"
 
 

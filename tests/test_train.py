@@ -430,10 +430,14 @@ def test_sigint_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path,
     mid-epoch; --resume then ends with the weights of a run that was never interrupted."""
     args = ["train", "--recipe", tiny_recipe, "--set", "train.epochs=2", *TINY_CLI]
     run = tmp_path / "run"
-    with Child(cli_command(*args, "--out", run), env=ONE_THREAD, sigint_default=True) as child:
+    # the uninterrupted run, on the other core meanwhile (both children use one thread)
+    straight = Child(cli_command(*args, "--out", tmp_path / "straight", "--json"), env=ONE_THREAD)
+    with straight, Child(cli_command(*args, "--out", run), env=ONE_THREAD,
+                         sigint_default=True) as child:
         child.wait_for("epoch 1/2: ", timeout=600)  # epoch 1 done and saved, epoch 2 begun
         child.signal_group(signal.SIGINT)
         assert child.wait(timeout=120) == 130, child.stderr[-3000:]
+        assert straight.wait(timeout=600) == 0, straight.stderr[-3000:]
     last_line = child.stderr.strip().splitlines()[-1]
     state = read_checkpoint(run / "last.pt")["train_state"]
     assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < 44, state["step_in_epoch"]
@@ -446,9 +450,6 @@ def test_sigint_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {run / 'last.pt'} at epoch 2, step {state['step_in_epoch']}" in \
         resumed.stderr
-    straight = run_child(cli_command(*args, "--out", tmp_path / "straight", "--json"),
-                         timeout=600, env=ONE_THREAD)
-    assert straight.returncode == 0, straight.stderr[-3000:]
     a = read_checkpoint(tmp_path / "straight" / "last.pt")
     b = read_checkpoint(run / "last.pt")
     _same_state(a["state_dict"], b["state_dict"])
