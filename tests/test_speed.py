@@ -117,3 +117,24 @@ def test_an_unavailable_reason_is_a_note_under_the_table():
     assert sum("unavailable (1)" in ln for ln in table) == 2  # one note for both rows
     notes = " ".join(ln.strip() for ln in lines if ln not in table)  # wrapped to the table
     assert f"(1) {reason}" in notes
+
+
+def test_profile_time_auto_rows_name_the_measured_choice(cli, monkeypatch, tmp_path):
+    """--precision auto: the torch rows (inference and training) time what auto measured and
+    say it (`auto:bf16` or `auto:fp32`); ONNX Runtime, whose files fix their precision, has no
+    auto row."""
+    from inceptionctl import runtime
+
+    monkeypatch.setattr(runtime, "cache_path", lambda: tmp_path / "precision.json")
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
+    out = cli("profile", "--recipe", "googlenet-small", "--time", "--backend",
+              "torch,onnxruntime", "--precision", "auto", "--batch", "2", "--iters", "1",
+              "--warmup", "0", "--train", "--json")
+    assert out.exit_code == 0, out.stderr
+    rows = json.loads(out.stdout)["speed"]["rows"]
+    assert [(r["backend"], r["mode"]) for r in rows] == [("torch", "inference"),
+                                                         ("torch", "train")]
+    said = [ln for ln in out.stderr.splitlines() if ln.startswith("precision auto -> ")]
+    assert len(said) == 2 and all("measured now: fp32 " in ln for ln in said)
+    for row, line in zip(rows, said):
+        assert row["available"] and row["precision"] == "auto:" + line.split()[3]
