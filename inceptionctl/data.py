@@ -948,13 +948,17 @@ def loader(dataset: Transformed, sampler: KeyedSampler, batch: int, workers: int
         generator=torch.Generator().manual_seed(0))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """DataLoader workers: one fewer than the CPUs this process may use, at least 1, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus - 1))
+    return max(1, min(8, usable_cpus() - 1))
 
 
 

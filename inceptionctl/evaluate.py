@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from . import distributed as dist_utils
 from .backend import Session, open_artifact
 from .crops import normalize, take_crops
 from .data import (Collate, DataError, ImageSource, KeyedSampler, collect_images, decode_rgb,
-                   default_workers, eval_source)
+                   default_workers, eval_source, usable_cpus)
 from .errors import InceptionError, one_line
 from .recipe import Recipe
 from .runtime import choose_session_precision
@@ -262,16 +261,9 @@ def eval_workers(counts: list[int]) -> int:
     core from them: the crops are made in-process. Measured (``make bench``, P4's sweep, 144
     crops of googlenet-bn on a 2-core AMD EPYC): 0 workers 62.3 crops/s, 1 worker 58.6, 2 workers
     59.5. Elsewhere, and for 1 crop, :func:`~inceptionctl.data.default_workers`."""
-    if min(counts) >= 10 and _usable_cpus() <= 2:
+    if min(counts) >= 10 and usable_cpus() <= 2:
         return 0
     return default_workers()
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _ensemble_batch(opts: EvalOptions, sessions: list[Session]) -> int:

@@ -349,8 +349,6 @@ def _train_row(recipe: Recipe, precision: str, batch: int, device: torch.device,
         return SpeedRow("torch", precision, batch, "train", False, "fp16 training needs CUDA")
     reset_peak_memory(device)
     model = build_model(recipe).to(device, memory_format=torch.channels_last).train()
-    trainer = Trainer(model, recipe, device, "fp32" if precision == "auto" else precision,
-                      ema=False)
     size = recipe.data.input_size
     x = torch.randn(batch, recipe.model.in_channels, size, size, device=device
                     ).contiguous(memory_format=torch.channels_last)
@@ -366,7 +364,7 @@ def _train_row(recipe: Recipe, precision: str, batch: int, device: torch.device,
                                   key=probe_key(device, "train", recipe.name, batch, size))
         opts.log(choice.describe())
         precision, label = choice.precision, f"auto:{choice.precision}"
-        trainer = Trainer(model, recipe, device, precision, ema=False)
+    trainer = Trainer(model, recipe, device, precision, ema=False)
 
     opts.log(f"timing torch training {label} batch {batch}")
     times = time_calls(lambda: trainer.step(data), device, max(1, opts.warmup), opts.iters,

@@ -82,11 +82,11 @@ def test_the_torch_session_submits_on_the_cpu_as_it_runs(tiny_run):
 def test_eval_workers_make_many_crops_in_process_on_two_cpus(monkeypatch):
     from inceptionctl import data
 
-    monkeypatch.setattr(ev, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(ev, "usable_cpus", lambda: 2)
     monkeypatch.setattr(data, "default_workers", lambda: 1)
     monkeypatch.setattr(ev, "default_workers", lambda: 1)
     assert ev.eval_workers([144]) == 0 and ev.eval_workers([10, 144]) == 0
     assert ev.eval_workers([1, 144]) == 1  # 1 crop: decoding is a real share of the work
-    monkeypatch.setattr(ev, "_usable_cpus", lambda: 16)
+    monkeypatch.setattr(ev, "usable_cpus", lambda: 16)
     monkeypatch.setattr(ev, "default_workers", lambda: 8)
     assert ev.eval_workers([144]) == 8
