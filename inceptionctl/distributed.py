@@ -72,6 +72,18 @@ class Context:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (batch norm's running statistics) in ``module`` on every rank.
+
+        DDP keeps the parameters equal on every rank, but a rank's running statistics follow
+        its own shard between forward passes (and a Polyak copy averages them): before the
+        ranks validate together, they take rank 0's, the ones rank 0 saves.
+        """
+        if not self.active:
+            return
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -786,7 +786,9 @@ def _end_of_epoch(run: _Run, trainer: Trainer, state: TrainState, epoch: _Epoch,
                   val: torch.utils.data.DataLoader) -> None:
     """Validate, record the epoch in metrics.jsonl, and save ``best`` (if it is) and ``last``."""
     t = run.recipe.train
-    # fp32, so the accuracy recorded (and `best`) is what eval and fp32 exports reproduce
+    # fp32, so the accuracy recorded (and `best`) is what eval and fp32 exports reproduce; on
+    # every rank with the weights rank 0 saves
+    run.ctx.broadcast_buffers(trainer.eval_model)
     metrics = validate(trainer.eval_model, val, run.device, "fp32", run.opts.channels_last,
                        run.ctx)
     seconds = time.monotonic() - epoch.started

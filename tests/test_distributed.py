@@ -85,36 +85,56 @@ def _metrics(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, tiny_recipe):
-    """Rank 1 SIGKILLs itself after step 12 (epoch 2, step 4) on the first attempt; torchrun
-    restarts both workers, which resume from the --save-every 5 save at step 10 (mid-epoch) and
-    end bit-identical to an uninterrupted run, each epoch in metrics.jsonl once."""
-    common = ["train", "--recipe", tiny_recipe, "--data", "synthetic", "--workers", "0",
-              "--precision", "fp32", "--device", "cpu", "--save-every", "5", "--resume", "auto"]
-    # 512 images, batch 32 x 2 processes: 8 steps per epoch, 2 epochs
-    straight = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "inceptionctl",
-                *common, "--out", tmp_path / "straight"]
-    # the same run through `train --nproc 2 --max-restarts 1`, with rank 1 dying once; both
-    # side by side (one thread per process: the results do not depend on it)
-    killed = ["env", "INCEPTIONCTL_TEST_SIGKILL_AT=1:12", sys.executable, "-m", "inceptionctl",
-              *common, "--nproc", "2", "--max-restarts", "1", "--out", tmp_path / "elastic"]
-    (code0, _, err0), (code, _, err) = _run(straight, killed, env=_env())
-    assert code0 == 0, err0[-3000:]
-    assert code == 0, err[-3000:]
-    assert "--max-restarts=1" in next(line for line in err.splitlines()
-                                      if line.startswith("launching: "))
-    assert "exitcode: -9" in err and "local_rank: 1" in err  # it did die, by SIGKILL
-    elastic = tmp_path / "elastic"
-    assert f"resuming {elastic / 'last.pt'} at epoch 2, step 2 (global step 10)" in err
+    """torchrun --max-restarts 1, rank 1 SIGKILLing itself after step 28 (epoch 2, step 6) on
+    the first attempt: torchrun restarts both workers, which resume from the --save-every 5 save
+    at step 25 (mid-epoch) and end bit-identical to an uninterrupted run, each epoch in
+    metrics.jsonl once. The uninterrupted run is `train --nproc 2`: the CLI starts torchrun
+    itself, and rank 0 alone writes the run folder, logs and prints."""
+    from inceptionctl.evaluate import EvalOptions, evaluate
 
-    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    common = ["train", "--recipe", tiny_recipe, "--data", "digits", "--workers", "0",
+              "--precision", "fp32", "--device", "cpu", "--save-every", "5", "--resume", "auto"]
+    # 1437 images, batch 32 x 2 processes: 22 steps per epoch, 2 epochs; both runs side by side
+    # (one thread per process: the results do not depend on it)
+    straight = [sys.executable, "-m", "inceptionctl", *common, "--nproc", "2", "--out",
+                tmp_path / "straight", "--json"]
+    killed = ["env", "INCEPTIONCTL_TEST_SIGKILL_AT=1:28", *TORCHRUN, "--standalone",
+              "--nproc-per-node", "2", "--max-restarts", "1", "-m", "inceptionctl", *common,
+              "--out", tmp_path / "elastic"]
+    (code0, out0, err0), (code, _, err) = _run(straight, killed, env=_env())
+    assert code == 0, err[-3000:]
+    assert "exitcode: -9" in err and "local_rank: 1" in err  # it did die, by SIGKILL
+    elastic, run = tmp_path / "elastic", tmp_path / "straight"
+    assert f"resuming {elastic / 'last.pt'} at epoch 2, step 3 (global step 25)" in err
+
+    # train --nproc 2: one torchrun launch, rank 0 alone writes, logs and prints
+    assert code0 == 0, err0[-3000:]
+    launch = [ln for ln in err0.splitlines() if ln.startswith("launching: ")]
+    assert len(launch) == 1 and "torch.distributed.run --standalone --nproc-per-node=2 -m " \
+        "inceptionctl train" in launch[0] and "--nproc " not in launch[0], launch
+    report = json.loads(out0)  # one document: rank 1 prints nothing
+    assert err0.count(f"run folder: {run}\n") == 1, err0
+    assert err0.count("2 process(es), batch 32 x 2") == 1, err0
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
+                                                     "recipe.yaml"]
+    assert _metrics(run) == report["history"] and report["steps"] == 44
+
+    a = read_checkpoint(run / "last.pt")
     b = read_checkpoint(elastic / "last.pt")
-    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] == 16
+    assert (a["train_state"]["world_size"], a["train_state"]["epoch"]) == (2, 2)
+    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] == 44
     for key in ("state_dict", "ema_state_dict"):
         assert a[key].keys() == b[key].keys()
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
     assert [r["epoch"] for r in _metrics(elastic)] == [1, 2]
-    assert _without_timings(_metrics(elastic)) == _without_timings(_metrics(tmp_path / "straight"))
+    assert _without_timings(_metrics(elastic)) == _without_timings(_metrics(run))
+    # validation ran over both ranks' shards: the whole val set, as eval of best.pt sees it
+    best = max(_metrics(run), key=lambda r: r["val_top1"])
+    evaluated = evaluate(EvalOptions([str(run)], data="digits", crops=[1], workers=0,
+                                     precision="fp32"))
+    assert evaluated.images == 360
+    assert evaluated.main.top1 == pytest.approx(best["val_top1"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -506,41 +506,6 @@ def test_a_second_sigint_while_saving_stops_at_once(tmp_path, tiny_recipe):
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 44)
 
 
-@pytest.mark.slow
-def test_nproc_2_launches_torchrun_and_rank_0_writes_the_run(tmp_path, tiny_recipe):
-    """train --nproc 2: the CLI starts torchrun itself (gloo on CPU); one process writes the
-    run folder, logs and prints; the metrics cover both shards of the data."""
-    from inceptionctl.data import digits
-
-    run = tmp_path / "run"
-    env = dict(ONE_THREAD, INCEPTIONCTL_DIST_BACKEND="gloo")
-    result = run_child(cli_command("train", "--nproc", "2", "--recipe", tiny_recipe, "--set",
-                                   "train.epochs=1", *TINY_CLI, "--out", run, "--json"),
-                       timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    launch = [ln for ln in result.stderr.splitlines() if ln.startswith("launching: ")]
-    assert len(launch) == 1 and "torch.distributed.run --standalone --nproc-per-node=2 -m " \
-        "inceptionctl train" in launch[0] and "--nproc " not in launch[0], launch
-    report = json.loads(result.stdout)  # one document: rank 1 prints nothing
-    # rank 0 alone logs: each line once; the run is two processes of 32
-    assert result.stderr.count(f"run folder: {run}\n") == 1, result.stderr
-    assert result.stderr.count("2 process(es), batch 32 x 2") == 1, result.stderr
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
-                                                     "recipe.yaml"]
-    steps = len(digits(18, "train")) // 2 // 32  # each rank's half, in full batches
-    state = read_checkpoint(run / "last.pt")["train_state"]
-    assert (state["world_size"], state["epoch"], state["global_step"]) == (2, 1, steps)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 1 and records[0]["step"] == steps == report["steps"]
-    assert records == report["history"] and records[0]["val_top1"] == report["best_top1"]
-    # validation ran over both ranks' shards: the whole val set, as eval of best.pt sees it
-    from inceptionctl.evaluate import EvalOptions, evaluate
-
-    evaluated = evaluate(EvalOptions([str(run)], data="digits", crops=[1], workers=0))
-    assert evaluated.images == 360
-    assert evaluated.main.top1 == pytest.approx(records[0]["val_top1"], abs=1e-9)
-
-
 def test_without_tensorboard_the_flag_is_one_line_before_any_work(cli, tiny_recipe, tmp_path,
                                                                    monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
