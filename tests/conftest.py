@@ -167,6 +167,23 @@ def tiny_run(tmp_path_factory):
     return root / "run", result
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The tiny recipe trained 4 epochs on the embedded digits (~95% top-1), once per session:
+    the run folder, shared read-only (export and compare write their files elsewhere)."""
+    from inceptionctl.recipe import load_recipe
+    from inceptionctl.train import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("trained")
+    recipe_path = root / "tiny.yaml"
+    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
+    result = train(TrainOptions(device="cpu", recipe=load_recipe(recipe_path, ["train.epochs=4"]),
+                                out=root / "run", runs_dir=root / "runs", data="digits",
+                                precision="fp32", workers=0, progress=False, log=lambda _m: None))
+    assert result.best_top1 > 85.0
+    return Path(result.run)
+
+
 @pytest.fixture(scope="module")
 def tiny_run_copy(tiny_run, tmp_path_factory):
     """A module's own copy of the shared tiny run, for tests that resume or write into it."""

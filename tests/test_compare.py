@@ -162,20 +162,16 @@ def test_the_cli_exits_1_on_a_failed_comparison_and_0_on_a_passed_one(artifacts,
 # ------------------------------------------------------------------- through the command line
 
 @pytest.fixture(scope="module")
-def run_and_int8(tmp_path_factory):
+def run_and_int8(trained, tmp_path_factory):
     """A trained run, its INT8 export made by the CLI, and two perturbed copies of its weights
     (a nudge that fp32 tolerances catch, and noise that changes most top-1 answers)."""
     from typer.testing import CliRunner
 
     from inceptionctl.checkpoint import load_with_facts
     from inceptionctl.cli import app
-    from inceptionctl.train import TrainOptions, train
 
     tmp = tmp_path_factory.mktemp("cli-compare")
-    recipe = tiny(tmp, ["train.epochs=4"])
-    run = Path(train(TrainOptions(device="cpu", recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
-                                  data="digits", precision="fp32", workers=0, progress=False,
-                                  log=lambda _m: None)).run)
+    run = trained
     int8 = tmp / "best.int8.onnx"
     made = CliRunner().invoke(app, ["export", str(run), "--precision", "int8", "--calib-data",
                                     "digits", "--calib-samples", "64", "--out", str(int8)])

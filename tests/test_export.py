@@ -38,20 +38,6 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The tiny recipe trained 4 epochs on the embedded digits (~95% top-1), once per module."""
-    from inceptionctl.train import TrainOptions, train
-
-    tmp = tmp_path_factory.mktemp("trained")
-    recipe = tiny(tmp, ["train.epochs=4"])
-    result = train(TrainOptions(device="cpu", recipe=recipe, out=tmp / "run", runs_dir=tmp / "runs",
-                                data="digits", precision="fp32", workers=0, progress=False,
-                                log=lambda _m: None))
-    assert result.best_top1 > 85.0
-    return Path(result.run)
-
-
 def graph_of(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path))
 

@@ -41,14 +41,15 @@ def test_wheel_in_fresh_venv_lists_and_loads_every_recipe(tmp_path):
     (wheel,) = dist.glob("inceptionctl-*.whl")
 
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)  # this pip installs into it (pip --python)
     py = env_dir / "bin" / "python"
     # The heavy dependencies (torch, ...) come from this environment's site-packages through a
     # .pth file, so the test does not reinstall them; inceptionctl itself only from the wheel.
     site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                 capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([py, "-m", "pip", "install", "--no-deps", "-q", wheel], check=True, env=pip_env)
+    _run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "-q", wheel],
+         check=True, env=pip_env)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
