@@ -727,7 +727,9 @@ class Transformed(Dataset):
             plan = self._plan(sample.image.shape, index, epoch)
             return self.transform.apply(sample.image, plan), sample.label, sample.path, None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            # the CPU generator only: fork_rng(devices=[]) restores no other, and a loader
+            # without workers must not reseed the GPU's (dropout's) generator per image
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             image = self.transform(sample.image)
         return image, sample.label, sample.path, None
 

@@ -149,6 +149,24 @@ def test_augmentation_is_keyed_not_global():
     assert not torch.equal(a, ds[(5, 2)][0])  # another epoch, another crop
 
 
+def test_another_transform_is_keyed_on_the_cpu_generator_only(monkeypatch):
+    """A transform other than ours is seeded per item on torch's CPU generator (what
+    fork_rng(devices=[]) restores), never on the GPUs' (dropout's, in a loader without
+    workers)."""
+    from torchvision.transforms import v2
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    jitter = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.ColorJitter(0.5, 0.5)])
+    ds = Transformed(digits(36, "val"), jitter, seed=3)
+    torch.manual_seed(0)
+    reseeded.clear()
+    state = torch.get_rng_state()
+    a, b = ds[(4, 0)][0], ds[(4, 0)][0]
+    assert torch.equal(a, b) and not torch.equal(a, ds[(4, 1)][0])
+    assert torch.equal(torch.get_rng_state(), state) and reseeded == []
+
+
 def test_sampler_orders_agree_across_world_sizes():
     one = [i for i, _ in KeyedSampler(100, epoch=3, seed=1, world=1)]
     two = [[i for i, _ in KeyedSampler(100, epoch=3, seed=1, rank=r, world=2)] for r in (0, 1)]
