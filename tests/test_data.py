@@ -30,7 +30,7 @@ def test_every_mode_decodes_to_rgb(tmp_path, mode, ext):
     img = _save(path, mode)
     out = decode_rgb(path)
     assert out.dtype == torch.uint8 and out.shape == (3, 14, 20)
-    expected = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    expected = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
     tol = 0 if ext == "png" and mode != "RGBA" and mode != "LA" else 40
     assert (out.int() - expected.int()).abs().max() <= tol
     del img
