@@ -169,6 +169,61 @@ class OnnxRuntimeSession(Session):
         self.sess = None
 
 
+def share_concat_quantization(model: Any) -> int:
+    """Give each Concat's quantized inputs the quantization parameters of its output, in place;
+    returns how many inputs changed.
+
+    ``quantize_static`` calibrates every Inception branch's output on its own range, so each
+    module's Concat requantizes all four branches (ONNX Runtime's ``QLinearConcat`` with a
+    lookup table per input). With the output's scale and zero point on the branch's Q/DQ pair,
+    the branch's last convolution requantizes straight into the Concat's scale, and the Concat
+    only copies bytes; TensorRT's Q/DQ guidance asks for the same. The output's range covers
+    every branch's (it is their union), so no value is clipped. An input is left alone unless
+    it is a ``DequantizeLinear`` of a ``QuantizeLinear`` whose per-tensor parameters no other
+    tensor uses, and the Concat's output goes to one ``QuantizeLinear``.
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {out: n for n in g.node for out in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+
+    def per_tensor(name: str) -> bool:
+        t = inits.get(name)
+        return t is not None and all(d == 1 for d in t.dims)
+
+    changed = 0
+    for concat in (n for n in g.node if n.op_type == "Concat"):
+        after = consumers.get(concat.output[0], [])
+        if len(after) != 1 or after[0].op_type != "QuantizeLinear" or len(after[0].input) < 3:
+            continue
+        scale, zero = after[0].input[1], after[0].input[2]
+        if not (per_tensor(scale) and per_tensor(zero)):
+            continue
+        for name in concat.input:
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == \
+                "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or len(q.input) < 3 \
+                    or (q.input[1], q.input[2]) == (scale, zero):
+                continue
+            pair = [q, *consumers.get(q.output[0], [])]
+            users = {id(n) for p in q.input[1:3] for n in consumers.get(p, [])}
+            if any(n.op_type != "DequantizeLinear" or len(n.input) < 3 for n in pair[1:]) \
+                    or users != {id(n) for n in pair}:
+                continue  # the parameters are someone else's too, or not a plain pair
+            for n in pair:
+                n.input[1], n.input[2] = scale, zero
+            changed += 1
+    used = {name for n in g.node for name in n.input}
+    stale = [t for t in g.initializer if t.name not in used]
+    for t in stale:
+        g.initializer.remove(t)
+    return changed
+
+
 class _Batches:
     """A ``CalibrationDataReader`` over preprocessed batches, readable in ranges (so ORT's
     calibrators reduce one batch at a time instead of holding every activation in memory)."""
@@ -305,8 +360,10 @@ class OnnxRuntimeBackend(Backend):
                 raise InceptionError(f"{fp32_path}: INT8 quantization failed: "
                                      f"{one_line(exc, 200)}") from None
             model = onnx.load(str(raw))
+        shared = share_concat_quantization(model)
         settings = {"flavour": flavour, "calibration_method": method,
-                    "calibration_samples": samples, "format": "QDQ", **spec}
+                    "calibration_samples": samples, "format": "QDQ", **spec,
+                    "concat_inputs_shared": shared}
         props.update(metadata or {})
         del model.metadata_props[:]
         onnx.helper.set_model_props(model, props)

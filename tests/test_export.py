@@ -148,6 +148,49 @@ def test_torchvision_state_dict_exports_with_the_googlenet_bn_recipe(tmp_path):
 
 # ------------------------------------------------------------------------------------ INT8
 
+def _concat_params(model) -> list[tuple[tuple[str, str], list[tuple[str, str]]]]:
+    """For each Concat: (its output's Q scale/zero-point names, its inputs' DQ ones)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "Concat":
+            (q,) = [c for c in model.graph.node if n.output[0] in c.input]
+            assert q.op_type == "QuantizeLinear"
+            ins = [tuple(producer[i].input[1:3]) for i in n.input]
+            out.append((tuple(q.input[1:3]), ins))
+    return out
+
+
+def test_concat_sharing_leaves_parameters_another_tensor_uses():
+    """A branch whose Q/DQ parameters are shared with a tensor outside the pair is left as
+    it is; the other branch takes the Concat output's, and the stale initializers go."""
+    from onnx import TensorProto, helper
+
+    from inceptionctl.backends.onnxruntime import share_concat_quantization
+
+    def scalar(name, value, dtype=TensorProto.FLOAT):
+        return helper.make_tensor(name, dtype, [], [value])
+
+    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "sa", "za"], ["ad"]),
+             helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["bq"]),
+             helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"]),
+             helper.make_node("QuantizeLinear", ["other", "sb", "zb"], ["oq"]),  # sb elsewhere
+             helper.make_node("Concat", ["ad", "bd"], ["c"], axis=1),
+             helper.make_node("QuantizeLinear", ["c", "sc", "zc"], ["cq"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in
+              ("a", "b", "other")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.UINT8, [1, None]) for n in
+               ("cq", "oq")]
+    inits = [scalar("sa", 0.1), scalar("za", 0, TensorProto.UINT8), scalar("sb", 0.2),
+             scalar("zb", 0, TensorProto.UINT8), scalar("sc", 0.3),
+             scalar("zc", 0, TensorProto.UINT8)]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits))
+    assert share_concat_quantization(model) == 1
+    assert _concat_params(model) == [(("sc", "zc"), [("sc", "zc"), ("sb", "zb")])]
+    assert sorted(t.name for t in model.graph.initializer) == ["sb", "sc", "zb", "zc"]
+
+
 @pytest.mark.slow  # trains the module's model (4 epochs)
 def test_int8_cpu_flavour_keeps_accuracy(trained, tmp_path):
     ckpt = trained / "best.pt"
@@ -162,6 +205,11 @@ def test_int8_cpu_flavour_keeps_accuracy(trained, tmp_path):
     assert (report.int8["activation_type"], report.int8["weight_type"]) == ("uint8", "int8")
     facts = get_backend("onnxruntime").qdq_facts(report.file)
     assert facts["qdq_nodes"] > 10 and "uint8" in facts["zero_point_types"]
+    # each Concat's inputs are dequantized with its output's parameters: a copy, no requantize
+    model = graph_of(Path(report.file))
+    concats = _concat_params(model)
+    assert concats and all(set(ins) == {out} for out, ins in concats)
+    assert report.int8["concat_inputs_shared"] == sum(len(ins) for _, ins in concats) == 8
     with get_backend("onnxruntime").open(Path(report.file)) as session:
         assert session.info.precision == "int8"
         assert session.info.extra["int8"] == {"flavour": "cpu", "calibration_method": "minmax",
@@ -180,6 +228,7 @@ def test_int8_tensorrt_flavour_is_symmetric_with_zero_zero_points(trained, tmp_p
     assert facts["qdq_nodes"] > 10
     assert facts["zero_point_types"] == ["int8"] and facts["nonzero_zero_points"] == 0
     assert report.int8["quantize_bias"] is False  # TensorRT takes no int32 DequantizeLinear
+    assert all(set(ins) == {out} for out, ins in _concat_params(graph_of(Path(report.file))))
     # Weights are int8 initializers feeding DequantizeLinear, not float.
     model = graph_of(Path(report.file))
     inits = {t.name: t for t in model.graph.initializer}
