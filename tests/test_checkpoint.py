@@ -130,6 +130,8 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
+# the hostile file is pickled with protocol 4, which torch's safe unpickler warns about
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
 def test_loading_never_runs_code(tmp_path, small, monkeypatch):
     marker = tmp_path / "inceptionctl-pwned"
     monkeypatch.setattr(_Exploit, "marker", str(marker))
