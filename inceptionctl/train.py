@@ -448,11 +448,20 @@ def _open_resume(opts: TrainOptions, log: Callable[[str], None]
     if not ckpt.get("train_state"):
         raise InceptionError(f"{resume_path}: holds no training state (a 'best' checkpoint "
                              f"or an export); resume from the run's last.pt")
-    # The run's own recipe; only train.epochs may change (to extend a run).
+    # The run's own recipe; only train.epochs may change (to extend a run). An override that
+    # repeats the run's value is no change: a restarted command line (torchrun --max-restarts,
+    # a requeued job) carries the --set options that started the run.
     other = [o for o in opts.overrides if not o.split("=", 1)[0].strip() == "train.epochs"]
-    if other:
-        raise InceptionError(f"--resume {resume_path.parent}: a resumed run keeps its recipe; "
-                             f"only train.epochs can change (not {other[0]})")
+    saved = checkpoint_recipe(ckpt, str(resume_path), None).to_dict()
+    for override in other:
+        if checkpoint_recipe(ckpt, str(resume_path), [override]).to_dict() != saved:
+            key = override.split("=", 1)[0].strip()
+            value: Any = saved
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            raise InceptionError(f"--resume {resume_path.parent}: a resumed run keeps its "
+                                 f"recipe; only train.epochs can change (not {override}: the "
+                                 f"run has {key}={value})")
     recipe = checkpoint_recipe(ckpt, str(resume_path), opts.overrides or None)
     saved_data = ckpt.get("meta", {}).get("data")
     if saved_data is not None and opts.data != saved_data:

@@ -85,27 +85,28 @@ def _metrics(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, tiny_recipe):
-    """torchrun --max-restarts 1, rank 1 SIGKILLing itself after step 28 (epoch 2, step 6) on
+    """torchrun --max-restarts 1, rank 1 SIGKILLing itself after step 17 (epoch 2, step 6) on
     the first attempt: torchrun restarts both workers, which resume from the --save-every 5 save
-    at step 25 (mid-epoch) and end bit-identical to an uninterrupted run, each epoch in
+    at step 15 (mid-epoch) and end bit-identical to an uninterrupted run, each epoch in
     metrics.jsonl once. The uninterrupted run is `train --nproc 2`: the CLI starts torchrun
     itself, and rank 0 alone writes the run folder, logs and prints."""
     from inceptionctl.evaluate import EvalOptions, evaluate
 
     common = ["train", "--recipe", tiny_recipe, "--data", "digits", "--workers", "0",
-              "--precision", "fp32", "--device", "cpu", "--save-every", "5", "--resume", "auto"]
-    # 1437 images, batch 32 x 2 processes: 22 steps per epoch, 2 epochs; both runs side by side
+              "--precision", "fp32", "--device", "cpu", "--save-every", "5", "--resume", "auto",
+              "--set", "train.batch_size=64"]
+    # 1437 images, batch 64 x 2 processes: 11 steps per epoch, 2 epochs; both runs side by side
     # (one thread per process: the results do not depend on it)
     straight = [sys.executable, "-m", "inceptionctl", *common, "--nproc", "2", "--out",
                 tmp_path / "straight", "--json"]
-    killed = ["env", "INCEPTIONCTL_TEST_SIGKILL_AT=1:28", *TORCHRUN, "--standalone",
+    killed = ["env", "INCEPTIONCTL_TEST_SIGKILL_AT=1:17", *TORCHRUN, "--standalone",
               "--nproc-per-node", "2", "--max-restarts", "1", "-m", "inceptionctl", *common,
               "--out", tmp_path / "elastic"]
     (code0, out0, err0), (code, _, err) = _run(straight, killed, env=_env())
     assert code == 0, err[-3000:]
     assert "exitcode: -9" in err and "local_rank: 1" in err  # it did die, by SIGKILL
     elastic, run = tmp_path / "elastic", tmp_path / "straight"
-    assert f"resuming {elastic / 'last.pt'} at epoch 2, step 3 (global step 25)" in err
+    assert f"resuming {elastic / 'last.pt'} at epoch 2, step 4 (global step 15)" in err
 
     # train --nproc 2: one torchrun launch, rank 0 alone writes, logs and prints
     assert code0 == 0, err0[-3000:]
@@ -114,15 +115,15 @@ def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, 
         "inceptionctl train" in launch[0] and "--nproc " not in launch[0], launch
     report = json.loads(out0)  # one document: rank 1 prints nothing
     assert err0.count(f"run folder: {run}\n") == 1, err0
-    assert err0.count("2 process(es), batch 32 x 2") == 1, err0
+    assert err0.count("2 process(es), batch 64 x 2") == 1, err0
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
                                                      "recipe.yaml"]
-    assert _metrics(run) == report["history"] and report["steps"] == 44
+    assert _metrics(run) == report["history"] and report["steps"] == 22
 
     a = read_checkpoint(run / "last.pt")
     b = read_checkpoint(elastic / "last.pt")
     assert (a["train_state"]["world_size"], a["train_state"]["epoch"]) == (2, 2)
-    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] == 44
+    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] == 22
     for key in ("state_dict", "ema_state_dict"):
         assert a[key].keys() == b[key].keys()
         for k in a[key]:
