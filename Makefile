@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/inceptionctl profile --recipe googlenet --paper
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
