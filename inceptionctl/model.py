@@ -14,6 +14,7 @@ inside three containers (``stem``, ``blocks``, ``aux``), so foreign weights map 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -65,12 +66,39 @@ class LocalResponseNorm(nn.Module):
 
 def lrn_banded(x: Tensor, band: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     """LRN of ``x`` through the banded 1x1 convolution ``band`` (the training kernel)."""
-    window = nn.functional.conv2d(x * x, band.to(x.dtype))
-    scale = window * (alpha / size) + k
-    if beta == 0.75:  # the paper's value: t^-3/4 = rsqrt(t) * sqrt(rsqrt(t)), no pow
-        inv = torch.rsqrt(scale)
-        return x * (inv * torch.sqrt(inv))
-    return x * scale.pow(-beta)
+    return _BandedLRN.apply(x, band, size, alpha, beta, k)
+
+
+class _BandedLRN(torch.autograd.Function):
+    """LRN with its gradient written out, so that forward and backward each touch the
+    activation a few times instead of once per elementwise op of the formula (LRN sits on the
+    stem's largest tensors, where training is bound by memory traffic).
+
+    With ``s = k + alpha / size * band(x^2)`` and ``p = s^-beta``, ``y = x * p`` and
+    ``dx = g * p - (2 * alpha * beta / size) * x * band^T(g * y / s)``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, band: Tensor, size: int, alpha: float,  # type: ignore[override]
+                beta: float, k: float) -> Tensor:
+        band = band.to(x.dtype)
+        scale = nn.functional.conv2d(x * x, band).mul_(alpha / size).add_(k)
+        if beta == 0.75:  # the paper's value: s^-3/4 = rsqrt(s) * sqrt(rsqrt(s)), no pow
+            p = torch.rsqrt(scale)
+            p.mul_(p.sqrt())
+        else:
+            p = scale.pow(-beta)
+        ctx.save_for_backward(x, band, scale, p)
+        ctx.c = 2.0 * alpha * beta / size
+        return x * p
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, band, scale, p = ctx.saved_tensors
+        gp = g * p
+        t = (gp * x).div_(scale)  # g * y / s
+        window = nn.functional.conv2d(t, band.transpose(0, 1))
+        return gp.addcmul_(x, window, value=-ctx.c), None, None, None, None, None
 
 
 class _OnnxLRN(torch.autograd.Function):

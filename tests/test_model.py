@@ -262,6 +262,32 @@ def test_lrn_equals_torch(channels, size, beta):
     (gb,) = torch.autograd.grad(b.square().sum(), x)
     assert (a - b).abs().max() < 1e-12 and (ga - gb).abs().max() < 1e-12
     assert not any(k.endswith("band") for k in ours.state_dict())  # not a weight
+    # channels_last, as training runs it: the same numbers, and the layout kept
+    xl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    c = ours(xl)
+    (gc,) = torch.autograd.grad(c.square().sum(), xl)
+    assert c.is_contiguous(memory_format=torch.channels_last)
+    assert (a - c).abs().max() < 1e-12 and (ga - gc).abs().max() < 1e-12
+
+
+def test_lrn_trains_under_bf16_autocast():
+    """In bf16 autocast (the CPU training default) LRN's forward and gradient stay within bf16
+    rounding of the float64 reference."""
+    from inceptionctl.model import LocalResponseNorm
+
+    ref = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+    ours = LocalResponseNorm(64, 5, alpha=1e-4, beta=0.75, k=1.0)
+    x = (torch.rand(2, 64, 8, 8) * 40).to(torch.bfloat16).requires_grad_(True)
+    x64 = x.detach().double().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x)
+    g = torch.randn_like(y, dtype=torch.float32)
+    (gx,) = torch.autograd.grad(y, x, g.to(y.dtype))
+    y64 = ref(x64)
+    (gx64,) = torch.autograd.grad(y64, x64, g.double())
+    assert y.dtype == gx.dtype == torch.bfloat16
+    assert (y.double() - y64).abs().max() <= 0.02 * y64.abs().max()
+    assert (gx.double() - gx64).abs().max() <= 0.02 * gx64.abs().max()
 
 
 def _export_ops(module: nn.Module, x: torch.Tensor, path) -> list[str]:
