@@ -734,6 +734,9 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
 
 def main() -> None:
     """The console script (``inceptionctl``) and ``python -m inceptionctl``."""
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # a process-wide choice: the executable's, not the library's
     try:
         app()
     except KeyboardInterrupt:  # a Ctrl-C while parsing or importing, before a command runs

@@ -215,3 +215,17 @@ def test_ctrl_c_on_eval_is_one_line_and_exit_130(tmp_path):
     assert code == 130, err
     assert child.stdout == "", child.stdout
     assert err.strip().splitlines() == ["ready", "interrupted (exit 130)"], err
+
+
+def test_the_console_script_keeps_freed_memory(monkeypatch, capsys):
+    """`inceptionctl` (not the library) makes the process-wide allocator choice, once."""
+    from inceptionctl import cli as cli_module
+    from inceptionctl import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(sys, "argv", ["inceptionctl", "recipes", "--json"])
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main()
+    assert exit_.value.code in (0, None) and calls == [1]
+    assert '"recipes"' in capsys.readouterr().out

@@ -1,6 +1,8 @@
 """Device and precision resolution; ``--precision auto`` decided by measuring on this machine."""
 
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -243,3 +245,42 @@ def test_eval_and_predict_record_the_measured_choice(two_candidates, monkeypatch
     assert json.loads(pred.stdout)["precision"]["precision"] in ("bf16", "fp32")
     bad = cli("eval", run, "--precision", "int4")
     assert bad.exit_code != 0 and "--precision" in bad.output
+
+
+_FAULTS = """
+import resource, sys, torch
+from inceptionctl.runtime import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "on" else None
+def faults_of_a_step():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16 * 2**20)  # 64 MiB, every page written, then freed as a step's activation
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+warm = [faults_of_a_step() for _ in range(3)]
+print(applied, max(faults_of_a_step() for _ in range(3)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_memory_is_reused_without_faulting_it_in_again():
+    """A 64 MiB block freed and allocated again (a training step's largest activation): with
+    keep_freed_memory the pages stay mapped; glibc's default maps and faults them every time.
+    A user's allocator choice (a MALLOC_* variable) is left alone."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD",
+                                                        "INCEPTIONCTL_KEEP_FREED_MEMORY")}
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+
+    def run(mode, **extra):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                             text=True, timeout=120, env={**env, **extra}, check=True).stdout
+        applied, faults = out.split()
+        return applied, int(faults)
+
+    on, off = run("on"), run("off")
+    assert on[0] == "True" and on[1] < pages // 100, on
+    assert off[1] >= pages // 2, off  # the default, for contrast
+    chosen = run("on", MALLOC_ARENA_MAX="2")
+    assert chosen[0] == "False" and chosen[1] >= pages // 2, chosen
