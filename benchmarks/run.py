@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     # as `inceptionctl` runs: freed memory stays in the process (both sides of every ratio)
-    from inceptionctl.runtime import keep_freed_memory
+    from inceptionctl.host import keep_freed_memory
 
     keep_freed_memory()
     goals = []

@@ -734,7 +734,7 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
 
 def main() -> None:
     """The console script (``inceptionctl``) and ``python -m inceptionctl``."""
-    from .runtime import keep_freed_memory
+    from .host import keep_freed_memory
 
     keep_freed_memory()  # a process-wide choice: the executable's, not the library's
     try:

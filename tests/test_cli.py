@@ -220,10 +220,10 @@ def test_ctrl_c_on_eval_is_one_line_and_exit_130(tmp_path):
 def test_the_console_script_keeps_freed_memory(monkeypatch, capsys):
     """`inceptionctl` (not the library) makes the process-wide allocator choice, once."""
     from inceptionctl import cli as cli_module
-    from inceptionctl import runtime
+    from inceptionctl import host
 
     calls = []
-    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(host, "keep_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(sys, "argv", ["inceptionctl", "recipes", "--json"])
     with pytest.raises(SystemExit) as exit_:
         cli_module.main()

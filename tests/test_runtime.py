@@ -249,7 +249,7 @@ def test_eval_and_predict_record_the_measured_choice(two_candidates, monkeypatch
 
 _FAULTS = """
 import resource, sys, torch
-from inceptionctl.runtime import keep_freed_memory
+from inceptionctl.host import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "on" else None
 def faults_of_a_step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
