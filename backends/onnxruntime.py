@@ -180,8 +180,8 @@ def share_concat_quantization(model: Any) -> int:
     lookup table per input). With the output's scale and zero point on the branch's Q/DQ pair,
     the branch's last convolution requantizes straight into the Concat's scale, and the Concat
     only copies bytes (TensorFlow Lite's quantization spec requires the same of concatenation).
-    The output's range covers
-    every branch's (it is their union), so no value is clipped. An input is left alone unless
+    The output's range covers every branch's (it is their union), so no value is clipped. An
+    input is left alone unless
     it is a ``DequantizeLinear`` of a ``QuantizeLinear`` whose per-tensor parameters no other
     tensor uses, and the Concat's output goes to one ``QuantizeLinear``.
     """

@@ -41,7 +41,7 @@ from .errors import CheckFailed, InceptionError, OutputError
 from .filelist import FileLists
 from .files import write_text_atomic
 from .model import GoogLeNet, build_model
-from .recipe import Recipe, recipe_from_data  # noqa: F401
+from .recipe import Recipe, parse_overrides, recipe_from_data  # noqa: F401
 from .runtime import (PrecisionChoice, autocast, candidates, choose_precision, probe_key,
                       resolve_device, resolve_precision, time_rate)
 from .trainer import Trainer
@@ -451,11 +451,10 @@ def _open_resume(opts: TrainOptions, log: Callable[[str], None]
     # The run's own recipe; only train.epochs may change (to extend a run). An override that
     # repeats the run's value is no change: a restarted command line (torchrun --max-restarts,
     # a requeued job) carries the --set options that started the run.
-    other = [o for o in opts.overrides if not o.split("=", 1)[0].strip() == "train.epochs"]
     saved = checkpoint_recipe(ckpt, str(resume_path), None).to_dict()
-    for override in other:
-        if checkpoint_recipe(ckpt, str(resume_path), [override]).to_dict() != saved:
-            key = override.split("=", 1)[0].strip()
+    for (key, _), override in zip(parse_overrides(opts.overrides), opts.overrides):
+        if key != "train.epochs" and \
+                checkpoint_recipe(ckpt, str(resume_path), [override]).to_dict() != saved:
             value: Any = saved
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
