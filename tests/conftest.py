@@ -149,37 +149,34 @@ def _refuse_writes_under(mp: pytest.MonkeyPatch, root: Path) -> None:
     mp.setattr(os, "mkdir", mkdir)
 
 
+def _train_tiny(root: Path, epochs: int):
+    """The tiny recipe trained ``epochs`` epochs on the digits in fp32, its run in ROOT/run."""
+    from inceptionctl.recipe import load_recipe
+    from inceptionctl.train import TrainOptions, train
+
+    recipe_path = root / "tiny.yaml"
+    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
+    return train(TrainOptions(device="cpu", recipe=load_recipe(recipe_path,
+                                                               [f"train.epochs={epochs}"]),
+                              data="digits", out=root / "run", runs_dir=root / "runs",
+                              precision="fp32", workers=0, log=lambda m: None, progress=False))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The tiny recipe trained for one epoch on the digits, once per session: (run, result).
 
     Shared read-only: a test that writes into a run copies it first (see ``tiny_run_copy``).
     """
-    from inceptionctl.recipe import load_recipe
-    from inceptionctl.train import TrainOptions, train
-
     root = tmp_path_factory.mktemp("tiny")
-    recipe_path = root / "tiny.yaml"
-    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
-    result = train(TrainOptions(device="cpu", recipe=load_recipe(recipe_path, ["train.epochs=1"]),
-                                data="digits", out=root / "run", precision="fp32", workers=0,
-                                log=lambda m: None, progress=False))
-    return root / "run", result
+    return root / "run", _train_tiny(root, epochs=1)
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """The tiny recipe trained 4 epochs on the embedded digits (~95% top-1), once per session:
     the run folder, shared read-only (export and compare write their files elsewhere)."""
-    from inceptionctl.recipe import load_recipe
-    from inceptionctl.train import TrainOptions, train
-
-    root = tmp_path_factory.mktemp("trained")
-    recipe_path = root / "tiny.yaml"
-    recipe_path.write_text(TINY_TRAIN.lstrip("\n"))
-    result = train(TrainOptions(device="cpu", recipe=load_recipe(recipe_path, ["train.epochs=4"]),
-                                out=root / "run", runs_dir=root / "runs", data="digits",
-                                precision="fp32", workers=0, progress=False, log=lambda _m: None))
+    result = _train_tiny(tmp_path_factory.mktemp("trained"), epochs=4)
     assert result.best_top1 > 85.0
     return Path(result.run)
 
