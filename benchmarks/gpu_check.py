@@ -87,7 +87,8 @@ def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> 
                     pending()
 
                 raw_ips = _per_second(raw, n, device, 3, iters)
-                eval_ips = _per_second(as_eval, 4 * n, device, 1, max(2, iters // 4))
+                # calls of four batches, an odd number of them (a median, not the slower of two)
+                eval_ips = _per_second(as_eval, 4 * n, device, 2, max(3, iters // 4) | 1)
                 run_ips = _per_second(lambda: session.run(host), n, device, 3, iters)
                 rows.append({"step": "infer", "precision": precision, "batch": n,
                              "raw_img_s": round(raw_ips, 1), "session_img_s": round(eval_ips, 1),
@@ -143,21 +144,27 @@ def train(device: torch.device, recipe: str, batch: int, iters: int) -> list[dic
 
 def decode(device: torch.device, count: int, batch: int, images: int,
            workers: int | None) -> list[dict]:
-    """Loader images/s with the batches on ``device``: --decode cpu against --decode gpu."""
+    """Loader images/s with the batches on ``device``: --decode gpu against --decode cpu as
+    train runs it there (workers make uint8 crops, the float steps run on the device), and
+    against every step in the workers (as on a CPU), for the gain of the former."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_loader
-    from inceptionctl.data import default_workers, finish_on_device
+    from inceptionctl.data import default_workers, finish_on_device, finish_photometric
 
     folder = bench_loader.generate(count)
     workers = default_workers() if workers is None else workers
     rates = {}
-    for mode in ("cpu", "gpu"):
-        data = bench_loader.ours_loader(folder, batch, workers, mode, pin=device.type == "cuda")
+    for mode in ("cpu", "cpu-worker", "gpu"):
+        data = bench_loader.ours_loader(
+            folder, batch, workers, "gpu" if mode == "gpu" else "cpu",
+            pin=device.type == "cuda", photometric="device" if mode == "cpu" else "here")
         transform = data.dataset.transform
 
         def delivered(item, mode=mode, transform=transform):
             if mode == "gpu":
                 x = finish_on_device(item, transform, device, strict=False).images
+            elif mode == "cpu":
+                x = finish_photometric(item, transform, device).images
             else:
                 x = item.images.to(device, non_blocking=True)
             _sync(device)
@@ -170,6 +177,8 @@ def decode(device: torch.device, count: int, batch: int, images: int,
              "jpeg_kb": round(bench_loader.mean_kb(folder), 1),
              "cpu_img_s": round(rates["cpu"], 1), "gpu_img_s": round(rates["gpu"], 1),
              "cpu_per_worker_img_s": round(rates["cpu"] / max(1, workers), 1),
+             "cpu_all_in_workers_img_s": round(rates["cpu-worker"], 1),
+             "crops_vs_all_in_workers": round(rates["cpu"] / rates["cpu-worker"], 3),
              "gpu_vs_cpu": round(rates["gpu"] / rates["cpu"], 3)}]
 
 

@@ -104,7 +104,7 @@ PYEOF
 fi
 step infer 60 "$PY" benchmarks/gpu_check.py infer $DRY
 step train 110 "$PY" benchmarks/gpu_check.py train $DRY
-step decode 45 "$PY" benchmarks/gpu_check.py decode $DRY
+step decode 75 "$PY" benchmarks/gpu_check.py decode $DRY
 
 echo
 echo "gpu_check: steps"
@@ -134,6 +134,9 @@ for r in rows:
         print(f"  {'decode jpeg b' + str(r['batch']) + ' gpu/cpu loader':<30}{r['cpu_img_s']:>11}"
               f"{r['gpu_img_s']:>11}{r['gpu_vs_cpu']:>7}  {ok:<6}  ({r['workers']} workers, "
               f"{r['cpu_per_worker_img_s']} img/s each on the cpu path; {r['jpeg_kb']} KB JPEGs)")
+        print(f"  {'  cpu path: uint8 crops/all':<30}{r['cpu_all_in_workers_img_s']:>11}"
+              f"{r['cpu_img_s']:>11}{r['crops_vs_all_in_workers']:>7}  {'':<6}  (--decode cpu: "
+              f"the workers' uint8 crops, colour on the GPU, against every step in the workers)")
     else:
         ok = "ok" if r["amp_vs_fp32"] >= 2.0 else "BELOW"
         others = ", ".join(f"{k[:-6]} {v}" for k, v in r.items() if k.endswith("_img_s")

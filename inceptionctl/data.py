@@ -270,16 +270,21 @@ class ColorJitter(_BatchStep):
             for op in order:
                 x = _JITTER[op](x, factors[op])
             return x
-        orders = torch.tensor([p[0] for p in params]).to(x.device, non_blocking=True)
         factors = torch.tensor([p[1] for p in params], dtype=x.dtype).to(x.device,
                                                                        non_blocking=True)
-        for position in range(4):  # each sample its own order: every op, kept where it is due
-            out = x
+        everyone = list(range(len(params)))
+        for position in range(4):  # each sample its own order: each op on the samples due
             for op in range(4):
-                due = (orders[:, position] == op).view(-1, 1, 1, 1)
-                done = _JITTER[op](x.clone(), factors[:, op].view(-1, 1, 1, 1))
-                out = torch.where(due, done, out)
-            x = out
+                due = [i for i, p in enumerate(params) if p[0][position] == op]
+                if not due:
+                    continue
+                if due == everyone:
+                    x = _JITTER[op](x, factors[:, op].view(-1, 1, 1, 1))
+                    continue
+                rows = torch.tensor(due).to(x.device, non_blocking=True)
+                done = _JITTER[op](x.index_select(0, rows),
+                                   factors.index_select(0, rows)[:, op].view(-1, 1, 1, 1))
+                x.index_copy_(0, rows, done)
         return x
 
 
@@ -402,11 +407,31 @@ class TrainTransform(v2.Compose):
         rng = _torch_seeded() if rng is None else rng
         return [t.params(shape, rng) for t in self.transforms]
 
+    @property
+    def split(self) -> int:
+        """Where the uint8 steps (the crop, the flip) end and the float ones begin."""
+        return next((i for i, t in enumerate(self.transforms) if isinstance(t, ToFloat)),
+                    len(self.transforms))
+
+    def geometric(self, img: Tensor, plan: list[Any]) -> Tensor:
+        """The uint8 steps of one image: its crop (resized), flipped where drawn."""
+        x = self.crop.apply(img, plan[0])[None]
+        for i in range(1, self.split):
+            x = self.transforms[i].apply_batch(x, [plan[i]])
+        return x[0]
+
+    def photometric(self, x: Tensor, plans: Sequence[list[Any]]) -> Tensor:
+        """The float steps (colour, lighting, normalisation) of a uint8 batch of crops, on its
+        device, each sample with its own draws."""
+        for i in range(self.split, len(self.transforms)):
+            x = self.transforms[i].apply_batch(x, [p[i] for p in plans])
+        return x
+
     def apply_batch(self, images: Sequence[Tensor], plans: Sequence[list[Any]]) -> Tensor:
         x = torch.stack([self.crop.apply(img, p[0]) for img, p in zip(images, plans)])
-        for i, step in enumerate(self.transforms[1:], 1):
-            x = step.apply_batch(x, [p[i] for p in plans])
-        return x
+        for i in range(1, self.split):
+            x = self.transforms[i].apply_batch(x, [p[i] for p in plans])
+        return self.photometric(x, plans)
 
     def apply(self, img: Tensor, plan: list[Any]) -> Tensor:
         return self.apply_batch([img], [plan])[0]
@@ -696,15 +721,22 @@ class Transformed(Dataset):
     and a crop large enough is decoded at a reduced scale (:meth:`PaperCrop.draft_scale`).
     ``decode="device"`` yields :class:`Encoded` items instead (the file's bytes and the draws),
     which :func:`finish_on_device` decodes and augments a batch at a time on a GPU.
+    ``photometric="device"`` yields :class:`Cropped` items: the uint8 crop, flipped, with the
+    draws of the float steps, which :func:`finish_photometric` applies to a batch on a GPU
+    (a worker then does only the decode and the crop, and a quarter of the bytes cross).
     """
 
     def __init__(self, source: ImageSource, transform: Callable[[Tensor], Tensor], seed: int,
-                 decode: str = "cpu"):
+                 decode: str = "cpu", photometric: str = "here"):
         if decode not in ("cpu", "device"):
             raise ValueError(f"decode: expected 'cpu' or 'device', got {decode!r}")
-        if decode == "device" and not isinstance(transform, TrainTransform):
-            raise ValueError("decode='device' needs the training transform")
+        if photometric not in ("here", "device"):
+            raise ValueError(f"photometric: expected 'here' or 'device', got {photometric!r}")
+        if (decode == "device" or photometric == "device") and \
+                not isinstance(transform, TrainTransform):
+            raise ValueError("decode or photometric on the device needs the training transform")
         self.source, self.transform, self.seed, self.decode = source, transform, seed, decode
+        self.photometric = photometric
 
     def __len__(self) -> int:
         return len(self.source)
@@ -725,7 +757,7 @@ class Transformed(Dataset):
             return None, sample.label, sample.path, sample.error
         if isinstance(self.transform, TrainTransform):
             plan = self._plan(sample.image.shape, index, epoch)
-            return self.transform.apply(sample.image, plan), sample.label, sample.path, None
+            return self._finish(sample.image, plan), sample.label, sample.path, None
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: fork_rng(devices=[]) restores no other, and a loader
             # without workers must not reseed the GPU's (dropout's) generator per image
@@ -748,7 +780,13 @@ class Transformed(Dataset):
                 plan = self._plan(image.shape, index, epoch)
         except Exception as exc:  # corrupt, truncated, not an image
             return None, label, path, one_line(exc, 120)
-        return self.transform.apply(image, plan), label, path, None
+        return self._finish(image, plan), label, path, None
+
+    def _finish(self, image: Tensor, plan: list[Any]) -> "Tensor | Cropped":
+        assert isinstance(self.transform, TrainTransform)
+        if self.photometric == "device":
+            return Cropped(self.transform.geometric(image, plan), plan)
+        return self.transform.apply(image, plan)
 
     def _encoded(self, index: int, epoch: int) -> "Encoded":
         if isinstance(self.source, FileSource):
@@ -786,6 +824,15 @@ class Encoded:
 
 
 @dataclass
+class Cropped:
+    """One training image made by a worker up to its float steps: the uint8 crop, flipped
+    where drawn, and its draws (``plan``), for :func:`finish_photometric`."""
+
+    image: Tensor
+    plan: list[Any]
+
+
+@dataclass
 class EncodedBatch:
     """Encoded items (their ``data`` moved into ``blob``: one tensor crosses from a worker,
     not one per image), ``sizes[i]`` the length of item i's bytes in ``blob`` (0: its
@@ -811,9 +858,10 @@ class Batch:
     images: Tensor
     labels: Tensor
     bad: list[tuple[str, str]]  # (path, reason) of the items skipped
+    plans: list[list[Any]] | None = None  # uint8 crops: the draws of their float steps
 
     def pin_memory(self) -> "Batch":
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.bad)
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.bad, self.plans)
 
 
 def _strict_error(path: str, err: str) -> DataError:
@@ -836,9 +884,12 @@ class Collate:
             raise _strict_error(*bad[0])
         if not good:
             return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
+        labels = torch.tensor([g[1] for g in good], dtype=torch.long)
+        if isinstance(good[0][0], Cropped):
+            return Batch(torch.utils.data.default_collate([g[0].image for g in good]), labels,
+                         bad, [g[0].plan for g in good])
         # default_collate stacks into shared memory in a worker: no copy on the way out
-        return Batch(torch.utils.data.default_collate([g[0] for g in good]),
-                     torch.tensor([g[1] for g in good], dtype=torch.long), bad)
+        return Batch(torch.utils.data.default_collate([g[0] for g in good]), labels, bad)
 
     def _encoded(self, items: list[Encoded]) -> EncodedBatch:
         bad = [(it.path, it.error or "unreadable") for it in items if it.plan is None]
@@ -875,6 +926,15 @@ def finish_on_device(batch: EncodedBatch, transform: TrainTransform, device: tor
     x = transform.apply_batch([img for _, img in keep], [it.plan for it, _ in keep])
     labels = torch.tensor([it.label for it, _ in keep], dtype=torch.long)
     return Batch(x, labels, bad)
+
+
+def finish_photometric(batch: Batch, transform: TrainTransform, device: torch.device) -> Batch:
+    """A batch of :class:`Cropped` items (uint8) on ``device``, through the float steps of
+    ``transform`` with each item's draws: what the worker would have done, done there."""
+    if batch.plans is None or batch.images.numel() == 0:
+        return batch
+    x = batch.images.to(device, non_blocking=True)
+    return Batch(transform.photometric(x, batch.plans), batch.labels, batch.bad)
 
 
 class KeyedSampler(torch.utils.data.Sampler):

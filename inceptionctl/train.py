@@ -36,7 +36,8 @@ from . import distributed as dist_utils
 from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
     save_checkpoint
 from .data import (Batch, KeyedSampler, Transformed, default_workers, eval_transform,
-                   finish_on_device, loader, open_data, steps_per_epoch, train_transform)
+                   finish_on_device, finish_photometric, loader, open_data, steps_per_epoch,
+                   train_transform)
 from .errors import CheckFailed, InceptionError, OutputError
 from .filelist import FileLists
 from .files import write_text_atomic
@@ -431,7 +432,8 @@ class _Loaders:
     sampler: KeyedSampler  # the training order: its epoch and skip place a resumed run
     per_epoch: int
     workers: int
-    # --decode gpu: the training loader yields encoded batches, this decodes them on the device
+    # what the device does to each training batch: --decode gpu's decode and augmentation, or
+    # the colour steps of uint8 crops
     finish: Callable[[Any], Batch] | None = None
 
 
@@ -478,6 +480,14 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
+def photometric_where(decode: str, device: torch.device) -> str:
+    """Where the training images' float steps run: on an accelerator the workers stop at the
+    uint8 crop and the colour steps run on the device, a batch in a few kernels (a worker then
+    makes more images and sends a quarter of the bytes); on the CPU they stay in the workers,
+    which run beside the training process. ``--decode gpu`` does every step there."""
+    return "device" if device.type != "cpu" and decode == "cpu" else "here"
+
+
 def _loaders(opts: TrainOptions, recipe: Recipe, splits: Any, ctx: dist_utils.Context,
              device: torch.device) -> _Loaders:
     """This rank's training and validation loaders; the workers are split between ranks."""
@@ -490,8 +500,9 @@ def _loaders(opts: TrainOptions, recipe: Recipe, splits: Any, ctx: dist_utils.Co
     pin = device.type == "cuda"
     transform = train_transform(recipe)
     on_device = opts.decode == "gpu"
+    photometric = photometric_where(opts.decode, device)
     train_set = Transformed(splits.train, transform, t.seed,
-                            decode="device" if on_device else "cpu")
+                            decode="device" if on_device else "cpu", photometric=photometric)
     val_set = Transformed(splits.val, eval_transform(recipe), t.seed)
     train_sampler = KeyedSampler(len(train_set), 0, t.seed, ctx.rank, ctx.world, shuffle=True)
     val_sampler = KeyedSampler(len(val_set), 0, t.seed, ctx.rank, ctx.world, shuffle=False)
@@ -503,7 +514,8 @@ def _loaders(opts: TrainOptions, recipe: Recipe, splits: Any, ctx: dist_utils.Co
         sampler=train_sampler, per_epoch=steps_per_epoch(len(train_set), t.batch_size, ctx.world),
         workers=workers,
         finish=(lambda batch: finish_on_device(batch, transform, device, opts.strict_data))
-        if on_device else None)
+        if on_device else (lambda batch: finish_photometric(batch, transform, device))
+        if photometric == "device" else None)
 
 
 def _build_model(opts: TrainOptions, recipe: Recipe, ckpt: dict[str, Any] | None,
@@ -620,7 +632,8 @@ def _announce(run: _Run, model: GoogLeNet, splits: Any, loaders: _Loaders,
             f"{run.device} {run.precision}, {run.ctx.world} process(es), batch {t.batch_size} x "
             f"{run.ctx.world}, {run.per_epoch} steps/epoch, {t.epochs} epochs, "
             f"{loaders.workers} loader workers"
-            + ("; JPEGs decoded and augmented on the GPU" if run.opts.decode == "gpu" else ""))
+            + ("; JPEGs decoded and augmented on the GPU" if run.opts.decode == "gpu" else
+               "; colour steps on the GPU" if run.device.type != "cpu" else ""))
     if run.opts.save_every is not None:
         run.log(f"saving {out / 'last.pt'} every {run.opts.save_every} and at each epoch's end")
 

@@ -16,8 +16,8 @@ from torchvision.transforms.v2 import functional as TF
 from inceptionctl import data as data_mod
 from inceptionctl import filelist, load_recipe
 from inceptionctl.data import (Collate, DataError, FileSource, Transformed, area_resize,
-                               decode_rgb, finish_on_device, image_folder, sample_seed,
-                               train_transform)
+                               decode_rgb, finish_on_device, finish_photometric, image_folder,
+                               sample_seed, train_transform)
 from inceptionctl.filelist import FileLists
 from inceptionctl.jpeg import (decode_full, decode_on_device, decode_scaled, draft_scale,
                                jpeg_header, read_bytes)
@@ -161,6 +161,11 @@ def test_batched_steps_equal_one_image_at_a_time():
         one = torch.stack([step.apply_batch(x[i:i + 1].clone(), [params[i]])[0]
                            for i in range(len(x))])
         torch.testing.assert_close(step.apply_batch(x.clone(), params), one, atol=2e-6, rtol=0)
+    jitter = transform.transforms[3]
+    same = [((2, 0, 3, 1), p[1]) for p in (jitter.params(x[0].shape, rng) for _ in x)]
+    one = torch.stack([jitter.apply_batch(x[i:i + 1].clone(), [same[i]])[0]
+                       for i in range(len(x))])  # one order for all: the whole batch at once
+    torch.testing.assert_close(jitter.apply_batch(x.clone(), same), one, atol=2e-6, rtol=0)
 
 
 def test_area_resize_equals_interpolate_area():
@@ -194,6 +199,34 @@ def test_device_path_on_the_cpu_equals_the_worker_path(tmp_path):
         expected = torch.stack([in_worker[(i, epoch)][0] for i in range(len(source))])
         torch.testing.assert_close(out.images, expected, atol=1e-5, rtol=0)
         assert out.labels.tolist() == [0, 1, 0, 1, 0, 1] and out.bad == []
+
+
+def test_uint8_crops_finished_on_the_device_equal_the_worker_path(tmp_path):
+    """train on a GPU: workers ship uint8 crops and draws, the device does the float steps."""
+    source = _folder_source(tmp_path)
+    (tmp_path / "c" / "bad.jpg").write_bytes(b"not a jpeg")
+    source.items.insert(2, (str(tmp_path / "c" / "bad.jpg"), 1))
+    transform = train_transform(load_recipe("googlenet"))
+    crops = Transformed(source, transform, 5, photometric="device")
+    in_worker = Transformed(source, transform, 5)
+    for epoch in (0, 2):
+        batch = Collate(strict=False)([crops[(i, epoch)] for i in range(len(source))])
+        assert batch.images.dtype == torch.uint8 and batch.images.shape == (6, 3, 224, 224)
+        assert [os.path.basename(p) for p, _ in batch.bad] == ["bad.jpg"]
+        out = finish_photometric(batch, transform, CPU)
+        expected = torch.stack([in_worker[(i, epoch)][0] for i in range(len(source)) if i != 2])
+        torch.testing.assert_close(out.images, expected, atol=1e-5, rtol=0)
+        assert out.labels.tolist() == [0, 1, 0, 1, 0, 1] and out.plans is None
+    with pytest.raises(ValueError, match="photometric"):
+        Transformed(source, transform, 5, photometric="gpu")
+
+
+def test_train_does_the_float_steps_on_an_accelerator_only():
+    from inceptionctl.train import photometric_where
+
+    assert photometric_where("cpu", torch.device("cuda", 0)) == "device"
+    assert photometric_where("cpu", CPU) == "here"
+    assert photometric_where("gpu", torch.device("cuda", 0)) == "here"  # every step there
 
 
 def test_device_decode_decodes_alone_what_the_batch_call_refuses(tmp_path):
@@ -367,17 +400,23 @@ def test_train_with_the_device_path_on_the_cpu_takes_the_same_steps(tmp_path, ti
     recipe = load_recipe(tiny_recipe, ["train.batch_size=8", "train.hflip=0.5"])
     monkeypatch.setattr(train_mod, "_check_decode", lambda decode, device: None)
     runs = {}
-    for decode, workers in (("cpu", 0), ("gpu", 1)):
+    where = train_mod.photometric_where
+    for name, decode, workers in (("cpu", "cpu", 0), ("gpu", "gpu", 1), ("crops", "cpu", 1)):
+        # "crops": what train on a GPU does with --decode cpu, the float steps in the loop
+        monkeypatch.setattr(train_mod, "photometric_where", lambda decode, device: "device")
+        if name != "crops":
+            monkeypatch.setattr(train_mod, "photometric_where", where)
         result = train_mod.train(train_mod.TrainOptions(
-            recipe=recipe, data=str(tmp_path / "data"), out=tmp_path / decode, device="cpu",
+            recipe=recipe, data=str(tmp_path / "data"), out=tmp_path / name, device="cpu",
             precision="fp32", workers=workers, decode=decode, max_steps=3, progress=False,
             log=lambda m: None))
         assert result.steps == 3 and result.skipped_images == 0
-        runs[decode] = read_checkpoint(tmp_path / decode / "last.pt")["state_dict"]
-        assert list((tmp_path / decode).glob("filelist-*.json"))
+        runs[name] = read_checkpoint(tmp_path / name / "last.pt")["state_dict"]
+        assert list((tmp_path / name).glob("filelist-*.json"))
     for k, v in runs["cpu"].items():
         if v.is_floating_point():
             torch.testing.assert_close(runs["gpu"][k], v, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(runs["crops"][k], v, atol=1e-4, rtol=1e-4)
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -409,6 +448,12 @@ def test_device_path_on_cuda_matches_the_cpu_path(tmp_path):
     diff = (out.images.cpu() - expected).abs()
     # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a level or two
     assert diff.mean() < 0.02 and diff.max() < 0.5, (diff.mean(), diff.max())
+    # --decode cpu on a GPU: uint8 crops from the workers, the float steps on the device
+    crops = Transformed(source, transform, 5, photometric="device")
+    batch = Collate(strict=False)([crops[(i, 1)] for i in range(len(source))]).pin_memory()
+    out = finish_photometric(batch, transform, torch.device("cuda"))
+    assert out.images.is_cuda and [os.path.basename(p) for p, _ in out.bad] == ["bad.jpg"]
+    torch.testing.assert_close(out.images.cpu(), expected, atol=1e-4, rtol=0)
 
 
 def test_keeping_freed_memory_is_harmless_where_it_applies():
