@@ -3,8 +3,8 @@
 * P1  best fp32 CPU inference (torch eager channels_last, ONNX Runtime) >= 0.90 x the machine's
       fp32 limit = measured matmul GFLOP/s / 3.0 GFLOP per image (2 x 1.5 G multiply-adds).
 * P2  ONNX Runtime INT8 (the CPU flavour of the export) >= 3.0 x ONNX Runtime fp32, both files
-      run as a user deploys them: a plain ``InferenceSession`` with default options (our own
-      session's ratio is reported beside it).
+      run as a user deploys them: a plain ``InferenceSession`` with default options, the best
+      of three interleaved rounds (our own session's ratio is reported beside it).
 * P5  ONNX Runtime fp32 >= 2.5 x torchvision's eager googlenet in its default NCHW fp32 form.
 * GPU (when CUDA is here): TensorRT fp16 vs torch eager fp32 at batch 32 (>= 5x).
 """
@@ -83,9 +83,13 @@ def measure(batch: int = 8, warmup: int = 2, iters: int = 8, recipe_name: str = 
                 rates["onnxruntime fp32"] = _ips(lambda: s.run(x), batch, warmup, iters)
             with open_artifact(int8) as s:
                 int8_ips = _ips(lambda: s.run(x), batch, warmup, iters)
-            # as a user deploys the files: a plain InferenceSession with default options
-            plain = {name: _plain_ort_ips(path, x, warmup, iters)
-                     for name, path in (("fp32", fp32), ("int8", int8))}
+            # as a user deploys the files: a plain InferenceSession with default options, one
+            # alive at a time (a second one's idle threads spin), interleaved, the best of each
+            # (a busy machine only slows; the INT8 rate swings most)
+            plain = {"fp32": 0.0, "int8": 0.0}
+            for _ in range(3):
+                for name, path in (("fp32", fp32), ("int8", int8)):
+                    plain[name] = max(plain[name], _plain_ort_ips(path, x, warmup, iters))
     best_name = max(rates, key=rates.get)
     goals.append(Goal("P1 best fp32 CPU inference vs machine limit", rates[best_name] / limit,
                       0.90, details={"best": best_name, "img/s": rates[best_name],

@@ -129,17 +129,30 @@ def make_optimizer(params: Any, recipe: Recipe, device: torch.device) -> torch.o
     (``train.rmsprop_decay``) 0.9, eps 1.0 and momentum 0.9 by default. Their per-parameter
     state lives on the device (``capturable`` on CUDA), so skipping a step never waits for
     the host.
+
+    SGD and AdamW are PyTorch's fused implementations on a CPU or a GPU (one kernel for every
+    parameter, and a step that skips itself when handed ``found_inf``, as under GradScaler).
+    SGD's momentum buffers start at zero rather than at the first gradient, which is the same
+    first step (``buf = momentum * 0 + grad``, no dampening) and leaves nothing uninitialised
+    when that step is skipped.
     """
     t = recipe.train
+    params = list(params)
+    fused = device.type in ("cpu", "cuda")
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
-                               nesterov=t.nesterov and t.momentum > 0,
-                               weight_decay=t.weight_decay)
+        sgd = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
+                              nesterov=t.nesterov and t.momentum > 0,
+                              weight_decay=t.weight_decay, fused=fused)
+        if t.momentum > 0:
+            for p in params:
+                sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return sgd
     eps = t.eps if t.eps is not None else OPTIMIZER_EPS[t.optimizer]
     capturable = device.type == "cuda"
     if t.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=t.lr, betas=(t.betas[0], t.betas[1]), eps=eps,
-                                 weight_decay=t.weight_decay, capturable=capturable)
+                                 weight_decay=t.weight_decay, capturable=capturable,
+                                 fused=fused)
     return torch.optim.RMSprop(params, lr=t.lr, alpha=t.rmsprop_decay, eps=eps,
                                momentum=t.momentum, weight_decay=t.weight_decay,
                                capturable=capturable)
@@ -204,7 +217,14 @@ class Trainer:
             self.scaler.update()
         else:
             found = self._nonfinite_grads()
-            self._step_unless(found)
+            if getattr(self.optimizer, "_step_supports_amp_scaling", False):  # fused
+                self.optimizer.found_inf, self.optimizer.grad_scale = found.float(), None
+                try:
+                    self.optimizer.step()
+                finally:
+                    del self.optimizer.found_inf, self.optimizer.grad_scale
+            else:
+                self._step_unless(found)
             bad = bad | found
             ok = ~found
         self.optimizer.zero_grad(set_to_none=True)
@@ -252,7 +272,12 @@ class Trainer:
                                    if self.ema is not None else None)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # how this machine steps (fused or not), whatever the run was saved with: a state from
+        # before the fused step, or from another device, loads all the same
+        fused = [g.get("fused") for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, value in zip(self.optimizer.param_groups, fused):
+            group["fused"] = value
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema_n_averaged") is not None:

@@ -162,6 +162,26 @@ def test_first_step_after_a_skipped_one_equals_a_first_step(tiny_recipe, monkeyp
         assert torch.equal(v, b_params[k]), k
 
 
+def test_a_state_saved_before_the_fused_step_resumes(tiny_recipe, monkeypatch):
+    """A run saved by the unfused optimizer (or on another device) steps, and skips, here."""
+    a, data = _trainer(tiny_recipe)
+    a.step(data)
+    state = a.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None  # what torch.optim.SGD() without fused= saves
+    b, _ = _trainer(tiny_recipe)
+    b.model.load_state_dict(a.model.state_dict())
+    b.load_state_dict(state)
+    assert all(group["fused"] for group in b.optimizer.param_groups)
+    weights = {k: v.detach().clone() for k, v in b.model.named_parameters()}
+    heal = _poison(monkeypatch)
+    loss, bad = b.step(data)
+    heal()
+    assert bool(bad) and all(torch.equal(v, weights[k]) for k, v in b.model.named_parameters())
+    loss, bad = b.step(data)
+    assert torch.isfinite(loss) and not bad
+
+
 # --------------------------------------------------------------------------------- optimizers
 
 @pytest.mark.parametrize("overrides, cls, expected", [
@@ -184,6 +204,8 @@ def test_the_optimizer_is_the_recipes(tiny_recipe, overrides, cls, expected):
     assert group["initial_lr"] == 0.02
     for key, value in expected.items():
         assert group[key] == value, key
+    # PyTorch's fused step where it has one (a non-finite step skips itself there)
+    assert bool(group.get("fused")) == (cls is not torch.optim.RMSprop)
     assert sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"]) == \
         sum(p.numel() for p in trainer.model.parameters())
 
