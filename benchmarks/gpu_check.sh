@@ -6,11 +6,18 @@
 # TensorRT tests skip here and say so). Exit status: non-zero if any step failed.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine
+#   bash benchmarks/gpu_check.sh --tests    # there, the tests alone (a re-check after a fix)
 #   bash benchmarks/gpu_check.sh --dry-run  # anywhere: CPU, toy sizes, no tests; checks the script
 set -u
 
 DRY=""
-[ "${1:-}" = "--dry-run" ] && DRY="--dry-run"
+TESTS_ONLY=""
+case "${1:-}" in
+    --dry-run) DRY="--dry-run" ;;
+    --tests) TESTS_ONLY=1 ;;
+    "") ;;
+    *) echo "gpu_check.sh: unknown option '$1' (expected --tests or --dry-run)" >&2; exit 2 ;;
+esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT" || exit 2
 OUT="${OUT:-$(mktemp -d)}"
@@ -102,9 +109,11 @@ PYEOF
     step tests 150 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
     step tests-ran 10 "$PY" benchmarks/gpu_tests_ran.py "$OUT/gpu-tests.xml"
 fi
-step infer 60 "$PY" benchmarks/gpu_check.py infer $DRY
-step train 110 "$PY" benchmarks/gpu_check.py train $DRY
-step decode 75 "$PY" benchmarks/gpu_check.py decode $DRY
+if [ -z "$TESTS_ONLY" ]; then
+    step infer 60 "$PY" benchmarks/gpu_check.py infer $DRY
+    step train 110 "$PY" benchmarks/gpu_check.py train $DRY
+    step decode 75 "$PY" benchmarks/gpu_check.py decode $DRY
+fi
 
 echo
 echo "gpu_check: steps"

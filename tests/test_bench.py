@@ -75,6 +75,10 @@ def test_gpu_check_script_parses():
     result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    wrong = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--test"],
+                           capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.strip() == \
+        "gpu_check.sh: unknown option '--test' (expected --tests or --dry-run)"
 
 
 @__import__("pytest").mark.slow
@@ -87,6 +91,6 @@ def test_gpu_check_dry_run_prints_its_table(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "infer      ok" in out and "train      ok" in out and "decode     ok" in out
-    assert "decode jpeg b8 gpu/cpu loader" in out
+    assert "decode jpeg b8 gpu/cpu loader" in out and "cpu path: uint8 crops/all" in out
     assert "eval fp16 b2" in out and re.search(r"train googlenet-small b2 (bf16|fp16)/fp32", out)
     assert len((tmp_path / "infer.out").read_text().splitlines()) == 3  # one per precision
