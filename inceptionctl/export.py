@@ -109,7 +109,7 @@ class ExportReport:
             return ""
         p = self.parity
         return (f"{self.file}: parity check failed ({p.criterion}): max |diff| "
-                f"{p.max_abs_diff:.3g} ({p.relative_diff:.2e} of the logit range "
+                f"{p.max_abs_diff:#.3g} ({p.relative_diff:.2e} of the logit range "
                 f"{p.logit_range:.3g}), top-1 agreement {p.top1_agreement:.2f}% on {p.samples} "
                 f"samples; the file is kept")
 
@@ -134,7 +134,7 @@ def render(report: ExportReport) -> Any:
         f"{report.int8['calibration_samples']} calibration images)" if report.int8 else ""))
     table.add_row("batch range", "{}:{}:{}".format(*report.batch) + f"  (opset {report.opset})")
     table.add_row("parity data", f"{p.data}; batch sizes {', '.join(map(str, p.batch_sizes))}")
-    table.add_row("max |diff|", f"{p.max_abs_diff:.3g}  ({p.relative_diff:.2e} of logit range "
+    table.add_row("max |diff|", f"{p.max_abs_diff:#.3g}  ({p.relative_diff:.2e} of logit range "
                                 f"{p.logit_range:.3g}; mean {p.mean_abs_diff:.3g})")
     table.add_row("top-1 agreement", f"{p.top1_agreement:.2f}%")
     if p.top1_reference is not None:
@@ -328,7 +328,7 @@ def _report(job: _Job, file: Path, to: str, precision: str, parity: Parity, star
 
 def _finish(report: ExportReport, log: Log) -> ExportReport:
     p = report.parity
-    log(f"parity: max |diff| {p.max_abs_diff:.3g} ({p.relative_diff:.2e} of the logit range), "
+    log(f"parity: max |diff| {p.max_abs_diff:#.3g} ({p.relative_diff:.2e} of the logit range), "
         f"top-1 agreement {p.top1_agreement:.2f}%"
         + (f", top-1 {p.top1_reference:.2f}% -> {p.top1_exported:.2f}%"
            if p.top1_reference is not None else "")

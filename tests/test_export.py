@@ -348,7 +348,7 @@ def test_a_failed_parity_check_keeps_the_file_and_carries_the_report(tmp_path, m
     assert not report.passed and Path(report.file).is_file()
     assert abs(report.parity.max_abs_diff - 0.5) < 1e-3
     text = str(err.value)
-    assert "parity check failed" in text and "max |diff| 0.5" in text and "\n" not in text
+    assert "parity check failed" in text and "max |diff| 0.500" in text and "\n" not in text
     assert json.loads(json.dumps(report.to_json()))["passed"] is False
 
 
