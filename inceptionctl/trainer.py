@@ -264,6 +264,35 @@ class Trainer:
                                             prior if prior is not None else torch.zeros_like(value),
                                             value))
 
+    @torch.no_grad()
+    def _load_optimizer(self, saved: dict[str, Any]) -> None:
+        """The optimizer's saved state, made fit for how this machine steps it.
+
+        A run saved by the unfused optimizer, on another device or in the other memory format
+        resumes all the same: each group keeps this optimizer's ``fused`` and ``capturable``
+        (the saved ones would pick another code path), a state tensor shaped like its parameter
+        takes the parameter's layout (the fused kernels need equal strides), a step count
+        moves to the device where the fused or capturable step reads it, and SGD's momentum
+        buffers that the run had not made yet start at zero, as in :func:`make_optimizer`.
+        """
+        flags = [{k: g.get(k) for k in ("fused", "capturable") if k in g}
+                 for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved)
+        for group, keep in zip(self.optimizer.param_groups, flags):
+            group.update(keep)
+            on_device = bool(group.get("fused") or group.get("capturable"))
+            for p in group["params"]:
+                st = self.optimizer.state[p]
+                if isinstance(self.optimizer, torch.optim.SGD) and group["momentum"] > 0:
+                    st.setdefault("momentum_buffer", torch.zeros_like(p))
+                for key, value in st.items():
+                    if not isinstance(value, Tensor):
+                        continue
+                    if value.shape == p.shape and value.stride() != p.stride():
+                        st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+                    elif key == "step" and on_device and value.device != p.device:
+                        st[key] = value.to(p.device, torch.float32)
+
     def state_dict(self) -> dict[str, Any]:
         """The optimizer, schedule, scaler and Polyak count: ``train_state`` keys of ``last.pt``."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -272,12 +301,7 @@ class Trainer:
                                    if self.ema is not None else None)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # how this machine steps (fused or not), whatever the run was saved with: a state from
-        # before the fused step, or from another device, loads all the same
-        fused = [g.get("fused") for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, value in zip(self.optimizer.param_groups, fused):
-            group["fused"] = value
+        self._load_optimizer(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema_n_averaged") is not None:

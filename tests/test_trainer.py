@@ -162,11 +162,17 @@ def test_first_step_after_a_skipped_one_equals_a_first_step(tiny_recipe, monkeyp
         assert torch.equal(v, b_params[k]), k
 
 
-def test_a_state_saved_before_the_fused_step_resumes(tiny_recipe, monkeypatch):
-    """A run saved by the unfused optimizer (or on another device) steps, and skips, here."""
+@pytest.mark.parametrize("stepped", [True, False])
+def test_a_state_saved_before_the_fused_step_resumes(tiny_recipe, monkeypatch, stepped):
+    """A run saved by the unfused optimizer steps, and skips, here; saved before its first
+    step (no momentum buffers yet), a skipped first step leaves zeros, not uninitialised
+    memory, and training goes on."""
     a, data = _trainer(tiny_recipe)
-    a.step(data)
+    if stepped:
+        a.step(data)
     state = a.state_dict()
+    if not stepped:
+        state["optimizer"]["state"] = {}  # what torch's SGD saves before any step
     for group in state["optimizer"]["param_groups"]:
         group["fused"] = None  # what torch.optim.SGD() without fused= saves
     b, _ = _trainer(tiny_recipe)
@@ -178,8 +184,52 @@ def test_a_state_saved_before_the_fused_step_resumes(tiny_recipe, monkeypatch):
     loss, bad = b.step(data)
     heal()
     assert bool(bad) and all(torch.equal(v, weights[k]) for k, v in b.model.named_parameters())
+    if not stepped:
+        assert all(not s["momentum_buffer"].any() for s in b.optimizer.state.values())
+    for _ in range(2):
+        loss, bad = b.step(data)
+        assert torch.isfinite(loss) and not bad
+
+
+def test_a_state_saved_in_the_other_memory_format_takes_the_parameters_layout(tiny_recipe):
+    """CUDA's fused kernels need a state tensor laid out as its parameter: a run resumed with
+    the other memory format gets its momentum buffers re-laid, values unchanged."""
+    a, data = _trainer(tiny_recipe)  # channels_last
+    a.step(data)
+    state = a.state_dict()
+    recipe = load_recipe(tiny_recipe)
+    b = Trainer(build_model(recipe), recipe, torch.device("cpu"), "fp32", steps_per_epoch=10,
+                channels_last=False)
+    b.model.load_state_dict(a.model.state_dict())
+    b.load_state_dict(state)
+    saved = [v["momentum_buffer"] for v in state["optimizer"]["state"].values()]
+    assert any(v.dim() == 4 and not v.is_contiguous() for v in saved)  # the case at hand
+    for p, buf in zip(b._params, saved):
+        now = b.optimizer.state[p]["momentum_buffer"]
+        assert now.stride() == p.stride() and torch.equal(now, buf)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_an_adamw_state_saved_on_the_cpu_resumes_on_cuda(tiny_recipe, monkeypatch):
+    recipe = load_recipe(tiny_recipe, ["train.optimizer=adamw", "train.lr=0.001"])
+    a = Trainer(build_model(recipe), recipe, torch.device("cpu"), "fp32")
+    data = Batch(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)), [])
+    a.step(data)
+    state = a.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"], group["capturable"] = None, False  # an unfused CPU run's state
+    cuda = torch.device("cuda")
+    b = Trainer(build_model(recipe).to(cuda), recipe, cuda, "fp32")
+    b.load_state_dict(state)
+    assert all(s["step"].device.type == "cuda" for s in b.optimizer.state.values())
+    heal = _poison(monkeypatch)
+    loss, bad = b.step(data)
+    heal()
+    assert bool(bad) and all(int(s["step"]) == 1 for s in b.optimizer.state.values())
     loss, bad = b.step(data)
     assert torch.isfinite(loss) and not bad
+    assert all(int(s["step"]) == 2 for s in b.optimizer.state.values())
 
 
 # --------------------------------------------------------------------------------- optimizers
