@@ -633,7 +633,8 @@ def _announce(run: _Run, model: GoogLeNet, splits: Any, loaders: _Loaders,
             f"{run.ctx.world}, {run.per_epoch} steps/epoch, {t.epochs} epochs, "
             f"{loaders.workers} loader workers"
             + ("; JPEGs decoded and augmented on the GPU" if run.opts.decode == "gpu" else
-               "; colour steps on the GPU" if run.device.type != "cpu" else ""))
+               "; colour steps on the GPU"
+               if photometric_where(run.opts.decode, run.device) == "device" else ""))
     if run.opts.save_every is not None:
         run.log(f"saving {out / 'last.pt'} every {run.opts.save_every} and at each epoch's end")
 

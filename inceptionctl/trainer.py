@@ -137,15 +137,12 @@ def make_optimizer(params: Any, recipe: Recipe, device: torch.device) -> torch.o
     when that step is skipped.
     """
     t = recipe.train
-    params = list(params)
     fused = device.type in ("cpu", "cuda")
     if t.optimizer == "sgd":
         sgd = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
                               nesterov=t.nesterov and t.momentum > 0,
                               weight_decay=t.weight_decay, fused=fused)
-        if t.momentum > 0:
-            for p in params:
-                sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        _momentum_from_zero(sgd)
         return sgd
     eps = t.eps if t.eps is not None else OPTIMIZER_EPS[t.optimizer]
     capturable = device.type == "cuda"
@@ -156,6 +153,16 @@ def make_optimizer(params: Any, recipe: Recipe, device: torch.device) -> torch.o
     return torch.optim.RMSprop(params, lr=t.lr, alpha=t.rmsprop_decay, eps=eps,
                                momentum=t.momentum, weight_decay=t.weight_decay,
                                capturable=capturable)
+
+
+def _momentum_from_zero(optimizer: torch.optim.Optimizer) -> None:
+    """SGD's momentum buffers that do not exist yet, made as zeros (see :func:`make_optimizer`)."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"] > 0:
+            for p in group["params"]:
+                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
 
 
 # --------------------------------------------------------------------------------- the step
@@ -283,8 +290,6 @@ class Trainer:
             on_device = bool(group.get("fused") or group.get("capturable"))
             for p in group["params"]:
                 st = self.optimizer.state[p]
-                if isinstance(self.optimizer, torch.optim.SGD) and group["momentum"] > 0:
-                    st.setdefault("momentum_buffer", torch.zeros_like(p))
                 for key, value in st.items():
                     if not isinstance(value, Tensor):
                         continue
@@ -292,6 +297,7 @@ class Trainer:
                         st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
                     elif key == "step" and on_device and value.device != p.device:
                         st[key] = value.to(p.device, torch.float32)
+        _momentum_from_zero(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer, schedule, scaler and Polyak count: ``train_state`` keys of ``last.pt``."""
