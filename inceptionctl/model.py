@@ -41,7 +41,9 @@ class LocalResponseNorm(nn.Module):
     ``x / (k + alpha / size * sum of x^2 over a window of size channels) ^ beta``, with the
     window clipped at the channel edges. The windowed sum is a fixed banded 1x1 convolution
     instead of torch's ``avg_pool3d`` over a padded copy: same numbers, but it runs on the fast
-    convolution path in channels_last and bf16, which makes LRN ~4x cheaper in training.
+    convolution path in channels_last and bf16, which makes LRN ~4x cheaper in training. The
+    convolution's weights carry ``alpha / size`` and its bias ``k``, so the denominator's base
+    comes out of one call instead of a convolution, a multiply and an add.
     """
 
     def __init__(self, channels: int, size: int, alpha: float, beta: float, k: float):
@@ -66,7 +68,8 @@ class LocalResponseNorm(nn.Module):
 
 def lrn_banded(x: Tensor, band: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     """LRN of ``x`` through the banded 1x1 convolution ``band`` (the training kernel)."""
-    return _BandedLRN.apply(x, band, size, alpha, beta, k)
+    window = band.to(x.dtype) * (alpha / size)  # in x's dtype: exact where x is float64
+    return _BandedLRN.apply(x, window, x.new_full((band.shape[0],), k), beta)
 
 
 class _BandedLRN(torch.autograd.Function):
@@ -74,31 +77,30 @@ class _BandedLRN(torch.autograd.Function):
     activation a few times instead of once per elementwise op of the formula (LRN sits on the
     stem's largest tensors, where training is bound by memory traffic).
 
-    With ``s = k + alpha / size * band(x^2)`` and ``p = s^-beta``, ``y = x * p`` and
-    ``dx = g * p - (2 * alpha * beta / size) * x * band^T(g * y / s)``.
+    With ``W`` the window (``alpha / size`` on the band), ``s = k + W(x^2)`` and
+    ``p = s^-beta``, ``y = x * p`` and ``dx = g * p - 2 * beta * x * W^T(g * y / s)``.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, band: Tensor, size: int, alpha: float,  # type: ignore[override]
-                beta: float, k: float) -> Tensor:
-        band = band.to(x.dtype)
-        scale = nn.functional.conv2d(x * x, band).mul_(alpha / size).add_(k)
+    def forward(ctx: Any, x: Tensor, window: Tensor, bias: Tensor,  # type: ignore[override]
+                beta: float) -> Tensor:
+        scale = nn.functional.conv2d(x * x, window, bias)
         if beta == 0.75:  # the paper's value: s^-3/4 = rsqrt(s) * sqrt(rsqrt(s)), no pow
             p = torch.rsqrt(scale)
             p.mul_(p.sqrt())
         else:
             p = scale.pow(-beta)
-        ctx.save_for_backward(x, band, scale, p)
-        ctx.c = 2.0 * alpha * beta / size
+        ctx.save_for_backward(x, window, scale, p)
+        ctx.c = 2.0 * beta
         return x * p
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, band, scale, p = ctx.saved_tensors
+        x, window, scale, p = ctx.saved_tensors
         gp = g * p
         t = (gp * x).div_(scale)  # g * y / s
-        window = nn.functional.conv2d(t, band.transpose(0, 1))
-        return gp.addcmul_(x, window, value=-ctx.c), None, None, None, None, None
+        summed = nn.functional.conv2d(t, window.transpose(0, 1))
+        return gp.addcmul_(x, summed, value=-ctx.c), None, None, None
 
 
 class _OnnxLRN(torch.autograd.Function):
