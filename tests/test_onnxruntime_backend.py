@@ -243,3 +243,111 @@ def test_a_foreign_onnx_with_a_recipe_is_evaluated_like_ours(tmp_path, cli):
     recipe.write_text(load_recipe("googlenet-bn", [s for s in sets if s != "--set"]).to_yaml())
     again = cli("eval", foreign, "--recipe", recipe, *args)
     assert again.exit_code == 0 and json.loads(again.stdout)["confusion"] == a["confusion"]
+
+
+def _qdq_conv(c_in: int, c_out: int, kernel: tuple[int, int], pads: list[int],
+              size: tuple[int, int], stride: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """input -> Q -> DQ -> Conv (int8 per-channel weights, float bias) -> Q -> DQ -> output,
+    the shape quantize_static gives a first convolution (ONNX Runtime runs it as QLinearConv)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-127, 128, (c_out, c_in, *kernel), dtype=np.int8)
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("sx", np.array(0.02, np.float32)), ("zx", np.array(131, np.uint8)),
+        ("w", w), ("sw", rng.uniform(1e-3, 4e-3, c_out).astype(np.float32)),
+        ("zw", np.zeros(c_out, np.int8)), ("b", rng.standard_normal(c_out).astype(np.float32)),
+        ("sy", np.array(0.05, np.float32)), ("zy", np.array(7, np.uint8)))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "b"], ["c"], name="conv1",
+                              kernel_shape=list(kernel), strides=[stride, stride], pads=pads),
+             helper.make_node("QuantizeLinear", ["c", "sy", "zy"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "sy", "zy"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c_in, *size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", c_out, "h", "w"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ort_run(model: onnx.ModelProto, x) -> "np.ndarray":
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("c_in,c_out,kernel,pads,size", [
+    (3, 16, (7, 7), [3, 3, 3, 3], (38, 31)),  # GoogLeNet's conv1, even and odd sizes
+    (3, 8, (3, 3), [1, 1, 1, 1], (17, 16)),
+    (4, 8, (5, 4), [2, 1, 0, 2], (23, 20)),   # uneven kernel and pads
+    (2, 4, (2, 2), [0, 0, 0, 0], (12, 13))])
+def test_space_to_depth_stem_gives_the_same_output_bit_for_bit(c_in, c_out, kernel, pads, size):
+    """The stride-2 stem becomes a one-hot 2x2/2 convolution and a stride-1 one, and ONNX Runtime
+    returns exactly what it returned before (the same integer sums, requantized the same)."""
+    import copy
+
+    import numpy as np
+
+    from inceptionctl.backends.onnxruntime import space_to_depth_stem
+
+    model = _qdq_conv(c_in, c_out, kernel, pads, size)
+    x = np.random.default_rng(1).uniform(-2.5, 2.5, (3, c_in, *size)).astype(np.float32)
+    folded = copy.deepcopy(model)
+    assert space_to_depth_stem(folded)
+    onnx.checker.check_model(folded)
+    conv = next(n for n in folded.graph.node if n.name == "conv1")
+    attrs = {a.name: list(a.ints) for a in conv.attribute}
+    assert attrs["strides"] == [1, 1] and attrs["pads"] == [0, 0, 0, 0]
+    assert [n.op_type for n in folded.graph.node].count("Conv") == 2
+    before, after = _ort_run(model, x), _ort_run(folded, x)
+    assert before.shape == after.shape and np.array_equal(before, after)
+
+
+def test_space_to_depth_stem_leaves_other_first_convolutions_alone():
+    from inceptionctl.backends.onnxruntime import space_to_depth_stem
+
+    stride_1 = _qdq_conv(3, 8, (3, 3), [1, 1, 1, 1], (16, 16), stride=1)
+    before = stride_1.SerializeToString()
+    assert not space_to_depth_stem(stride_1) and stride_1.SerializeToString() == before
+    dynamic = _qdq_conv(3, 8, (3, 3), [1, 1, 1, 1], (16, 16))
+    dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"  # size unknown
+    assert not space_to_depth_stem(dynamic)
+
+
+def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
+    """quantize_int8's cpu flavour splits a 7x7/2 stem (the same output as without), the
+    tensorrt flavour keeps it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import inceptionctl.backends.onnxruntime as ort_backend
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    fp32 = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 40, 40),), str(fp32), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=17,
+                          dynamo=False)
+    calib = [torch.randn(8, 3, 40, 40)]
+    x = np.random.default_rng(2).standard_normal((4, 3, 40, 40)).astype(np.float32)
+
+    def run(path: Path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+
+    assert backend.quantize_int8(fp32, tmp_path / "a.onnx", calib)["stem_space_to_depth"]
+    monkeypatch.setattr(ort_backend, "space_to_depth_stem", lambda model: False)
+    assert not backend.quantize_int8(fp32, tmp_path / "b.onnx", calib)["stem_space_to_depth"]
+    monkeypatch.undo()
+    assert np.array_equal(run(tmp_path / "a.onnx"), run(tmp_path / "b.onnx"))
+    strides = [list(a.ints) for n in onnx.load(str(tmp_path / "a.onnx")).graph.node
+               if n.op_type == "Conv" for a in n.attribute if a.name == "strides"]
+    assert strides[:2] == [[2, 2], [1, 1]]  # the one-hot step, then the stem at stride 1
+    trt = backend.quantize_int8(fp32, tmp_path / "t.onnx", calib, flavour="tensorrt")
+    assert trt["stem_space_to_depth"] is False
