@@ -248,53 +248,14 @@ def space_to_depth_stem(model: Any) -> bool:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {out: n for n in g.node for out in n.output}
-    inputs = {i.name: i for i in g.input}
-    conv = next((n for n in g.node if n.op_type == "Conv"), None)
-    dq_x = producer.get(conv.input[0]) if conv is not None else None
-    q_x = producer.get(dq_x.input[0]) if dq_x is not None and dq_x.op_type == \
-        "DequantizeLinear" else None
-    if q_x is None or q_x.op_type != "QuantizeLinear" or q_x.input[0] not in inputs \
-            or len(q_x.input) < 3 or any(i not in inits for i in q_x.input[1:3]):
+    found = _stride_2_stem(model.graph)
+    if found is None:
         return False
-    dq_w = producer.get(conv.input[1])
-    if dq_w is None or dq_w.op_type != "DequantizeLinear" or len(dq_w.input) < 3 \
-            or any(i not in inits for i in dq_w.input):
-        return False
-    w = numpy_helper.to_array(inits[dq_w.input[0]])
-    if w.dtype != np.int8 or w.ndim != 4 or numpy_helper.to_array(inits[dq_w.input[2]]).any():
-        return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-    kernel = list(attrs.get("kernel_shape", w.shape[2:]))
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    dims = inputs[q_x.input[0]].type.tensor_type.shape.dim
-    size = [d.dim_value for d in dims[2:]] if len(dims) == 4 else []
-    if list(attrs.get("strides", [1, 1])) != [2, 2] or attrs.get("group", 1) != 1 \
-            or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
-            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
-            or len(size) != 2 or min(size) <= 0 or kernel != list(w.shape[2:]):
-        return False
-    front, tail, half = [], [], []
-    for axis in range(2):
-        n, k, begin, end = size[axis], kernel[axis], pads[axis], pads[axis + 2]
-        out = (n + begin + end - k) // 2 + 1
-        f = begin + begin % 2                      # an even front pad: phases start at 0
-        kk = k + (f - begin)
-        kk += kk % 2                               # the kernel, shifted and made even
-        # the tail pad that gives ``out`` rows; -1 (one row the original never reads) is 0,
-        # as the 2x2/2 step's output size rounds down
-        t = 2 * (out + kk // 2 - 1) - f - n
-        if t < -1:
-            return False
-        front.append(f)
-        tail.append(max(t, 0))
-        half.append(kk // 2)
+    conv, q_x, dq_w, w, layout = found
+    front, tail, half, shift = layout
     f_out, c_in = w.shape[:2]
     shifted = np.zeros((f_out, c_in, 2 * half[0], 2 * half[1]), np.int8)
-    sh, sw = front[0] - pads[0], front[1] - pads[1]
-    shifted[:, :, sh:sh + kernel[0], sw:sw + kernel[1]] = w
+    shifted[:, :, shift[0]:shift[0] + w.shape[2], shift[1]:shift[1] + w.shape[3]] = w
     # tap (2a + dy, 2b + dx) of channel c -> tap (a, b) of channel 4c + 2dy + dx
     folded = shifted.reshape(f_out, c_in, half[0], 2, half[1], 2).transpose(0, 1, 3, 5, 2, 4)
     folded = np.ascontiguousarray(folded.reshape(f_out, c_in * 4, half[0], half[1]))
@@ -303,7 +264,9 @@ def space_to_depth_stem(model: Any) -> bool:
         for dy in range(2):
             for dx in range(2):
                 one_hot[c * 4 + dy * 2 + dx, c, dy, dx] = 1
-    inits[dq_w.input[0]].CopyFrom(numpy_helper.from_array(folded, dq_w.input[0]))
+    g = model.graph
+    weight = next(t for t in g.initializer if t.name == dq_w.input[0])
+    weight.CopyFrom(numpy_helper.from_array(folded, dq_w.input[0]))
     name = f"{conv.name or conv.output[0]}_space_to_depth"
     g.initializer.extend([numpy_helper.from_array(one_hot, f"{name}_w"),
                           numpy_helper.from_array(np.array(1.0, np.float32), f"{name}_w_scale"),
@@ -331,6 +294,59 @@ def space_to_depth_stem(model: Any) -> bool:
     for node in reversed(nodes):
         g.node.insert(at, node)
     return True
+
+
+def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
+    """The first ``Conv`` of graph ``g`` when :func:`space_to_depth_stem` applies to it:
+    ``(conv, its input's QuantizeLinear, its weights' DequantizeLinear, the int8 weights,
+    (front pads, tail pads, half kernel, tap shift))``; else None."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in g.initializer}
+    producer = {out: n for n in g.node for out in n.output}
+    inputs = {i.name: i for i in g.input}
+    conv = next((n for n in g.node if n.op_type == "Conv"), None)
+    dq_x = producer.get(conv.input[0]) if conv is not None else None
+    q_x = producer.get(dq_x.input[0]) if dq_x is not None and dq_x.op_type == \
+        "DequantizeLinear" else None
+    if q_x is None or q_x.op_type != "QuantizeLinear" or q_x.input[0] not in inputs \
+            or len(q_x.input) < 3 or any(i not in inits for i in q_x.input[1:3]):
+        return None
+    dq_w = producer.get(conv.input[1])
+    if dq_w is None or dq_w.op_type != "DequantizeLinear" or len(dq_w.input) < 3 \
+            or any(i not in inits for i in dq_w.input):
+        return None
+    w = numpy_helper.to_array(inits[dq_w.input[0]])
+    if w.dtype != np.int8 or w.ndim != 4 or numpy_helper.to_array(inits[dq_w.input[2]]).any():
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    dims = inputs[q_x.input[0]].type.tensor_type.shape.dim
+    size = [d.dim_value for d in dims[2:]] if len(dims) == 4 else []
+    if list(attrs.get("strides", [1, 1])) != [2, 2] or attrs.get("group", 1) != 1 \
+            or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
+            or len(size) != 2 or min(size) <= 0 \
+            or list(attrs.get("kernel_shape", w.shape[2:])) != list(w.shape[2:]):
+        return None
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    front, tail, half, shift = [], [], [], []
+    for axis in range(2):
+        n, k, begin, end = size[axis], w.shape[2 + axis], pads[axis], pads[axis + 2]
+        out = (n + begin + end - k) // 2 + 1
+        f = begin + begin % 2                      # an even front pad: phases start at 0
+        kk = k + (f - begin)
+        kk += kk % 2                               # the kernel, shifted and made even
+        # the tail pad that gives ``out`` rows; -1 (one row the original never reads) is 0,
+        # as the 2x2/2 step's output size rounds down
+        t = 2 * (out + kk // 2 - 1) - f - n
+        if t < -1:
+            return None
+        front.append(f)
+        tail.append(max(t, 0))
+        half.append(kk // 2)
+        shift.append(f - begin)
+    return conv, q_x, dq_w, w, (front, tail, half, shift)
 
 
 class _Batches:
