@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1, probe_budget_s=0.0))
         goals.append(bench_eval.measure("googlenet-small", images=2, batch=16, iters=1,
                                         image_size=(48, 40), workers=0))
-        goals += bench_infer.measure(batch=2, warmup=0, iters=1, recipe_name="googlenet-small")
+        goals += bench_infer.measure(batch=2, warmup=0, iters=1, recipe_name="googlenet-small",
+                                     processes=1)
         goals.append(bench_loader.measure(count=48, images=16, batch=8, rounds=1))
     else:
         goals.append(bench_train.measure(cpu))

@@ -28,6 +28,11 @@ def test_bench_quick_smoke(tmp_path):
     assert "P3 train img/s vs naive" in result.stdout
     (p4,) = [g for g in data["goals"] if g["name"].startswith("P4")]
     assert p4["target"] == 0.9 and p4["details"]["eval crops/s"] > 0
+    # P2's plain sessions ran in a process of their own (one at smoke size), its ratio is P2
+    (p2,) = [g for g in data["goals"] if g["name"].startswith("P2")]
+    assert p2["target"] == 3.0 and p2["details"]["int8 img/s"] > 0
+    assert p2["measured"] == p2["details"]["int8 img/s"] / p2["details"]["fp32 img/s"]
+    assert len(p2["details"]["int8/fp32 per process"].split()) == 1
     (p6,) = [g for g in data["goals"] if g["name"].startswith("P6")]
     assert p6["target"] == 1.0 and p6["measured"] > 0
     assert p6["details"]["ours 1 worker img/s"] > 0
