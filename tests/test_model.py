@@ -329,7 +329,7 @@ def test_lrn_with_an_even_window_keeps_the_banded_form(tmp_path):
 
 
 @pytest.mark.slow
-def test_paper_recipe_onnx_has_two_lrn_nodes(tmp_path):
+def test_paper_recipe_onnx_unfolds_its_two_lrns(tmp_path):
     import onnx
 
     from inceptionctl.artifact import preprocessing, write_onnx
@@ -337,6 +337,84 @@ def test_paper_recipe_onnx_has_two_lrn_nodes(tmp_path):
     recipe = load_recipe("googlenet")
     model = build_model(recipe).eval()
     path = write_onnx(model, preprocessing(recipe), (1, 1, 2), 17, {}, tmp_path / "g.onnx")
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert ops.count("LRN") == 2
-    assert ops.count("Conv") == 57  # the paper's 57 convolutions, no banded LRN convolutions
+    nodes = onnx.load(str(path)).graph.node
+    ops = [n.op_type for n in nodes]
+    assert ops.count("LRN") == 0
+    assert ops.count("Conv") == 57 + 2  # the paper's 57 convolutions and two LRN windows
+    assert [n.name for n in nodes if n.name.endswith(":lrn_window")] == [
+        "/stem/lrn1/LRN:lrn_window", "/stem/lrn2/LRN:lrn_window"]
+
+
+def _lrn_graph(channels: int, size: int, beta: float, alpha: float = 0.1, k: float = 2.0):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LRN", ["x"], ["y"], name="lrn", size=size, alpha=alpha, beta=beta,
+                            bias=k)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, 5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", channels, 5, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (7, 3, 0.5), (6, 4, 0.75),
+                                                (3, 5, 0.75)])
+def test_unfolded_lrn_computes_what_the_lrn_op_computes(channels, size, beta):
+    """ONNX's LRN (any window, odd or even) and its unfolded ops give the same numbers in
+    ONNX Runtime, and torch's where the windows are centred alike (odd sizes)."""
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+
+    from inceptionctl.artifact import LRN_STEP, unfold_lrn
+
+    model = _lrn_graph(channels, size, beta)
+    unfolded = copy.deepcopy(model)
+    assert unfold_lrn(unfolded) == 1
+    onnx.checker.check_model(unfolded, full_check=True)
+    assert "LRN" not in [n.op_type for n in unfolded.graph.node]
+    assert all(LRN_STEP in n.name for n in unfolded.graph.node)
+    x = torch.randn(2, channels, 5, 4) * 3
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]
+                                    ).run(None, {"x": x.numpy()})[0]
+
+    ours = run(unfolded)
+    # ONNX's definition: the window runs from c - floor((size-1)/2) to c + ceil((size-1)/2)
+    x64 = x.double()
+    sums = torch.stack([x64[:, max(0, c - (size - 1) // 2):c + size // 2 + 1].square().sum(1)
+                        for c in range(channels)], 1)
+    ref = (x64 / (2.0 + 0.1 / size * sums) ** beta).numpy()
+    assert abs(ours - ref).max() <= 1e-5 * abs(ref).max()
+    if size % 2:  # ONNX Runtime's LRN kernel (odd sizes only) and torch's LRN agree
+        assert abs(ours - run(model)).max() <= 1e-5 * abs(ref).max()
+        with torch.no_grad():
+            torch_ref = nn.LocalResponseNorm(size, alpha=0.1, beta=beta, k=2.0)(x).numpy()
+        assert abs(ours - torch_ref).max() <= 1e-5 * abs(torch_ref).max()
+
+
+def test_fp16_export_keeps_the_unfolded_lrn_in_fp32(tmp_path):
+    """In an fp16 ONNX, x * x and the window run in fp32: at |x| > 256 (x * x past fp16's
+    65504) the output still matches PyTorch's fp32 LRN."""
+    import onnx
+    import onnxruntime as ort
+
+    from inceptionctl.artifact import is_lrn_step, write_onnx
+    from inceptionctl.model import LocalResponseNorm
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), LocalResponseNorm(8, 5, 1e-4, 0.75, 1.0),
+                        nn.Conv2d(8, 4, 1)).eval()
+    path = write_onnx(net, {"eval_size": 8}, (1, 1, 2), 17, {}, tmp_path / "h.onnx",
+                      float16=True)
+    graph = onnx.load(str(path)).graph
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.value_info}
+    steps = [n for n in graph.node if is_lrn_step(n)]
+    assert len(steps) == 6 and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in steps)
+    x = torch.rand(2, 3, 8, 8) * 200 + 150
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert abs(out - ref).max() <= 2e-2 * abs(ref).max()

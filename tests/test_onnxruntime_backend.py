@@ -351,3 +351,27 @@ def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
     assert strides[:2] == [[2, 2], [1, 1]]  # the one-hot step, then the stem at stride 1
     trt = backend.quantize_int8(fp32, tmp_path / "t.onnx", calib, flavour="tensorrt")
     assert trt["stem_space_to_depth"] is False
+
+
+def test_int8_keeps_an_unfolded_lrn_denominator_in_float(backend, tmp_path):
+    """x * x, the window and the power run in fp32 between INT8 convolutions; the last step,
+    x * p, is quantized like any Mul, so what follows stays 8-bit."""
+    from inceptionctl.artifact import LRN_OUTPUT_STEP, is_lrn_step, write_onnx
+    from inceptionctl.model import LocalResponseNorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                        LocalResponseNorm(16, 5, 1e-4, 0.75, 1.0), nn.MaxPool2d(2),
+                        nn.Conv2d(16, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 4)).eval()
+    fp32 = write_onnx(net, {"eval_size": 16}, (1, 2, 4), 17, {}, tmp_path / "n.onnx")
+    backend.quantize_int8(fp32, tmp_path / "q.onnx", [torch.rand(8, 3, 16, 16) * 4])
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    steps = [n for n in graph.node if is_lrn_step(n)]
+    assert [n.op_type for n in steps] == ["Mul", "Conv", "Sqrt", "Sqrt", "Mul", "Reciprocal"]
+    window = next(n for n in steps if n.op_type == "Conv")
+    assert producer.get(window.input[1]) is None  # float weights, not a DequantizeLinear
+    assert all(producer.get(i) != "DequantizeLinear" for n in steps[1:] for i in n.input)
+    (last,) = [n for n in graph.node if n.name.endswith(LRN_OUTPUT_STEP)]
+    assert [producer[i] for i in last.input] == ["DequantizeLinear"] * 2
