@@ -4,10 +4,11 @@
       fp32 limit = measured matmul GFLOP/s / 3.0 GFLOP per image (2 x 1.5 G multiply-adds).
 * P2  ONNX Runtime INT8 (the CPU flavour of the export) >= 3.0 x ONNX Runtime fp32, both files
       run as a user deploys them: a plain ``InferenceSession`` with default options, in a fresh
-      Python process; the median of five processes, each the best of two interleaved rounds
-      (our own session's ratio is reported beside it). Where a process's memory lands moves its
-      INT8 rate by up to 10% for the whole process (pyperf runs worker processes for the same
-      reason), so one process, however many rounds, measures that draw and not the file.
+      Python process (none of the bench's own threads or memory); the median of five processes,
+      each the best of two interleaved rounds, with every process's ratio printed beside it
+      (and our own session's ratio). On a shared 2-core machine the INT8 rate moves by up to
+      10% from one minute to the next and the fp32 rate by less, so the printed ratios show how
+      far one run's P2 can be trusted.
 * P5  ONNX Runtime fp32 >= 2.5 x torchvision's eager googlenet in its default NCHW fp32 form.
 * GPU (when CUDA is here): TensorRT fp16 vs torch eager fp32 at batch 32 (>= 5x).
 """
