@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from inceptionctl.artifact import Kind, is_lrn_step, read_onnx_metadata
+from inceptionctl.artifact import LRN_INT8_FLOAT_STEPS, Kind, lrn_step, read_onnx_metadata
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, BuildContext, Session
 from inceptionctl.errors import InceptionError, one_line
 from inceptionctl.files import atomic_path
@@ -473,10 +473,9 @@ class OnnxRuntimeBackend(Backend):
                 # ORT's calibrators print progress on stdout, which belongs to --json output.
                 with contextlib.redirect_stdout(sys.stderr):
                     quant_pre_process(str(fp32_path), str(pre))
-                    # an unfolded LRN's denominator stays fp32 (x * x spans too many octaves
-                    # for 8 bits); its last step, x * p, is quantized like any Mul
+                    # an unfolded LRN's power stays fp32 (see artifact.LRN_INT8_FLOAT_STEPS)
                     float_steps = [n.name for n in onnx.load(str(pre)).graph.node
-                                   if is_lrn_step(n)]
+                                   if lrn_step(n) in LRN_INT8_FLOAT_STEPS]
                     quantize_static(str(pre), str(raw), reader, quant_format=QuantFormat.QDQ,
                                     nodes_to_exclude=float_steps,
                                     activation_type=qtype[spec["activation_type"]],

@@ -371,18 +371,21 @@ def write_onnx(model: Any, preprocessing: Mapping[str, Any], batch: tuple[int, i
 
 # ------------------------------------------------------------------------------ LRN graphs
 
-# The nodes :func:`unfold_lrn` writes are named ``<LRN node>:lrn_<step>``; the last step
-# (``:lrn_normalize``, ``x * p``) is an ordinary Mul that INT8 may quantize, the others compute
-# ``p`` from ``x * x`` and stay in fp32 wherever precision is lowered.
+# The nodes :func:`unfold_lrn` writes are named ``<LRN node>:lrn_<step>``. fp16 graphs keep
+# every step before ``normalize`` (``x * p``) in fp32: ``x * x`` passes fp16's 65504 at
+# |x| > 256. INT8 keeps the power (``p = s^-beta``) in fp32 and quantizes the rest like any
+# Mul or Conv: the LRN term ``alpha / size * window(x * x)`` is small next to ``k``, and its
+# 8-bit error moves ``p`` by a fraction of an 8-bit step of the output.
 LRN_STEP = ":lrn_"
-LRN_OUTPUT_STEP = ":lrn_normalize"
-_LRN_FLOAT_STEPS = frozenset({"square", "window", "sqrt", "sqrt2", "power34", "power"})
+LRN_FP32_STEPS = frozenset({"square", "window", "sqrt", "sqrt2", "power"})
+LRN_INT8_FLOAT_STEPS = frozenset({"sqrt", "sqrt2", "power"})
 
 
-def is_lrn_step(node: Any) -> bool:
-    """Whether ``node`` computes an unfolded LRN's denominator (kept in fp32 by fp16 and INT8)."""
+def lrn_step(node: Any) -> str:
+    """Which step of an unfolded LRN ``node`` is (``square``, ``window``, ``sqrt``, ``sqrt2``,
+    ``power``, ``normalize``), or ``""`` for any other node."""
     head, sep, step = node.name.rpartition(LRN_STEP)
-    return bool(head and sep) and step in _LRN_FLOAT_STEPS
+    return step if head and sep and step in LRN_FP32_STEPS | {"normalize"} else ""
 
 
 def unfold_lrn(model: Any) -> int:
@@ -390,12 +393,12 @@ def unfold_lrn(model: Any) -> int:
     returns how many.
 
     ``s = k + alpha / size * window(x * x)`` is a 1x1 convolution with the banded
-    ``alpha / size`` weights and bias ``k``, then ``p = s^-beta`` (``1 / (sqrt(s) *
-    sqrt(sqrt(s)))`` for the paper's 0.75) and ``y = x * p``. ONNX Runtime's CPU ``LRN`` kernel
-    is a scalar loop: on the paper recipe at batch 8 it took 53% of the fp32 run, and the
-    unfolded graph ran 1.8x as fast (2-core AMD EPYC, ONNX Runtime 1.32). Every runtime reads
-    these ops. The steps are fp32 like the ``LRN`` they replace (in an fp16 graph, its input
-    is already cast to fp32), and :func:`is_lrn_step` marks all but the last.
+    ``alpha / size`` weights and bias ``k``, then ``p = s^-beta`` (``sqrt(sqrt(s)) / s`` for
+    the paper's 0.75) and ``y = x * p``. ONNX Runtime's CPU ``LRN`` kernel is a scalar loop: on
+    the paper recipe at batch 8 it took 53% of the fp32 run, and the unfolded graph ran 1.9x as
+    fast, its INT8 4.0x (2-core AMD EPYC, ONNX Runtime 1.32). Every runtime reads these ops.
+    The steps are fp32 like the ``LRN`` they replace (in an fp16 graph, its input is already
+    cast to fp32); :func:`lrn_step` names each.
     """
     import numpy as np
     import onnx
@@ -435,10 +438,8 @@ def unfold_lrn(model: Any) -> int:
 
         s = step("Conv", "window", [step("Mul", "square", [x, x]), base + "window_w",
                                     base + "window_b"], kernel_shape=[1, 1])
-        if beta == 0.75:
-            root = step("Sqrt", "sqrt", [s])
-            p = step("Reciprocal", "power",
-                     [step("Mul", "power34", [root, step("Sqrt", "sqrt2", [root])])])
+        if beta == 0.75:  # s^(1/4) / s, without Pow (a scalar loop in ONNX Runtime)
+            p = step("Div", "power", [step("Sqrt", "sqrt2", [step("Sqrt", "sqrt", [s])]), s])
         else:
             g.initializer.append(numpy_helper.from_array(np.array(-beta, np.float32),
                                                          base + "beta"))
@@ -489,7 +490,7 @@ def float16_graph(model: Any) -> Any:
         return casts[key]
 
     for node in g.node:
-        fp16 = node.op_type not in FP32_OPS and not is_lrn_step(node)
+        fp16 = node.op_type not in FP32_OPS and lrn_step(node) not in LRN_FP32_STEPS
         for i, name in enumerate(node.input):
             if not name or types.get(name) != FLOAT:
                 continue
@@ -524,6 +525,7 @@ def write_float16_copy(src: str | os.PathLike, out: str | os.PathLike,
     import onnx
 
     graph = float16_graph(onnx.load(str(src)))
+    unfold_lrn(graph)  # a file written before LRN was unfolded
     merged = {p.key: p.value for p in graph.metadata_props}
     merged.update(props)
     del graph.metadata_props[:]

@@ -394,24 +394,33 @@ def test_unfolded_lrn_computes_what_the_lrn_op_computes(channels, size, beta):
         assert abs(ours - torch_ref).max() <= 1e-5 * abs(torch_ref).max()
 
 
-def test_fp16_export_keeps_the_unfolded_lrn_in_fp32(tmp_path):
+@pytest.mark.parametrize("route", ["export", "copy of the fp32 ONNX"])
+def test_fp16_export_keeps_the_unfolded_lrn_in_fp32(tmp_path, route):
     """In an fp16 ONNX, x * x and the window run in fp32: at |x| > 256 (x * x past fp16's
-    65504) the output still matches PyTorch's fp32 LRN."""
+    65504) the output still matches PyTorch's fp32 LRN, whether the fp16 file is exported from
+    the model or converted from our fp32 ONNX."""
     import onnx
     import onnxruntime as ort
 
-    from inceptionctl.artifact import is_lrn_step, write_onnx
+    from inceptionctl.artifact import (LRN_FP32_STEPS, lrn_step, write_float16_copy,
+                                       write_onnx)
     from inceptionctl.model import LocalResponseNorm
 
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), LocalResponseNorm(8, 5, 1e-4, 0.75, 1.0),
+    net = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), LocalResponseNorm(8, 5, 1e-4, 0.75, 1.0),
                         nn.Conv2d(8, 4, 1)).eval()
-    path = write_onnx(net, {"eval_size": 8}, (1, 1, 2), 17, {}, tmp_path / "h.onnx",
-                      float16=True)
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)  # LRN sees 3x the input: 450 to 1050, fine in fp16, its square not
+    if route == "export":
+        path = write_onnx(net, {"eval_size": 8}, (1, 1, 2), 17, {}, tmp_path / "h.onnx",
+                          float16=True)
+    else:
+        fp32 = write_onnx(net, {"eval_size": 8}, (1, 1, 2), 17, {}, tmp_path / "f.onnx")
+        path = write_float16_copy(fp32, tmp_path / "h.onnx", {})
     graph = onnx.load(str(path)).graph
     inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.value_info}
-    steps = [n for n in graph.node if is_lrn_step(n)]
-    assert len(steps) == 6 and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in steps)
+    steps = [n for n in graph.node if lrn_step(n) in LRN_FP32_STEPS]
+    assert len(steps) == 5 and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in steps)
     x = torch.rand(2, 3, 8, 8) * 200 + 150
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         None, {"images": x.numpy()})[0]

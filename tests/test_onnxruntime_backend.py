@@ -353,10 +353,10 @@ def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
     assert trt["stem_space_to_depth"] is False
 
 
-def test_int8_keeps_an_unfolded_lrn_denominator_in_float(backend, tmp_path):
-    """x * x, the window and the power run in fp32 between INT8 convolutions; the last step,
-    x * p, is quantized like any Mul, so what follows stays 8-bit."""
-    from inceptionctl.artifact import LRN_OUTPUT_STEP, is_lrn_step, write_onnx
+def test_int8_quantizes_an_unfolded_lrn_but_its_power(backend, tmp_path):
+    """x * x, the window and x * p are 8-bit like any Mul or Conv; the power p = s^-0.75
+    (two square roots and a division) runs in fp32 between them."""
+    from inceptionctl.artifact import lrn_step, write_onnx
     from inceptionctl.model import LocalResponseNorm
 
     torch.manual_seed(0)
@@ -368,10 +368,16 @@ def test_int8_keeps_an_unfolded_lrn_denominator_in_float(backend, tmp_path):
     backend.quantize_int8(fp32, tmp_path / "q.onnx", [torch.rand(8, 3, 16, 16) * 4])
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     producer = {o: n.op_type for n in graph.node for o in n.output}
-    steps = [n for n in graph.node if is_lrn_step(n)]
-    assert [n.op_type for n in steps] == ["Mul", "Conv", "Sqrt", "Sqrt", "Mul", "Reciprocal"]
-    window = next(n for n in steps if n.op_type == "Conv")
-    assert producer.get(window.input[1]) is None  # float weights, not a DequantizeLinear
-    assert all(producer.get(i) != "DequantizeLinear" for n in steps[1:] for i in n.input)
-    (last,) = [n for n in graph.node if n.name.endswith(LRN_OUTPUT_STEP)]
-    assert [producer[i] for i in last.input] == ["DequantizeLinear"] * 2
+    consumers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    steps = {lrn_step(n): n for n in graph.node if lrn_step(n)}
+    assert [n.op_type for n in steps.values()] == ["Mul", "Conv", "Sqrt", "Sqrt", "Div", "Mul"]
+    for name in ("square", "window", "normalize"):  # 8-bit: every input dequantized
+        assert {producer.get(i) for i in steps[name].input} == {"DequantizeLinear"}, name
+        assert consumers[steps[name].output[0]] == ["QuantizeLinear"], name
+    for name in ("sqrt", "sqrt2"):  # fp32: float in, float out
+        assert consumers[steps[name].output[0]] != ["QuantizeLinear"], name
+    assert producer[steps["sqrt2"].input[0]] == "Sqrt"
+    assert consumers[steps["power"].output[0]] == ["QuantizeLinear"]
