@@ -305,20 +305,36 @@ def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
 
     inits = {t.name: t for t in g.initializer}
     producer = {out: n for n in g.node for out in n.output}
+    users: dict[str, int] = {}
+    for n in g.node:
+        for name in n.input:
+            users[name] = users.get(name, 0) + 1
     inputs = {i.name: i for i in g.input}
+
+    def scalar(name: str) -> bool:
+        return name in inits and all(d == 1 for d in inits[name].dims)
+
     conv = next((n for n in g.node if n.op_type == "Conv"), None)
     dq_x = producer.get(conv.input[0]) if conv is not None else None
     q_x = producer.get(dq_x.input[0]) if dq_x is not None and dq_x.op_type == \
         "DequantizeLinear" else None
+    # the input per-tensor, dequantized with the parameters it was quantized with (the step
+    # requantizes onto them)
     if q_x is None or q_x.op_type != "QuantizeLinear" or q_x.input[0] not in inputs \
-            or len(q_x.input) < 3 or any(i not in inits for i in q_x.input[1:3]):
+            or len(q_x.input) < 3 or not all(scalar(i) for i in q_x.input[1:3]) \
+            or list(dq_x.input[1:3]) != list(q_x.input[1:3]):
         return None
+    # the weights: int8, zero zero-points, per output channel (axis 0) or per tensor, and this
+    # convolution's alone (they are rewritten in place)
     dq_w = producer.get(conv.input[1])
     if dq_w is None or dq_w.op_type != "DequantizeLinear" or len(dq_w.input) < 3 \
-            or any(i not in inits for i in dq_w.input):
+            or any(i not in inits for i in dq_w.input) \
+            or users.get(dq_w.input[0]) != 1 or users.get(dq_w.output[0]) != 1:
         return None
+    axis = next((helper.get_attribute_value(a) for a in dq_w.attribute if a.name == "axis"), 1)
     w = numpy_helper.to_array(inits[dq_w.input[0]])
-    if w.dtype != np.int8 or w.ndim != 4 or numpy_helper.to_array(inits[dq_w.input[2]]).any():
+    if w.dtype != np.int8 or w.ndim != 4 or numpy_helper.to_array(inits[dq_w.input[2]]).any() \
+            or not (scalar(dq_w.input[1]) or axis in (0, -4)):
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     dims = inputs[q_x.input[0]].type.tensor_type.shape.dim

@@ -1,4 +1,4 @@
-"""Inference goals, all measured in one process on googlenet-bn at 224x224, batch 8:
+"""Inference goals, measured on googlenet-bn at 224x224, batch 8 (P2 in processes of its own):
 
 * P1  best fp32 CPU inference (torch eager channels_last, ONNX Runtime) >= 0.90 x the machine's
       fp32 limit = measured matmul GFLOP/s / 3.0 GFLOP per image (2 x 1.5 G multiply-adds).
@@ -94,7 +94,7 @@ def measure(batch: int = 8, warmup: int = 2, iters: int = 8, recipe_name: str = 
             # as a user deploys the files: a plain InferenceSession with default options, in a
             # process of its own (see the module's docstring)
             runs = [_plain_in_a_process(fp32, int8, batch, size, warmup, iters)
-                    for _ in range(processes)]
+                    for _ in range(max(1, processes))]
             ranked = sorted(runs, key=lambda r: r["int8"] / r["fp32"])
             plain = ranked[(len(ranked) - 1) // 2]  # the median process (the lower of two)
     best_name = max(rates, key=rates.get)

@@ -394,6 +394,39 @@ def test_unfolded_lrn_computes_what_the_lrn_op_computes(channels, size, beta):
         assert abs(ours - torch_ref).max() <= 1e-5 * abs(torch_ref).max()
 
 
+def test_unfold_lrn_leaves_what_it_cannot_unfold_and_keeps_names_apart():
+    """Two LRNs of one name unfold under different names; an LRN with an unknown channel count
+    or an fp16 input stays the LRN op it was (which runs as it did)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from inceptionctl.artifact import unfold_lrn
+
+    twice = _lrn_graph(8, 5, 0.75)
+    twice.graph.node.append(helper.make_node("LRN", ["y"], ["z"], name="lrn", size=3,
+                                             alpha=0.1, beta=0.5, bias=2.0))
+    twice.graph.output[0].name = "z"
+    assert unfold_lrn(twice) == 2
+    onnx.checker.check_model(twice, full_check=True)
+    names = [n.name for n in twice.graph.node]
+    assert len(names) == len(set(names)) == 6 + 4  # beta 0.75: two roots and a division
+    x = torch.randn(2, 8, 5, 4) * 3
+    out = ort.InferenceSession(twice.SerializeToString(), providers=["CPUExecutionProvider"]
+                               ).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        ref = nn.LocalResponseNorm(3, 0.1, 0.5, 2.0)(nn.LocalResponseNorm(5, 0.1, 0.75, 2.0)(x))
+    assert abs(out - ref.numpy()).max() <= 1e-5 * abs(ref.numpy()).max()
+    unknown = _lrn_graph(8, 5, 0.75)
+    unknown.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "c"
+    half = _lrn_graph(8, 5, 0.75)
+    half.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    half.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    for model in (unknown, half):
+        before = model.SerializeToString()
+        assert unfold_lrn(model) == 0 and model.SerializeToString() == before
+
+
 @pytest.mark.parametrize("route", ["export", "copy of the fp32 ONNX"])
 def test_fp16_export_keeps_the_unfolded_lrn_in_fp32(tmp_path, route):
     """In an fp16 ONNX, x * x and the window run in fp32: at |x| > 256 (x * x past fp16's

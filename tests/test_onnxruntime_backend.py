@@ -317,6 +317,48 @@ def test_space_to_depth_stem_leaves_other_first_convolutions_alone():
     assert not space_to_depth_stem(dynamic)
 
 
+def _set(model, **arrays) -> None:
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
+
+
+def test_space_to_depth_stem_declines_what_it_could_not_copy_exactly():
+    """Per-channel input scales, weights quantized along another axis or shared with another
+    node, or a DequantizeLinear with other parameters than the input's QuantizeLinear: the
+    one-hot step could not requantize onto them, so the graph is left as it was."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from inceptionctl.backends.onnxruntime import space_to_depth_stem
+
+    def stem():
+        return _qdq_conv(3, 8, (7, 7), [3, 3, 3, 3], (20, 20))
+
+    per_channel_input = stem()
+    _set(per_channel_input, sx=np.array([0.02, 0.03, 0.025], np.float32),
+         zx=np.array([131, 120, 128], np.uint8))
+    for n in per_channel_input.graph.node[:2]:
+        n.attribute.append(helper.make_attribute("axis", 1))
+    weights_by_input_channel = stem()
+    _set(weights_by_input_channel, sw=np.array([2e-3, 3e-3, 1e-3], np.float32),
+         zw=np.zeros(3, np.int8))
+    weights_by_input_channel.graph.node[2].attribute[0].i = 1
+    other_dequantization = stem()
+    other_dequantization.graph.initializer.append(
+        numpy_helper.from_array(np.array(0.04, np.float32), "sx2"))
+    other_dequantization.graph.node[1].input[1] = "sx2"
+    shared_weights = stem()
+    shared_weights.graph.node.append(helper.make_node(
+        "Conv", ["xd", "wd", "b"], ["c2"], kernel_shape=[7, 7], strides=[2, 2], pads=[3] * 4))
+    for model in (per_channel_input, weights_by_input_channel, other_dequantization,
+                  shared_weights):
+        before = model.SerializeToString()
+        assert not space_to_depth_stem(model) and model.SerializeToString() == before
+
+
 def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
     """quantize_int8's cpu flavour splits a 7x7/2 stem (the same output as without), the
     tensorrt flavour keeps it."""
