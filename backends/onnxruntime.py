@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from inceptionctl.artifact import LRN_INT8_FLOAT_STEPS, Kind, lrn_step, read_onnx_metadata
+from inceptionctl.artifact import (LRN_INT8_FLOAT_STEPS, Kind, lrn_step, read_onnx_metadata,
+                                   unfold_lrn)
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, BuildContext, Session
 from inceptionctl.errors import InceptionError, one_line
 from inceptionctl.files import atomic_path
@@ -467,7 +468,7 @@ class OnnxRuntimeBackend(Backend):
         src = onnx.load(str(fp32_path))
         input_name = src.graph.input[0].name
         props = {p.key: p.value for p in src.metadata_props}
-        del src
+        unfolded = unfold_lrn(src) > 0  # a file written before LRN was unfolded
         reader = _Batches(input_name, calib_batches)
         samples = sum(len(b) for b in calib_batches)
         if not len(reader):
@@ -485,10 +486,14 @@ class OnnxRuntimeBackend(Backend):
             f"{spec['activation_type']} activations, {spec['weight_type']} per-channel weights)")
         with tempfile.TemporaryDirectory(prefix="inceptionctl-quant-") as tmp:
             pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+            source = Path(tmp) / "unfolded.onnx" if unfolded else fp32_path
+            if unfolded:
+                onnx.save(src, str(source))
+            del src
             try:
                 # ORT's calibrators print progress on stdout, which belongs to --json output.
                 with contextlib.redirect_stdout(sys.stderr):
-                    quant_pre_process(str(fp32_path), str(pre))
+                    quant_pre_process(str(source), str(pre))
                     # an unfolded LRN's power stays fp32 (see artifact.LRN_INT8_FLOAT_STEPS)
                     float_steps = [n.name for n in onnx.load(str(pre)).graph.node
                                    if lrn_step(n) in LRN_INT8_FLOAT_STEPS]

@@ -395,9 +395,11 @@ def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
     assert trt["stem_space_to_depth"] is False
 
 
-def test_int8_quantizes_an_unfolded_lrn_but_its_power(backend, tmp_path):
+@pytest.mark.parametrize("fp32_file", ["ours", "with an LRN op"])
+def test_int8_quantizes_an_unfolded_lrn_but_its_power(backend, tmp_path, fp32_file):
     """x * x, the window and x * p are 8-bit like any Mul or Conv; the power p = s^-0.75
-    (two square roots and a division) runs in fp32 between them."""
+    (two square roots and a division) runs in fp32 between them. An fp32 file that still has
+    ONNX's LRN op (written before LRN was unfolded) is unfolded first."""
     from inceptionctl.artifact import lrn_step, write_onnx
     from inceptionctl.model import LocalResponseNorm
 
@@ -406,7 +408,16 @@ def test_int8_quantizes_an_unfolded_lrn_but_its_power(backend, tmp_path):
                         LocalResponseNorm(16, 5, 1e-4, 0.75, 1.0), nn.MaxPool2d(2),
                         nn.Conv2d(16, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(8, 4)).eval()
-    fp32 = write_onnx(net, {"eval_size": 16}, (1, 2, 4), 17, {}, tmp_path / "n.onnx")
+    if fp32_file == "ours":
+        fp32 = write_onnx(net, {"eval_size": 16}, (1, 2, 4), 17, {}, tmp_path / "n.onnx")
+    else:
+        fp32 = tmp_path / "old.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.rand(2, 3, 16, 16),), str(fp32), opset_version=17,
+                              input_names=["images"], dynamic_axes={"images": {0: "n"}},
+                              dynamo=False)
+        assert "LRN" in [n.op_type for n in onnx.load(str(fp32)).graph.node]
     backend.quantize_int8(fp32, tmp_path / "q.onnx", [torch.rand(8, 3, 16, 16) * 4])
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     producer = {o: n.op_type for n in graph.node for o in n.output}
