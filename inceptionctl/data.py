@@ -45,6 +45,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .errors import InceptionError, one_line
 from .filelist import FileLists, is_image
+from .host import keep_freed_memory_in_worker
 from .jpeg import (decode_full, decode_on_device, decode_scaled, draft_scale, jpeg_header,
                    read_bytes)
 from .recipe import Recipe
@@ -972,27 +973,8 @@ def steps_per_epoch(n: int, batch: int, world: int) -> int:
     return (n // world) // batch
 
 
-def keep_freed_memory() -> None:
-    """Have glibc keep freed memory for reuse instead of handing it back to the system.
-
-    An image's decode, crop and augmentation allocate and free several MB; by default glibc
-    returns much of it, and taking it again costs over a hundred page faults per image, about a
-    sixth of a worker's time. Called in DataLoader workers (their memory is theirs); a no-op
-    where the C library has no ``mallopt``.
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    mallopt(m_mmap_threshold, 16 << 20)  # setting both also stops glibc's own adjusting
-    mallopt(m_trim_threshold, 128 << 20)
-
-
 def _worker_init(worker_id: int) -> None:
-    keep_freed_memory()
+    keep_freed_memory_in_worker()
 
 
 def loader(dataset: Transformed, sampler: KeyedSampler, batch: int, workers: int, strict: bool,

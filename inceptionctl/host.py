@@ -8,9 +8,20 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import Any
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt (malloc.h)
+
+
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, typed; None where the C library has none."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None  # not glibc
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
 
 
 def keep_freed_memory() -> bool:
@@ -29,9 +40,19 @@ def keep_freed_memory() -> bool:
     if env.get("INCEPTIONCTL_KEEP_FREED_MEMORY", "1") == "0" or "LD_PRELOAD" in env \
             or any(k.startswith("MALLOC_") for k in env) or not sys.platform.startswith("linux"):
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False  # not glibc
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(_M_MMAP_MAX, 0) == 1 \
+        and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
+def keep_freed_memory_in_worker() -> None:
+    """Have glibc keep a DataLoader worker's freed memory for reuse (its memory is its own).
+
+    An image's decode, crop and augmentation allocate and free several MB; by default glibc
+    returns much of it, and taking it again costs over a hundred page faults per image, about a
+    sixth of a worker's time. A no-op where the C library has no ``mallopt``.
+    """
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 16 << 20)  # setting both also stops glibc's own adjusting
+        mallopt(_M_TRIM_THRESHOLD, 128 << 20)

@@ -19,6 +19,7 @@ from inceptionctl.data import (Collate, DataError, FileSource, Transformed, area
                                decode_rgb, finish_on_device, finish_photometric, image_folder,
                                sample_seed, train_transform)
 from inceptionctl.filelist import FileLists
+from inceptionctl.host import keep_freed_memory_in_worker
 from inceptionctl.jpeg import (decode_full, decode_on_device, decode_scaled, draft_scale,
                                jpeg_header, read_bytes)
 
@@ -457,5 +458,5 @@ def test_device_path_on_cuda_matches_the_cpu_path(tmp_path):
 
 
 def test_keeping_freed_memory_is_harmless_where_it_applies():
-    data_mod.keep_freed_memory()  # glibc: set; elsewhere: nothing
+    keep_freed_memory_in_worker()  # glibc: set; elsewhere: nothing
     assert torch.ones(3_000_000).sum() == 3_000_000
