@@ -138,3 +138,23 @@ def test_profile_time_auto_rows_name_the_measured_choice(cli, monkeypatch, tmp_p
     assert len(said) == 2 and all("measured now: fp32 " in ln for ln in said)
     for row, line in zip(rows, said):
         assert row["available"] and row["precision"] == "auto:" + line.split()[3]
+
+
+def test_the_cpu_limit_is_the_faster_gemm_library(monkeypatch):
+    """MKL's torch.mm takes its AVX2 path on AMD CPUs: the limit must also time oneDNN's GEMM."""
+    import time
+
+    import torch
+
+    from inceptionctl.speed import matmul_peak
+
+    n, stall = 256, 0.05
+    mm = torch.mm
+
+    def slow_mm(a, b):  # a GEMM library at a fraction of the machine's rate
+        time.sleep(stall)
+        return mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", slow_mm)
+    peak = matmul_peak(torch.device("cpu"), "fp32", n=n, iters=3)
+    assert peak > 10 * 2.0 * n ** 3 / stall / 1e9  # oneDNN's rate, not the stalled torch.mm's
