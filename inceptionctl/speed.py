@@ -16,7 +16,7 @@ JSON schema (``SpeedReport.to_json()``, version 1)::
       "recipe": str, "input_size": int, "macs_per_image": int,
       "machine": {"device": str, "cpu": str, "gpu": str | null, "threads": int,
                   "versions": {"inceptionctl": str, "torch": str, "<backend>": str, ...}},
-      "peaks": {"<device>/<precision>": GFLOP/s of a square matmul, ...},
+      "peaks": {"<device>/<precision>": G(FL)OP/s of a square matmul, ...},  # int8: int8 GEMM
       "rows": [{
         "backend": str, "precision": str, "batch": int, "mode": "inference" | "train",
         "available": bool, "reason": str,           # why not, when unavailable / failed
@@ -150,23 +150,35 @@ def time_calls(step: Callable[[], Any], device: torch.device, warmup: int, iters
 
 
 def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int = 5) -> float:
-    """GFLOP/s of an n x n x n matrix multiply on ``device`` in ``precision`` (the machine's limit).
+    """G(FL)OP/s of an n x n x n matrix multiply on ``device`` in ``precision`` (the machine's
+    limit); 2 operations per multiply-add, as the rows count them.
 
     On the CPU, torch has two GEMM libraries: ``torch.mm`` calls MKL, and convolutions call
     oneDNN. MKL takes its AVX2 code path on AMD CPUs, so there ``torch.mm`` runs at about half
-    the rate oneDNN reaches on the same multiply. The limit is the faster of the two: MKL's
-    ``torch.mm``, and oneDNN's 1x1 convolution of a channels_last ``(1, n, 32, n / 32)`` input,
-    which is the same n x n x n product.
+    the rate oneDNN reaches on the same multiply. The float limit is the faster of the two:
+    MKL's ``torch.mm``, and oneDNN's 1x1 convolution of a channels_last ``(1, n, 32, n / 32)``
+    input, which is the same product (fp32 only: torch's bf16 ``torch.mm`` is oneDNN's already).
+    ``int8`` is an int8 x int8 -> int32 multiply (``torch._int_mm``), so INT8 rows are not read
+    against the float limit; 0.0 where torch has no int8 GEMM on ``device``.
     """
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision,
-                                                                                     torch.float32)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    calls: list[Callable[[], Any]] = [lambda: torch.mm(a, b)]
-    if device.type == "cpu" and n % 32 == 0:
-        x = a.reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
-        w = b.reshape(n, n, 1, 1)
-        calls.append(lambda: torch.nn.functional.conv2d(x, w))
+    if precision == "int8":
+        ai = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
+        bi = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
+        try:
+            torch._int_mm(ai, bi)
+        except (RuntimeError, NotImplementedError, AttributeError):
+            return 0.0
+        calls: list[Callable[[], Any]] = [lambda: torch._int_mm(ai, bi)]
+    else:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
+                 "fp16": torch.float16}.get(precision, torch.float32)
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        calls = [lambda: torch.mm(a, b)]
+        if device.type == "cpu" and dtype == torch.float32 and n % 32 == 0:
+            x = a.reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
+            w = b.reshape(n, n, 1, 1)
+            calls.append(lambda: torch.nn.functional.conv2d(x, w))
     best = min(percentile(time_calls(call, device, warmup=2, iters=iters, seconds=None), 50)
                for call in calls)
     return 2.0 * n ** 3 / best / 1e9
@@ -273,9 +285,9 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
     peaks: dict[str, float] = {}
 
     def peak(prec: str) -> float:
-        key = f"{device.type}/{'fp32' if prec == 'int8' else prec}"
+        key = f"{device.type}/{prec}"
         if key not in peaks:
-            peaks[key] = matmul_peak(device, "fp32" if prec == "int8" else prec)
+            peaks[key] = matmul_peak(device, prec)
         return peaks[key]
 
     with tempfile.TemporaryDirectory(prefix="inceptionctl-profile-") as tmpdir:

@@ -85,8 +85,12 @@ def test_profile_time_int8_row_has_a_number(cli):
                 "--calib-data", "digits", "--json")
     assert given.exit_code == 0, given.stderr
     assert "embedded digits" not in given.stderr  # asked for, so nothing to say
-    (row,) = json.loads(given.stdout)["speed"]["rows"]
+    speed = json.loads(given.stdout)["speed"]
+    (row,) = speed["rows"]
     assert row["available"] and row["precision"] == "int8" and row["latency_ms"]["p50"] > 0
+    # read against an int8 multiply, not the float limit
+    assert set(speed["peaks"]) == {"cpu/int8"}
+    assert row["peak_fraction"] == pytest.approx(row["gflops"] / speed["peaks"]["cpu/int8"])
 
 
 def test_profile_calib_data_is_checked(cli, tmp_path):
@@ -158,3 +162,21 @@ def test_the_cpu_limit_is_the_faster_gemm_library(monkeypatch):
     monkeypatch.setattr(torch, "mm", slow_mm)
     peak = matmul_peak(torch.device("cpu"), "fp32", n=n, iters=3)
     assert peak > 10 * 2.0 * n ** 3 / stall / 1e9  # oneDNN's rate, not the stalled torch.mm's
+
+
+def test_the_int8_limit_is_an_int8_multiply(monkeypatch):
+    import torch
+
+    from inceptionctl.speed import matmul_peak
+
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.dtype) or int_mm(a, b))
+    assert matmul_peak(torch.device("cpu"), "int8", n=256, iters=2) > 0
+    assert calls and set(calls) == {torch.int8}
+
+    def missing(a, b):
+        raise RuntimeError("_int_mm: not implemented for this device")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    assert matmul_peak(torch.device("cpu"), "int8", n=256, iters=2) == 0.0
