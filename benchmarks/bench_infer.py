@@ -9,7 +9,10 @@
       each the best of two interleaved rounds, with every process's ratio printed beside it
       (and our own session's ratio). On a shared 2-core machine the INT8 rate moves by up to
       10% from one minute to the next and the fp32 rate by less, so the printed ratios show how
-      far one run's P2 can be trusted.
+      far one run's P2 can be trusted. Beside them, the machine's own int8 and fp32 matrix
+      multiply rates, measured just after the processes (``speed.matmul_peak``): on the 2-core
+      AMD EPYC this was tuned on, the int8 one moved between 1,650 and 1,910 GOP/s from one
+      minute to the next while the fp32 one stayed near 435 GFLOP/s, and P2 moved with it.
 * P5  ONNX Runtime fp32 >= 2.5 x torchvision's eager googlenet in its default NCHW fp32 form.
 * GPU (when CUDA is here): TensorRT fp16 vs torch eager fp32 at batch 32 (>= 5x).
 """
@@ -98,6 +101,9 @@ def measure(batch: int = 8, warmup: int = 2, iters: int = 8, recipe_name: str = 
                     for _ in range(max(1, processes))]
             ranked = sorted(runs, key=lambda r: r["int8"] / r["fp32"])
             plain = ranked[(len(ranked) - 1) // 2]  # the median process (the lower of two)
+            # the machine's own int8 / fp32 multiply rates, measured just after: where the
+            # first moves, P2 moves with it
+            gemm = {p: matmul_peak(torch.device("cpu"), p) for p in ("int8", "fp32")}
     best_name = max(rates, key=rates.get)
     goals.append(Goal("P1 best fp32 CPU inference vs machine limit", rates[best_name] / limit,
                       0.90, details={"best": best_name, "img/s": rates[best_name],
@@ -110,7 +116,11 @@ def measure(batch: int = 8, warmup: int = 2, iters: int = 8, recipe_name: str = 
                                    "int8/fp32 per process": " ".join(
                                        f"{r['int8'] / r['fp32']:.2f}" for r in runs),
                                    "our session int8/fp32":
-                                       int8_ips / rates["onnxruntime fp32"]}))
+                                       int8_ips / rates["onnxruntime fp32"],
+                                   "int8 GEMM GOP/s": gemm["int8"],
+                                   "fp32 GEMM GFLOP/s": gemm["fp32"],
+                                   "int8/fp32 GEMM": gemm["int8"] / gemm["fp32"]
+                                   if gemm["fp32"] else None}))
         goals.append(Goal("P5 ONNX Runtime fp32 vs torchvision eager NCHW",
                           rates["onnxruntime fp32"] / tv_ips, 2.5,
                           details={"ort img/s": rates["onnxruntime fp32"],

@@ -33,6 +33,10 @@ def test_bench_quick_smoke(tmp_path):
     assert p2["target"] == 3.0 and p2["details"]["int8 img/s"] > 0
     assert p2["measured"] == p2["details"]["int8 img/s"] / p2["details"]["fp32 img/s"]
     assert len(p2["details"]["int8/fp32 per process"].split()) == 1
+    # beside it, the machine's own int8 / fp32 multiply rates of the moment
+    gemm = p2["details"]
+    assert gemm["int8 GEMM GOP/s"] > 0 and gemm["fp32 GEMM GFLOP/s"] > 0
+    assert gemm["int8/fp32 GEMM"] == gemm["int8 GEMM GOP/s"] / gemm["fp32 GEMM GFLOP/s"]
     (p6,) = [g for g in data["goals"] if g["name"].startswith("P6")]
     assert p6["target"] == 1.0 and p6["measured"] > 0
     assert p6["details"]["ours 1 worker img/s"] > 0
