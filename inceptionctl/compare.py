@@ -193,7 +193,8 @@ def diff_stats(a: Tensor, b: Tensor, atol: float, rtol: float) -> DiffStats:
         max_rel_diff=float(diff.max()) / scale, mean_rel_diff=float(diff.mean()) / scale,
         failing=int(failing_elements(a, b, atol, rtol).sum()), elements=diff.numel(),
         worst=(worst // a.shape[1], worst % a.shape[1]),
-        top1_agreement=100.0 * int((top_a[:, 0] == top_b[:, 0]).sum()) / len(a),
+        # argmax, as check_parity counts it: topk orders exact ties differently
+        top1_agreement=100.0 * int((a64.argmax(1) == b64.argmax(1)).sum()) / len(a),
         top5_overlap=100.0 * float(overlap.mean()))
 
 

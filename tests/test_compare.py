@@ -85,6 +85,20 @@ def test_the_verdict_follows_the_precision():
     assert judge(a, flipped, "int8", diff_stats(a, flipped, 1e-4, 1e-3), 1e-4, 1e-3)[0] is False
 
 
+def test_the_table_and_the_verdict_count_one_top1_agreement_on_exact_ties():
+    """INT8 logits tie exactly; topk and argmax order a tie differently, so both the table's
+    agreement and the verdict's must come from one rule (argmax, the first of the tied)."""
+    a = torch.zeros(4, 10)
+    a[:, 3] = 1.0
+    b = a.clone()
+    b[:, 7] = 1.0  # classes 3 and 7 tie in b: argmax keeps 3, topk puts 7 first
+    assert int(b.topk(5, 1).indices[0, 0]) == 7  # the case this test is about
+    stats = diff_stats(a, b, 1e-4, 1e-3)
+    passed, criterion = judge(a, b, "int8", stats, 1e-4, 1e-3)
+    assert stats.top1_agreement == 100.0
+    assert passed and criterion.endswith("measured 100.00%")
+
+
 # ----------------------------------------------------------------------------- on artifacts
 
 def test_identical_artifacts_pass(artifacts):
