@@ -257,6 +257,10 @@ def _new_run_folder(opts: TrainOptions, recipe: Recipe) -> Path:
         if (out / "last.pt").exists():
             raise InceptionError(f"{out}: already holds a run (last.pt); continue it with "
                                  f"--resume {out}, or choose another --out")
+        mine = out / "recipe.yaml"  # training writes the resolved recipe there
+        if mine.is_file() and mine.read_text(errors="replace") != recipe.to_yaml():
+            raise InceptionError(f"--out {out}: holds a recipe.yaml that is not this run's "
+                                 f"(training would replace it); choose another --out")
         return out
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = opts.runs_dir / f"{recipe.name}-{stamp}"

@@ -576,3 +576,20 @@ def test_no_channels_last_trains_the_same_steps(tmp_path, tiny_recipe, monkeypat
     assert layouts == [torch.channels_last] * 3 + [torch.contiguous_format] * 3
     for k, v in runs["nhwc"].items():
         assert torch.allclose(v.float(), runs["nchw"][k].float(), atol=1e-4, rtol=1e-4), k
+
+
+def test_a_recipe_file_in_out_is_never_replaced(tiny_recipe, tmp_path):
+    """The user's own recipe.yaml in --out (say, the one they train from) is left as it was;
+    a failed run's own recipe.yaml (the same resolved text) does not block a new try."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    theirs = out / "recipe.yaml"
+    text = "# my experiment\n" + tiny_recipe.read_text()
+    theirs.write_text(text)
+    with pytest.raises(InceptionError, match=r"--out .*exp: holds a recipe.yaml that is not this "
+                                             r"run's \(training would replace it\)"):
+        train(_opts(load_recipe(theirs), tmp_path, name="exp", max_steps=1))
+    assert theirs.read_text() == text
+    theirs.write_text(load_recipe(tiny_recipe).to_yaml())
+    train(_opts(load_recipe(tiny_recipe), tmp_path, name="exp", max_steps=1))
+    assert (out / "last.pt").is_file()
