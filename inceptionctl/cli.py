@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import sys
 from enum import Enum
@@ -688,7 +689,7 @@ def _speed_options(recipe: str, resolved: Any, backend: str, precision: str, bat
     if not batches or min(batches) < 1:
         raise InceptionError(f"--batch {batch}: expected a list of positive integers such "
                              f"as 1,8,32")
-    if seconds is not None and seconds <= 0:
+    if seconds is not None and not 0 < seconds < math.inf:  # nan too
         raise InceptionError(f"--seconds: expected a positive duration, got {seconds}")
     known = backend_names()
     for name in names:

@@ -282,9 +282,9 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if samples < 1:
         raise InceptionError(f"--samples: expected at least 1, got {samples}")
-    if atol < 0 or rtol < 0:
-        raise InceptionError(f"--atol/--rtol: expected non-negative tolerances, got {atol} and "
-                             f"{rtol}")
+    if not (math.isfinite(atol) and math.isfinite(rtol)) or atol < 0 or rtol < 0:
+        raise InceptionError(f"--atol/--rtol: expected finite non-negative tolerances, got {atol} "
+                             f"and {rtol}")
     started = time.monotonic()
     extra = {"recipe": recipe} if recipe is not None else {}
     sa = open_artifact(a, backend_a, device, **extra)

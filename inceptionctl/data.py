@@ -654,6 +654,8 @@ class Splits:
 def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
               synthetic_count: int = 512, lists: FileLists | None = None) -> Splits:
     """Resolve ``--data`` to train and val sources (folders listed through ``lists``)."""
+    if not 0 <= val_split < 1:  # nan too; 0: not asked for
+        raise DataError(f"--val-split: expected a fraction in (0, 1), got {val_split}")
     if spec == "digits":
         train, val = digits(recipe.data.resize, "train"), digits(recipe.data.resize, "val")
         return Splits(train, val, train.classes, "digits (scikit-learn, 1437 train / 360 val)")
@@ -679,8 +681,6 @@ def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
             val = FileSource(ground_truth(val_dir, train.classes), train.classes, str(val_dir))
         return Splits(train, val, train.classes,
                       f"{root} ({len(train)} train / {len(val)} val, {len(train.classes)} classes)")
-    if val_split < 0 or val_split >= 1:
-        raise DataError(f"--val-split: expected a fraction in (0, 1), got {val_split}")
     if val_split == 0:
         raise DataError(f"{root}: no train/ and val/ sub-folders; pass --val-split to split one "
                         f"ImageFolder tree")
@@ -697,7 +697,11 @@ def _split(source: FileSource, fraction: float, name: str) -> Splits:
     try:
         tr, va = train_test_split(idx, test_size=fraction, random_state=0, stratify=labels)
     except ValueError:
-        tr, va = train_test_split(idx, test_size=fraction, random_state=0)
+        try:
+            tr, va = train_test_split(idx, test_size=fraction, random_state=0)
+        except ValueError:  # a side would be empty
+            raise DataError(f"--val-split {fraction:g}: {name} has {len(idx)} images, too few "
+                            f"to leave some on both sides of the split") from None
     train = FileSource([source.items[i] for i in sorted(tr)], source.classes, source.root)
     val = FileSource([source.items[i] for i in sorted(va)], source.classes, source.root)
     return Splits(train, val, source.classes,

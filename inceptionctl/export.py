@@ -49,6 +49,7 @@ from .compare import Parity, prove_parity
 from .data import calibration_batches, load_samples
 from .errors import CheckFailed, InceptionError
 from .recipe import Recipe, load_recipe, parse_batch_range
+from .runtime import resolve_device
 
 ONNX = "onnx"  # the built-in target: the core writes ONNX itself
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -292,7 +293,7 @@ def _prepare(src: Path, out: Any, to: str, precision: str, batch: str | None,
     """Load ``src`` and check the rest of the arguments, before any file is written."""
     model, resolved, classes, pre, source = load_with_facts(src, _recipe(recipe), overrides)
     bounds = parse_batch_range(batch or resolved.export.batch)
-    opset = int(opset or resolved.export.opset)
+    opset = int(resolved.export.opset if opset is None else opset)
     _check_opset(opset)
     if to == ONNX and precision == "int8" and opset < 13:
         raise InceptionError(f"--opset {opset}: INT8 (per-channel QDQ) needs opset 13 or newer")
@@ -522,7 +523,8 @@ def export(artifact: str | os.PathLike, to: str = ONNX, **options: Any) -> Expor
     'did you mean'."""
     target = _choice(to, targets(), "--to")
     if target == ONNX:
-        options.pop("device", None)
+        # checked as every command checks it, though the ONNX path's parity runs on the CPU
+        resolve_device(options.pop("device", "auto"))
         options.pop("engine_options", None)
         return export_onnx(artifact, **options)
     options.pop("int8_flavour", None)

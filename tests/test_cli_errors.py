@@ -35,6 +35,7 @@ def _one_error_line(result, text):
      "train.hflip: expected a probability in [0, 1], got 1.5"),
     (["profile", "--recipe", "googlenet-small", "--time", "--batch", ""], "--batch : expected"),
     (["profile", "--recipe", "googlenet-small", "--time", "--seconds", "0"], "--seconds"),
+    (["profile", "--recipe", "googlenet-small", "--time", "--seconds", "nan"], "--seconds"),
     (["profile", "--recipe", "googlenet-small", "--time", "--backend", "onnxrt"],
      "unknown backend 'onnxrt' (did you mean 'onnxruntime'?)"),
     (["profile", "--recipe", "model.onnx"], "profile counts a recipe or a checkpoint"),
@@ -54,6 +55,11 @@ def test_output_paths(cli, run, tmp_path):
     assert plain.read_text() == "x"
     _one_error_line(cli("export", run, "--opset", "3", "--out", tmp_path / "x.onnx"),
                     "--opset 3: expected an opset from 9 to 20")
+    _one_error_line(cli("export", run, "--opset", "0", "--out", tmp_path / "x.onnx"),
+                    "--opset 0: expected an opset from 9 to 20")
+    _one_error_line(cli("export", run, "--device", "tpu", "--out", tmp_path / "x.onnx"),
+                    "--device tpu")
+    assert not (tmp_path / "x.onnx").exists()
     png = tmp_path / "cm.png"
     assert cli("eval", run, "--limit", "5", "--workers", "0", "--plot", png).exit_code == 0
     mask = os.umask(0)

@@ -154,6 +154,8 @@ def test_artifacts_that_cannot_share_inputs_are_one_clear_error(artifacts, tmp_p
 @pytest.mark.parametrize("kwargs, message", [
     ({"samples": 0}, "--samples: expected at least 1"),
     ({"atol": -1.0}, "non-negative tolerances"),
+    ({"rtol": float("nan")}, "finite non-negative tolerances, got 0.0001 and nan"),
+    ({"atol": float("inf")}, "finite non-negative tolerances"),
     ({"data": "/no/such/folder"}, "no such folder"),
 ])
 def test_bad_arguments(artifacts, kwargs, message):

@@ -63,6 +63,14 @@ def test_val_split_is_stratified_and_fixed(tmp_path):
     assert sorted(a.val.labels()) == [0, 0, 1, 1]
     with pytest.raises(DataError, match="pass --val-split"):
         open_data(str(tmp_path / "all"), recipe)
+    # a fraction that leaves one side empty, and one out of range wherever --data points
+    with pytest.raises(DataError, match=r"--val-split 0.99: .*all has 20 images, too few to "
+                                        r"leave some on both sides of the split"):
+        open_data(str(tmp_path / "all"), recipe, val_split=0.99)
+    for spec in ("digits", "synthetic", str(tmp_path / "all")):
+        for bad in (1.5, -0.1, float("nan")):
+            with pytest.raises(DataError, match=r"--val-split: expected a fraction in \(0, 1\)"):
+                open_data(spec, recipe, val_split=bad)
 
 
 def test_ilsvrc_layout(tmp_path):
