@@ -614,21 +614,11 @@ def ground_truth(val_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
         raise DataError(f"{val_dir}: flat val folder without a ground-truth file (looked for "
                         f"LOC_val_solution.csv, val.txt, val_labels.txt)")
     index = {c: i for i, c in enumerate(classes)}
-    labels: dict[str, int] = {}
-    with open(gt, newline="") as fh:
-        if gt.suffix == ".csv":
-            for row in csv.DictReader(fh):
-                labels[row["ImageId"]] = index.get(row["PredictionString"].split()[0], -1)
-        else:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                parts = line.split()
-                if len(parts) != 2:
-                    raise DataError(f"{gt}:{n}: expected 'FILE LABEL', got {line.strip()!r}")
-                name, label = parts
-                labels[Path(name).stem] = (int(label) if label.isdigit() and label not in index
-                                           else index.get(label, -1))
+    try:
+        labels = _read_ground_truth(gt, index)
+    except UnicodeDecodeError:
+        raise DataError(f"{gt}: not a text file (a ground-truth list of 'FILE LABEL' lines or "
+                        f"LOC_val_solution.csv)") from None
     items = []
     for path in sorted(Path(e.path) for e in os.scandir(val_dir)
                        if is_image(e.name) and e.is_file()):
@@ -641,6 +631,34 @@ def ground_truth(val_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     if not items:
         raise DataError(f"{val_dir}: no images")
     return items
+
+
+def _read_ground_truth(gt: Path, index: dict[str, int]) -> dict[str, int]:
+    """``{image stem: label}`` from LOC_val_solution.csv or a ``FILE LABEL`` list (-1: a class
+    the training set lacks)."""
+    labels: dict[str, int] = {}
+    with open(gt, newline="", encoding="utf-8") as fh:
+        if gt.suffix == ".csv":
+            reader = csv.DictReader(fh)
+            if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or []):
+                raise DataError(f"{gt}: expected the columns ImageId,PredictionString, got "
+                                f"{','.join(reader.fieldnames or []) or 'none'}")
+            for n, row in enumerate(reader, 2):
+                words = (row["PredictionString"] or "").split()
+                if not row["ImageId"] or not words:
+                    raise DataError(f"{gt}:{n}: expected 'ImageId,SYNSET ...', got an empty field")
+                labels[row["ImageId"]] = index.get(words[0], -1)
+        else:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                if len(parts) != 2:
+                    raise DataError(f"{gt}:{n}: expected 'FILE LABEL', got {line.strip()!r}")
+                name, label = parts
+                labels[Path(name).stem] = (int(label) if label.isdigit() and label not in index
+                                           else index.get(label, -1))
+    return labels
 
 
 @dataclass

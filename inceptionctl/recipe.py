@@ -283,14 +283,29 @@ _PLAIN_TAGS = (yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML safely into plain data, remembering the line of every key."""
+    too_deep = RecipeError(f"{source}: invalid YAML: nested too deeply (a recipe is a few "
+                           f"levels of plain data)")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
+    except RecursionError:
+        raise too_deep from None
     lines: dict[Path_, int] = {}
     constructor = yaml.constructor.SafeConstructor()
+    inside: set[int] = set()  # the nodes being walked: an alias back to one of them is a cycle
 
     def walk(node: yaml.Node, path: Path_) -> Any:
+        if id(node) in inside:
+            raise RecipeError(f"{source}:{node.start_mark.line + 1}: invalid YAML: an alias "
+                              f"refers to the node that contains it")
+        inside.add(id(node))
+        try:
+            return walk_node(node, path)
+        finally:
+            inside.discard(id(node))
+
+    def walk_node(node: yaml.Node, path: Path_) -> Any:
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
             raise RecipeError(f"{source}:{node.start_mark.line + 1}: invalid YAML: tag "
@@ -316,7 +331,10 @@ def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
         except yaml.YAMLError as exc:
             raise _yaml_error(source, exc) from None
 
-    data = walk(root, ()) if root is not None else None
+    try:
+        data = walk(root, ()) if root is not None else None
+    except RecursionError:
+        raise too_deep from None
     lines.pop((), None)
     return data, lines
 

@@ -93,6 +93,23 @@ def test_ilsvrc_layout(tmp_path):
     assert open_data(str(tmp_path), load_recipe("googlenet-small")).val.labels() == [1, 0, 1]
 
 
+@pytest.mark.parametrize("name,text,message", [
+    ("LOC_val_solution.csv", "Image,Labels\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n",
+     r"LOC_val_solution.csv: expected the columns ImageId,PredictionString, got Image,Labels"),
+    ("LOC_val_solution.csv", "ImageId,PredictionString\nILSVRC2012_val_00000001,\n",
+     r"LOC_val_solution.csv:2: expected 'ImageId,SYNSET ...', got an empty field"),
+    ("LOC_val_solution.csv", b"\xff\xfe\x00\x81binary", r"LOC_val_solution.csv: not a text file"),
+    ("val.txt", b"\x89PNG\r\n\x1a\n\x00\x00\xff", r"val.txt: not a text file"),
+])
+def test_a_broken_ground_truth_file_is_one_line(tmp_path, name, text, message):
+    make_folder(tmp_path / "train", classes=("n01440764", "n01443537"), per_class=3)
+    _save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG", "RGB", fmt="JPEG")
+    gt = tmp_path / name
+    gt.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=message):
+        open_data(str(tmp_path), load_recipe("googlenet-small"))
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "no such folder"),
     ("file", "not a folder"),

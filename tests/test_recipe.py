@@ -177,6 +177,11 @@ MISTAKES = [
      "train.eps: expected a positive number or null, got 0"),
     ("bad rmsprop decay", TINY.replace("eval:", "train: {rmsprop_decay: 1.0}\neval:"), 21,
      "train.rmsprop_decay: expected a value in (0, 1), got 1.0"),
+    ("alias cycle", TINY.replace("name: tiny", "name: tiny\nloop: &loop [*loop]"), 2,
+     "invalid YAML: an alias refers to the node that contains it"),
+    ("nested too deeply", TINY.replace("name: tiny", "name: tiny\ndeep: " + "[" * 5000
+                                       + "]" * 5000), None,
+     "invalid YAML: nested too deeply"),
 ]
 
 
