@@ -137,8 +137,13 @@ def _torchvision_weights(spec: str) -> tuple[Any, str]:
 
 def download_torchvision_weights(weights: Any) -> None:
     """Fetch ``weights`` into the torch hub cache through torchvision's own API: its progress
-    bar, and the hash check of the file name's sha256 prefix."""
-    weights.get_state_dict(progress=True, check_hash=True)
+    bar, and the hash check of the file name's sha256 prefix. torch.hub says ``Downloading:``
+    on stdout; that goes to stderr, so a ``--json`` document on stdout stays one document."""
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        weights.get_state_dict(progress=True, check_hash=True)
 
 
 def torchvision_artifact(spec: str) -> tuple[Path, Recipe]:

@@ -288,3 +288,21 @@ def test_torchvision_googlenet_offline_is_one_line(offline_hub, cli, tmp_path):
         assert out.exit_code == 2 and errors == [f"error: {text}"], (args, out.stderr)
     unknown = cli("eval", "torchvision:resnet50")
     assert unknown.exit_code == 2 and "known: torchvision:googlenet" in unknown.stderr
+
+
+def test_a_download_leaves_stdout_to_the_json(offline_hub, monkeypatch, cli, tmp_path):
+    """torch.hub announces a download on stdout; `predict --json` must still print one JSON
+    document there (the announcement goes to stderr)."""
+    import json
+
+    import torch.hub
+    from PIL import Image
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, hash_prefix=None, progress=True:
+                        torch.save(_tv_googlenet().state_dict(), dst))
+    Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(tmp_path / "a.png")
+    out = cli("predict", tmp_path / "a.png", "--weights", "torchvision:googlenet", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert len(json.loads(out.stdout)["predictions"]) == 1
+    assert f'Downloading: "{TV_URL}"' in out.stderr
