@@ -301,6 +301,8 @@ def read_props(path: str | os.PathLike) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file (weights not loaded); a clear error if unreadable."""
     import onnx
 
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise InceptionError(f"{path}: empty file, not an ONNX model")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

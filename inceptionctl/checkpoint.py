@@ -71,11 +71,34 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         raise InceptionError(f"{path}: is a folder, expected a weights file")
     if path.stat().st_size == 0:
         raise InceptionError(f"{path}: empty file, not a weights file")
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle
+        raise InceptionError(f"{path}: not a PyTorch weights file ({_looks_like(head)})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to parse the file is the file's fault, not ours
         raise InceptionError(f"{path}: cannot be read as weights (only plain tensors are "
                              f"loaded, never code): {one_line(exc, 160)}") from None
+
+
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+               (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"RIFF", "a RIFF (WebP) file"),
+               (b"\x1f\x8b", "a gzip file"), (b"\x93NUMPY", "a NumPy array"))
+
+
+def _looks_like(head: bytes) -> str:
+    """What the first bytes of a file that is not a weights file suggest it is."""
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return f"it looks like {what}"
+    if head[:1] == b"\x08":  # a protobuf's first field, as an ONNX model's ir_version
+        return "it looks like an ONNX model, which needs the .onnx suffix"
+    try:
+        head.decode("utf-8")
+        return "it looks like a text file"
+    except UnicodeDecodeError:
+        return "its first bytes are neither a zip archive nor a pickle"
 
 
 def is_checkpoint(obj: Any) -> bool:

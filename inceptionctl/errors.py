@@ -47,5 +47,5 @@ def one_line(exc: BaseException, limit: int | None = None, default: str | None =
     else:
         text = lines[0]
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"^\w+, \S+:\d+, ", "", text)
+    text = re.sub(r"^\S+, \S+\.(?:cpp|cc|cu|h|hpp):\d+, ", "", text)  # "fn, file.cpp:79, "
     return text[:limit] if limit else text

@@ -105,7 +105,12 @@ def test_model_without_aux_heads_ignores_aux_tensors(tmp_path, small):
 
 @pytest.mark.parametrize("content,message", [
     (b"", "empty file"),
-    (b"this is not a weights file at all", "cannot be read as weights"),
+    (b"this is not a weights file at all", r"not a PyTorch weights file \(it looks like a text "
+                                           r"file\)"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(64), r"not a PyTorch weights file \(it looks like a PNG image\)"),
+    (b"\x08\x07\x12\x07pytorch" + bytes(16), "it looks like an ONNX model, which needs the .onnx"),
+    (b"\x80\x02not really a pickle", "cannot be read as weights"),
+    (b"PK\x03\x04 a zip cut short", "cannot be read as weights"),
 ])
 def test_unreadable_files(tmp_path, small, content, message):
     path = tmp_path / "bad.pth"

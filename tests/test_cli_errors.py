@@ -324,3 +324,23 @@ def test_every_option_a_message_names_exists():
 def test_the_parser_check_refuses_what_the_cli_refuses(argv):
     with pytest.raises(Exception):
         _parse(argv)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("operator(), /__w/vision/vision/torchvision/csrc/io/image/cpu/decode_png.cpp:79, Out of "
+     "bound read in decode_png", "Out of bound read in decode_png"),
+    ("decode_jpeg, /src/decode_jpeg.cpp:123, Not a JPEG file", "Not a JPEG file"),
+    ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions",
+     "Got invalid dimensions"),
+    ("a, b:3, plain text with commas is kept", "a, b:3, plain text with commas is kept"),
+])
+def test_one_line_drops_library_locations(raw, expected):
+    from inceptionctl.errors import one_line
+
+    assert one_line(RuntimeError(raw)) == expected
+
+
+def test_an_empty_onnx_file_says_so(cli, tmp_path):
+    empty = tmp_path / "model.onnx"
+    empty.write_bytes(b"")
+    _one_error_line(cli("eval", empty), f"{empty}: empty file, not an ONNX model")
