@@ -47,7 +47,7 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except InceptionError as exc:
-            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+            _say(f"error: {one_line(exc)}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _interrupted()
@@ -55,6 +55,12 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write, so the lines of processes under torchrun never mix."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _interrupted() -> None:
@@ -69,7 +75,7 @@ class _Command(_NoFlagMetavars, typer.core.TyperCommand):
 def _usage_error(exc: Any) -> None:
     """Click usage errors as one line too, with where to look."""
     where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
-    print(f"error: {exc.format_message()}{where}", file=sys.stderr, flush=True)
+    _say(f"error: {exc.format_message()}{where}")
 
 
 try:  # typer prints usage errors in a rich panel; keep the one-line rule for them too
@@ -324,9 +330,6 @@ def train(
         raise InceptionError(f"--nproc: expected at least 1, got {nproc}")
     if max_restarts is not None:
         _check_restarts(max_restarts, nproc, resume)
-    if nproc is not None and (nproc > 1 or max_restarts is not None) \
-            and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_launch_torchrun(nproc, max_restarts))
     from .recipe import load_recipe
     from .train import SaveEvery, TrainOptions, render, train as run_training
 
@@ -334,8 +337,17 @@ def train(
         raise InceptionError(f"--max-nonfinite: expected at least 1, got {max_nonfinite}")
     if max_steps is not None and max_steps < 1:
         raise InceptionError(f"--max-steps: expected at least 1, got {max_steps}")
+    resolved = load_recipe(recipe, set_)
+    if nproc is not None and (nproc > 1 or max_restarts is not None) \
+            and "WORLD_SIZE" not in os.environ:
+        # the mistakes every process would make, said once, before any process starts
+        _check_paths(data, weights, resume)
+        from .runtime import resolve_device
+
+        resolve_device(device)
+        raise typer.Exit(_launch_torchrun(nproc, max_restarts))
     result = run_training(TrainOptions(
-        recipe=load_recipe(recipe, set_), overrides=list(set_ or []), data=data, out=out,
+        recipe=resolved, overrides=list(set_ or []), data=data, out=out,
         weights=weights, strict_head=not reset_head, resume=resume, device=device,
         precision=precision.value, compile=compile_, channels_last=channels_last,
         workers=workers, decode=decode, val_split=val_split, strict_data=strict_data,
@@ -372,9 +384,22 @@ def _check_restarts(max_restarts: int, nproc: Optional[int], resume: Optional[st
                              "--resume auto (with --out RUN)")
 
 
+def _check_paths(data: str, weights: Optional[Path], resume: Optional[str]) -> None:
+    """``--data``, ``--weights`` and ``--resume PATH`` exist (checked again, fully, by train)."""
+    if data not in ("digits", "synthetic") and not Path(data).exists():
+        raise InceptionError(f"{data}: no such folder (give a folder, 'digits' or 'synthetic')")
+    if weights is not None and not str(weights).startswith("torchvision:") \
+            and not weights.exists():
+        raise InceptionError(f"--weights {weights}: no such file or run folder")
+    if resume not in (None, "auto") and not Path(str(resume)).exists():
+        raise InceptionError(f"--resume {resume}: no checkpoint there (expected a run folder "
+                             f"with last.pt, or a checkpoint file)")
+
+
 def _launch_torchrun(nproc: int, max_restarts: Optional[int] = None) -> int:
     """Re-run this command under torchrun with ``nproc`` processes (and ``max_restarts``
-    restarts); return its exit code."""
+    restarts), through :mod:`inceptionctl.launch` (a failed process is one line, with its
+    exit code, instead of torchrun's traceback); return that exit code."""
     import subprocess
 
     args = list(sys.argv[1:])
@@ -390,7 +415,7 @@ def _launch_torchrun(nproc: int, max_restarts: Optional[int] = None) -> int:
             continue
         cleaned.append(a)
     restarts = [f"--max-restarts={max_restarts}"] if max_restarts is not None else []
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    cmd = [sys.executable, "-m", "inceptionctl.launch", "--standalone",
            f"--nproc-per-node={nproc}", *restarts, "-m", "inceptionctl", *cleaned]
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd)

@@ -111,7 +111,7 @@ def test_elastic_restart_after_a_sigkill_ends_as_an_uninterrupted_run(tmp_path, 
     # train --nproc 2: one torchrun launch, rank 0 alone writes, logs and prints
     assert code0 == 0, err0[-3000:]
     launch = [ln for ln in err0.splitlines() if ln.startswith("launching: ")]
-    assert len(launch) == 1 and "torch.distributed.run --standalone --nproc-per-node=2 -m " \
+    assert len(launch) == 1 and "inceptionctl.launch --standalone --nproc-per-node=2 -m " \
         "inceptionctl train" in launch[0] and "--nproc " not in launch[0], launch
     report = json.loads(out0)  # one document: rank 1 prints nothing
     assert err0.count(f"run folder: {run}\n") == 1, err0
@@ -204,7 +204,7 @@ def test_train_nproc_passes_max_restarts_to_torchrun(cli, monkeypatch, tmp_path)
             str(tmp_path / "run"), "--save-every", "30m"]
     monkeypatch.setattr(sys, "argv", ["inceptionctl", *argv])
     assert cli(*argv).exit_code == 0
-    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone",
+    assert calls == [[sys.executable, "-m", "inceptionctl.launch", "--standalone",
                       "--nproc-per-node=2", "--max-restarts=3", "-m", "inceptionctl", "train",
                       "--resume", "auto", "--out", str(tmp_path / "run"), "--save-every",
                       "30m"]]
@@ -226,3 +226,47 @@ def test_restarts_across_machines_get_a_note(monkeypatch):
     assert _attempt_store(timeout) == (None, SHARED_STORE_NOTE)
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
     assert _attempt_store(timeout) == (None, None)  # a store of the round's own: nothing stale
+
+
+def test_a_mistake_under_nproc_is_said_once_before_any_process_starts(cli, monkeypatch, tmp_path):
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for argv, message in (
+            (["--recipe", str(tmp_path / "nope.yaml")], "nope.yaml: recipe file not found"),
+            (["--data", str(tmp_path / "nope")], "nope: no such folder"),
+            (["--weights", str(tmp_path / "nope.pt")], "--weights " + str(tmp_path / "nope.pt")),
+            (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
+             "--device")):
+        argv = ["train", "--nproc", "2", *argv]
+        monkeypatch.setattr(sys, "argv", ["inceptionctl", *argv])
+        result = cli(*argv)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert calls == []
+
+
+def test_a_failed_process_under_torchrun_is_one_line_with_its_exit_code(tmp_path):
+    """A mistake only the processes find (here, weights that are a text file): each says it in
+    one line, then the launcher one line naming the rank and code; exit 2, as without --nproc."""
+    text = tmp_path / "weights.pt"
+    text.write_text("not weights")
+    done = subprocess.run([sys.executable, "-m", "inceptionctl", "train", "--nproc", "2",
+                           "--weights", str(text), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors[:2] == [f"error: {text}: not a PyTorch weights file (it looks like a text "
+                          f"file)"] * 2
+    assert errors[2].startswith("error: train --nproc 2: rank ") and \
+        errors[2].endswith(" exited with code 2 (2 of the processes failed; the message is "
+                           "above)")
+
+
+def test_the_launcher_reports_a_signal_as_a_shell_does():
+    from inceptionctl.launch import exit_code
+
+    assert (exit_code(2), exit_code(-9), exit_code(-15), exit_code(0)) == (2, 137, 143, 1)

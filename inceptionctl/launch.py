@@ -1,0 +1,45 @@
+"""``python -m inceptionctl.launch TORCHRUN-ARGS``: torchrun, as ``train --nproc`` starts it.
+
+The same launcher as ``python -m torch.distributed.run`` (its arguments, its agent, its
+restarts), with one difference: when a process fails, torchrun raises ``ChildFailedError`` and
+prints a traceback of its own under the process's message. Here that becomes one line naming
+the failed rank and its exit code, and the launcher exits with that code (2 for a user error,
+as a single process would), so a mistake made under ``--nproc`` reads as it does without.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+
+def exit_code(code: int) -> int:
+    """A process's exit code as a shell reports it: 128 + N for a process killed by signal N."""
+    return 128 - code if code < 0 else (code or 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # the agent logs each failed process at ERROR level; the line below says it once
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(args)
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        code = exit_code(failure.exitcode)
+        how = (f"was killed by {signal.Signals(-failure.exitcode).name}"
+               if failure.exitcode < 0 and -failure.exitcode in signal.valid_signals()
+               else f"exited with code {failure.exitcode}")
+        print(f"error: train --nproc {args.nproc_per_node}: rank {rank} {how} "
+              f"({len(failed.failures)} of the processes failed; the message is above)",
+              file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
