@@ -35,9 +35,9 @@ from torch import nn
 from . import distributed as dist_utils
 from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
     save_checkpoint
-from .data import (Batch, KeyedSampler, Transformed, default_workers, eval_transform,
-                   finish_on_device, finish_photometric, loader, open_data, steps_per_epoch,
-                   train_transform)
+from .data import (Batch, DataError, KeyedSampler, Transformed, default_workers,
+                   eval_transform, finish_on_device, finish_photometric, loader, open_data,
+                   steps_per_epoch, train_transform)
 from .errors import CheckFailed, InceptionError, OutputError
 from .filelist import FileLists
 from .files import write_text_atomic
@@ -958,7 +958,12 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
         while state.epoch < t.epochs and stop_reason is None:
             stop_reason, epoch = _train_epoch(run, trainer, state, loaders, interval, stop,
                                               progress, clock)
-            skipped_images += _report_bad_images(run, state.epoch, epoch.bad_images)
+            bad = _report_bad_images(run, state.epoch, epoch.bad_images)
+            skipped_images += bad
+            if bad and epoch.seen == 0 and stop_reason is None:
+                raise DataError(f"{opts.data}: none of the training images could be read in "
+                                f"epoch {state.epoch + 1} ({bad} unreadable; the first: "
+                                f"{epoch.bad_images[0][0] if epoch.bad_images else '?'})")
             if stop_reason is not None and state.step_in_epoch < run.per_epoch:
                 break  # mid-epoch stop: save the position, no validation
             _end_of_epoch(run, trainer, state, epoch, loaders.val)

@@ -370,6 +370,22 @@ def test_bad_data_in_training(tmp_path, tiny_recipe):
     assert sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*")) == snapshot
 
 
+def test_a_training_set_none_of_which_reads_is_an_error(tmp_path, tiny_recipe):
+    """Every image unreadable: an epoch of no steps is not a trained model."""
+    data = tmp_path / "data"
+    make_folder(data / "val", classes=("a", "b"), per_class=3)
+    for c in ("a", "b"):
+        (data / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            (data / "train" / c / f"{c}{i}.png").write_bytes(b"not a png")
+    recipe = load_recipe(tiny_recipe, ["model.num_classes=2", "train.epochs=1",
+                                       "train.batch_size=2"])
+    with pytest.raises(InceptionError, match=r"data: none of the training images could be read "
+                                             r"in epoch 1 \(6 unreadable; the first: .*\.png\)"):
+        train(_opts(recipe, tmp_path, data=str(data)))
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
 def _cli(*args, env=None, **kw):
     kw.setdefault("timeout", 600)  # run() kills the child when it expires
     return subprocess.run([sys.executable, "-m", "inceptionctl", *map(str, args)],
