@@ -179,9 +179,11 @@ def _list_of(option: str, choices: type[Enum]) -> Callable[[Any], str]:
     """A parser for a comma-separated list whose every item is one of ``choices``."""
 
     def parse(value: Any) -> str:
-        for item in str(value).split(","):
-            if item.strip():
-                _one_of(option, choices)(item.strip())
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        if not items:  # an empty list would time nothing and say nothing
+            raise _expected(option, repr(str(value)), [str(c.value) for c in choices])
+        for item in items:
+            _one_of(option, choices)(item)
         return str(value)
 
     return parse

@@ -43,6 +43,7 @@ from typing import Any, Callable, cast
 import torch
 
 from .backend import BuildContext, Quantizer
+from .data import DataError
 from .errors import InceptionError
 from .recipe import Recipe
 from .runtime import (autocast, choose_precision, choose_session_precision, probe_key,
@@ -347,6 +348,8 @@ def _time_backend(name: str, opts: SpeedOptions, ckpt: Path, ctx: BuildContext,
                                        opts.iters, opts.seconds)
                     rows.append(_row(name, label, batch, "inference", times, macs, 1,
                                      peak(session.info.precision), device))
+        except DataError:
+            raise  # the user's --calib-data, not the backend: an error, not a row
         except InceptionError as exc:
             rows.append(SpeedRow(name, prec, 0, available=False, reason=str(exc)))
     return rows

@@ -36,6 +36,8 @@ def _one_error_line(result, text):
     (["profile", "--recipe", "googlenet-small", "--time", "--batch", ""], "--batch : expected"),
     (["profile", "--recipe", "googlenet-small", "--time", "--seconds", "0"], "--seconds"),
     (["profile", "--recipe", "googlenet-small", "--time", "--seconds", "nan"], "--seconds"),
+    (["profile", "--recipe", "googlenet-small", "--time", "--precision", ""],
+     "--precision '': expected auto, fp32, bf16, fp16 or int8"),
     (["profile", "--recipe", "googlenet-small", "--time", "--backend", "onnxrt"],
      "unknown backend 'onnxrt' (did you mean 'onnxruntime'?)"),
     (["profile", "--recipe", "model.onnx"], "profile counts a recipe or a checkpoint"),

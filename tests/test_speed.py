@@ -98,6 +98,15 @@ def test_profile_calib_data_is_checked(cli, tmp_path):
                   "--calib-data", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "--calib-data" in missing.stderr
     assert "no such folder" in missing.stderr
+    unreadable = tmp_path / "unreadable" / "a"
+    unreadable.mkdir(parents=True)
+    for i in range(2):
+        (unreadable / f"{i}.png").write_bytes(b"not a png")
+    bad = cli("profile", "--recipe", "googlenet-small", "--time", "--precision", "int8",
+              "--backend", "onnxruntime", "--batch", "1", "--calib-data", unreadable.parent)
+    assert bad.exit_code == 2, bad.stdout  # the user's images, not an unavailable backend
+    assert bad.stderr.strip().splitlines()[-1] == (f"error: {unreadable.parent}: none of the 2 "
+                                                   f"images could be read")
     untimed = cli("profile", "--recipe", "googlenet-small", "--calib-data", "digits")
     assert untimed.exit_code == 2 and "add --time" in untimed.stderr
 
