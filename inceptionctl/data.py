@@ -1040,7 +1040,8 @@ def eval_source(spec: str, classes: list[str], resize: int) -> ImageSource:
         return source
     root = Path(spec)
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder (give an image folder or 'digits')")
+        raise DataError(f"{root}: {'not a folder' if root.exists() else 'no such folder'} "
+                        f"(give an image folder or 'digits')")
     if (root / "val").is_dir():
         root = root / "val"
     if not class_folders(root):
@@ -1122,7 +1123,8 @@ def _folder_images(root: Path, classes: list[str], resize: int, split: str
     """(labelled, description, count, fetch) of an image folder: the model's classes when its
     folders name them, else its images unlabelled."""
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder (give an image folder, 'digits' or 'random')")
+        raise DataError(f"{root}: {'not a folder' if root.exists() else 'no such folder'} "
+                        f"(give an image folder, 'digits' or 'random')")
     source = None
     if split == "train" and (root / "train").is_dir():
         root = root / "train"

@@ -208,10 +208,12 @@ def _suffixes(to: str) -> tuple[str, ...]:
 def _output(source: Path, out: str | os.PathLike | None, to: str, precision: str) -> Path:
     path = Path(out) if out is not None else default_output(source, to, precision)
     suffixes = _suffixes(to)
-    if path.suffix.lower() not in suffixes:
-        raise InceptionError(f"--out {path}: a {to} file must end in {' or '.join(suffixes)}")
     if path.exists() and path.is_dir():
-        raise InceptionError(f"--out {path}: is a folder; give a file name")
+        raise InceptionError(f"--out {path}: is a folder; give a file name (ending in "
+                             f"{' or '.join(suffixes)})")
+    if path.suffix.lower() not in suffixes:
+        raise InceptionError(f"--out {path}: the {to} file's name must end in "
+                             f"{' or '.join(suffixes)}")
     if path.exists() and path.resolve() == source.resolve():
         raise InceptionError(f"--out {path}: is the input artifact; inputs are never overwritten")
     folder = path.parent
@@ -241,10 +243,17 @@ def _recipe(recipe: Recipe | str | os.PathLike | None) -> Recipe | None:
     return load_recipe(recipe)
 
 
-def _check_opset(opset: int) -> None:
-    """The opsets torch's exporter writes and ONNX Runtime runs; checked before any work."""
+def _batch_error(batch: str | None) -> Callable[[str], InceptionError] | None:
+    """``--batch TEXT: why``, when the range came from the command line."""
+    return None if not batch else (lambda msg: InceptionError(f"--batch {batch}: {msg}"))
+
+
+def _check_opset(opset: int, given: str = "--opset") -> None:
+    """The opsets torch's exporter writes and ONNX Runtime runs; checked before any work.
+    ``given``: where the value came from (``--opset``, or the recipe's ``export.opset``)."""
     if not 9 <= opset <= 20:
-        raise InceptionError(f"--opset {opset}: expected an opset from 9 to 20 (default 17)")
+        name = f"--opset {opset}" if given == "--opset" else f"{given}={opset}"
+        raise InceptionError(f"{name}: expected an opset from 9 to 20 (default 17)")
 
 
 def _check_count(samples: int | None, batch: tuple[int, int, int], data: Any) -> int:
@@ -292,9 +301,10 @@ def _prepare(src: Path, out: Any, to: str, precision: str, batch: str | None,
              calib_data: Any) -> _Job:
     """Load ``src`` and check the rest of the arguments, before any file is written."""
     model, resolved, classes, pre, source = load_with_facts(src, _recipe(recipe), overrides)
-    bounds = parse_batch_range(batch or resolved.export.batch)
+    bounds = parse_batch_range(batch or resolved.export.batch, _batch_error(batch))
+    _check_opset(int(resolved.export.opset if opset is None else opset),
+                 "--opset" if opset is not None else "export.opset")
     opset = int(resolved.export.opset if opset is None else opset)
-    _check_opset(opset)
     if to == ONNX and precision == "int8" and opset < 13:
         raise InceptionError(f"--opset {opset}: INT8 (per-channel QDQ) needs opset 13 or newer")
     path = _output(src, out, to, precision)
@@ -474,7 +484,7 @@ def _engine_from_onnx(src: Path, to: str, builder: Backend, out: Any, precision:
     if have != "fp32" and have != precision:
         raise InceptionError(f"{src}: is a {have} ONNX; build it with --precision {have} (or "
                              f"start from the fp32 ONNX)")
-    bounds = parse_batch_range(batch) if batch else tuple(meta["batch"])
+    bounds = parse_batch_range(batch, _batch_error(batch)) if batch else tuple(meta["batch"])
     path = _output(src, out, to, precision)
     if path.resolve() == src.resolve():
         raise InceptionError(f"--out {path}: is the input artifact; inputs are never overwritten")

@@ -838,6 +838,9 @@ def _read_source(name_or_path: str | Path) -> tuple[str, str]:
     path = Path(text_name)
     looks_like_path = path.suffix in (".yaml", ".yml") or "/" in text_name or path.exists()
     if looks_like_path:
+        if path.is_dir():
+            raise RecipeError(f"{text_name}: is a folder; give a recipe file (a run folder's "
+                              f"is {text_name.rstrip('/')}/recipe.yaml)")
         if not path.is_file():
             raise RecipeError(f"{text_name}: recipe file not found")
         try:

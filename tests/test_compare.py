@@ -157,6 +157,7 @@ def test_artifacts_that_cannot_share_inputs_are_one_clear_error(artifacts, tmp_p
     ({"rtol": float("nan")}, "finite non-negative tolerances, got 0.0001 and nan"),
     ({"atol": float("inf")}, "finite non-negative tolerances"),
     ({"data": "/no/such/folder"}, "no such folder"),
+    ({"data": __file__}, "test_compare.py: not a folder"),
 ])
 def test_bad_arguments(artifacts, kwargs, message):
     with pytest.raises(InceptionError, match=message):

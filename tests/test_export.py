@@ -392,11 +392,13 @@ def test_report_json_and_table(tmp_path):
     ({"precision": "int8", "calib_data": "digits", "opset": 11}, "opset 13 or newer"),
     ({"calib_method": "minmaxx"}, "did you mean 'minmax'"),
     ({"int8_flavour": "gpu"}, "--int8-flavour 'gpu'"),
-    ({"batch": "8:2:1"}, "1 <= MIN <= OPT <= MAX"),
-    ({"out": "model.onx"}, "must end in .onnx"),
+    ({"batch": "8:2:1"}, "--batch 8:2:1: .*1 <= MIN <= OPT <= MAX"),
+    ({"out": "model.onx"}, "--out model.onx: the onnx file's name must end in .onnx"),
+    ({"out": "."}, r"--out \.: is a folder; give a file name \(ending in .onnx\)"),
     ({"calib_samples": 0, "precision": "int8", "calib_data": "digits"}, "--calib-samples"),
     ({"check_samples": 0}, "--check-samples"),
     ({"calib_data": "/no/such/folder"}, "no such folder"),
+    ({"calib_data": __file__}, "test_export.py: not a folder"),
 ])
 def test_bad_arguments_are_one_clear_line(tmp_path, kwargs, message):
     recipe = tiny(tmp_path)
@@ -406,12 +408,21 @@ def test_bad_arguments_are_one_clear_line(tmp_path, kwargs, message):
     assert err.value.exit_code == 2 and "\n" not in str(err.value)
 
 
+def test_an_opset_from_the_recipe_is_named_as_the_recipe_key():
+    from inceptionctl.export import _check_opset
+
+    with pytest.raises(InceptionError, match=r"^export.opset=3: expected an opset from 9 to 20"):
+        _check_opset(3, "export.opset")
+    with pytest.raises(InceptionError, match=r"^--opset 21: expected an opset from 9 to 20"):
+        _check_opset(21)
+
+
 def test_bad_artifacts(tmp_path):
     with pytest.raises(InceptionError, match="no such file"):
         export_onnx(tmp_path / "missing.pt", **QUIET)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00not a checkpoint")
-    with pytest.raises(InceptionError, match="cannot be read as weights"):
+    with pytest.raises(InceptionError, match="not a PyTorch weights file"):
         export_onnx(junk, **QUIET)
     recipe = tiny(tmp_path)
     ckpt = make_checkpoint(tmp_path / "m.pt", recipe)

@@ -232,6 +232,10 @@ def test_unknown_recipe_name_and_missing_file(cli, tmp_path):
     missing = tmp_path / "nope.yaml"
     result = cli("recipes", "show", missing)
     assert result.exit_code == 2 and f"{missing}: recipe file not found" in result.stderr
+    folder = cli("recipes", "show", tmp_path)
+    assert folder.exit_code == 2
+    assert f"{tmp_path}: is a folder; give a recipe file (a run folder's is {tmp_path}/" \
+        "recipe.yaml)" in folder.stderr
 
 
 def test_empty_and_non_mapping(write_recipe):
