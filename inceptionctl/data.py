@@ -1179,11 +1179,16 @@ def load_samples(data: str | os.PathLike | None, preprocessing: Mapping[str, Any
     if not xs:
         raise DataError(f"{spec}: none of the {n} images could be read")
     labels = torch.tensor(ys) if labelled else None
-    return Samples(torch.stack(xs), labels, f"{desc} ({len(xs)} images)", skipped)
+    unread = f", {skipped} unreadable skipped" if skipped else ""
+    return Samples(torch.stack(xs), labels, f"{desc} ({len(xs)} images{unread})", skipped)
 
 
 def calibration_batches(data: str | os.PathLike | None, preprocessing: Mapping[str, Any],
-                        classes: list[str], count: int, batch: int = 16) -> list[Tensor]:
-    """``count`` preprocessed calibration images (the training part of ``data``) in batches."""
+                        classes: list[str], count: int, batch: int = 16,
+                        log: Callable[[str], Any] | None = None) -> list[Tensor]:
+    """``count`` preprocessed calibration images (the training part of ``data``) in batches;
+    ``log`` hears how many unreadable files were skipped, if any."""
     samples = load_samples(data, preprocessing, classes, count, split="train")
+    if samples.skipped and log is not None:
+        log(f"calibration: {samples.description}")
     return list(samples.images.split(max(1, batch)))

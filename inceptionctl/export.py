@@ -390,7 +390,8 @@ def export_onnx(artifact: str | os.PathLike, out: str | os.PathLike | None = Non
     else:
         log(f"export: {src} -> {job.path} (int8 {int8_flavour}, opset {job.opset}, batch "
             f"{lo}:{opt}:{hi})")
-        calib = calibration_batches(calib_data, job.pre, job.classes, calib_samples, batch=opt)
+        calib = calibration_batches(calib_data, job.pre, job.classes, calib_samples, batch=opt,
+                                    log=log)
         with tempfile.TemporaryDirectory(prefix="inceptionctl-export-") as tmp:
             fp32 = write_onnx(job.model, job.pre, job.bounds, job.opset, job.props,
                               Path(tmp) / "fp32.onnx", job.doc)
@@ -458,7 +459,8 @@ def _build(builder: Backend, to: str, onnx_path: Path, out: Path, precision: str
     calib_data, pre, classes, calib_samples, calib_method = calib_args
     calib, int8 = None, None
     if precision == "int8" and not quantized:
-        calib = calibration_batches(calib_data, pre, classes, calib_samples, batch=bounds[1])
+        calib = calibration_batches(calib_data, pre, classes, calib_samples, batch=bounds[1],
+                                    log=log)
         flavour = cast(EngineBuilder, builder).int8_flavour
         if flavour:
             qdq = onnx_path.with_name(onnx_path.stem + ".int8.onnx")

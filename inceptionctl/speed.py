@@ -251,7 +251,7 @@ def _build_context(ckpt: Path, tmp: Path, batches: list[int], device: torch.devi
                 log(f"int8: calibrating on {CALIB_IMAGES} images of the embedded digits "
                     f"(--calib-data PATH for your own)")
             made["calib"] = calibration_batches(calib_data or "digits", pre, classes,
-                                                CALIB_IMAGES, batch=batch[1])
+                                                CALIB_IMAGES, batch=batch[1], log=log)
         return made["calib"]
 
     def quantized(flavour: str) -> Path:

@@ -823,7 +823,11 @@ def _end_of_epoch(run: _Run, trainer: Trainer, state: TrainState, epoch: _Epoch,
               "val_top1": metrics["top1"],
               "val_top5": metrics["top5"], "val_loss": metrics["loss"], "lr": trainer.lr,
               "img_per_s": epoch.seen / max(1e-9, seconds), "seconds": seconds,
-              "weights": "ema" if trainer.ema is not None else "model"}
+              "weights": "ema" if trainer.ema is not None else "model",
+              "val_unreadable": metrics["bad"]}
+    if metrics["bad"] and run.ctx.is_main:
+        run.log(f"epoch {state.epoch + 1}: validation skipped {metrics['bad']} unreadable "
+                f"image(s); val_top1 counts the {metrics['images']} it read")
     state.history.append(record)
     state.epoch += 1
     state.step_in_epoch = 0

@@ -502,6 +502,27 @@ def test_random_samples_are_deterministic_and_preprocessed():
     assert other.labels is None and "unlabelled" in other.description
 
 
+def test_unreadable_calibration_and_check_images_are_counted_and_said(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from inceptionctl.data import calibration_batches
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    pre = preprocessing(load_recipe("googlenet-small"))
+    samples = load_samples(folder.parent, pre, ["x", "y"], 8)
+    assert samples.skipped == 1 and "(3 images, 1 unreadable skipped)" in samples.description
+    said = []
+    batches = calibration_batches(folder.parent, pre, ["x", "y"], 8, batch=2, log=said.append)
+    assert [len(b) for b in batches] == [2, 1]
+    assert said == [f"calibration: {folder.parent} (unlabelled) (3 images, 1 unreadable "
+                    f"skipped)"]
+
+
 def test_float16_graph_keeps_lrn_and_softmax_in_fp32_with_casts_at_the_edges():
     """The converter on a hand-made graph: Conv in fp16, LRN and Softmax fed fp32, float32 I/O,
     and numbers that agree with the fp32 graph where fp16 would overflow inside LRN."""

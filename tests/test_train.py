@@ -357,14 +357,20 @@ def test_bad_data_in_training(tmp_path, tiny_recipe):
     make_folder(data / "val", classes=("a", "b"), per_class=3)
     _bad_files(data / "train")
     (data / "train" / "b" / "empty.png").write_bytes(b"")  # a second zero-byte file
-    snapshot = sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*"))
     recipe = load_recipe(tiny_recipe, ["model.num_classes=2", "train.epochs=1",
                                        "train.batch_size=8"])
     logs = []
+    (data / "val" / "a" / "broken.png").write_bytes(b"not a png")
+    snapshot = sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*"))
     result = train(_opts(recipe, tmp_path, logs=logs, data=str(data)))
     assert result.skipped_images == 4
     line = next(m for m in logs if "unreadable image" in m)
     assert "skipped 4 unreadable image(s)" in line and "/train/a/" in line
+    # the validation set's unreadable image: said, and kept in metrics.jsonl
+    assert "epoch 1: validation skipped 1 unreadable image(s); val_top1 counts the 6 it read" \
+        in logs
+    (record,) = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert record["val_unreadable"] == 1
     with pytest.raises(InceptionError, match="cannot read image .*--strict-data"):
         train(_opts(recipe, tmp_path, "strict", data=str(data), strict_data=True))
     assert sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*")) == snapshot
