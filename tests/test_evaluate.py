@@ -247,7 +247,7 @@ def test_eval_bad_inputs(tiny_run, cli, tmp_path, case):
         bogus = tmp_path / "model.pt"
         bogus.write_bytes(b"hello")
         args[0] = bogus
-        message = "cannot be read as weights"
+        message = "not a PyTorch weights file (it looks like a text file)"
     elif case == "bad crops":
         args += ["--crops", "1,12"]
         message = "each count must be 1, 10 or 144"
