@@ -220,7 +220,8 @@ def _output(source: Path, out: str | os.PathLike | None, to: str, precision: str
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not os.access(folder, os.W_OK):
-        raise InceptionError(f"--out {path}: cannot write into {folder} (permission denied)")
+        given = f"--out {path}" if out is not None else f"{path} (the default output; pass --out)"
+        raise InceptionError(f"{given}: cannot write into {folder} (permission denied)")
     return path
 
 

@@ -442,6 +442,12 @@ def test_unwritable_output_folder(tmp_path, read_only_folder):
         export_onnx(ckpt, out=read_only_folder / "m.onnx", **QUIET)
     assert err.value.exit_code == 2 and "\n" not in str(err.value)
     assert not list(read_only_folder.iterdir())
+    # no --out given: the default output next to the input is named as such
+    from inceptionctl.export import _output
+
+    with pytest.raises(InceptionError, match=r"^\S+m\.onnx \(the default output; pass --out\): "
+                                             r"cannot write into .*locked \(permission denied\)"):
+        _output(read_only_folder / "m.pt", None, "onnx", "fp32")
 
 
 def test_tensorrt_export_here_is_a_clean_unavailable_error(tmp_path):
