@@ -11,7 +11,7 @@
       10% from one minute to the next and the fp32 rate by less, so the printed ratios show how
       far one run's P2 can be trusted. Beside them, the machine's own int8 and fp32 matrix
       multiply rates, measured just after the processes (``speed.matmul_peak``): on the 2-core
-      AMD EPYC this was tuned on, the int8 one moved between 1,650 and 1,910 GOP/s from one
+      AMD EPYC this was tuned on, the int8 one moved between 1,650 and 1,945 GOP/s from one
       minute to the next while the fp32 one stayed near 435 GFLOP/s, and P2 moved with it.
 * P5  ONNX Runtime fp32 >= 2.5 x torchvision's eager googlenet in its default NCHW fp32 form.
 * GPU (when CUDA is here): TensorRT fp16 vs torch eager fp32 at batch 32 (>= 5x).

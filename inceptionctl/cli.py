@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .errors import InceptionError, one_line
+from .errors import InceptionError, one_line, say
 from .files import check_output_file
 
 
@@ -57,15 +57,12 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
-def _say(line: str) -> None:
-    """One line on stderr in one write, so the lines of processes under torchrun never mix."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+_say = say
 
 
 def _interrupted() -> None:
     """The one line a Ctrl-C leaves on stderr."""
-    print(f"interrupted (exit {INTERRUPTED})", file=sys.stderr, flush=True)
+    say(f"interrupted (exit {INTERRUPTED})")
 
 
 class _Command(_NoFlagMetavars, typer.core.TyperCommand):

@@ -637,7 +637,7 @@ def _read_ground_truth(gt: Path, index: dict[str, int]) -> dict[str, int]:
     """``{image stem: label}`` from LOC_val_solution.csv or a ``FILE LABEL`` list (-1: a class
     the training set lacks)."""
     labels: dict[str, int] = {}
-    with open(gt, newline="", encoding="utf-8") as fh:
+    with open(gt, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's BOM
         if gt.suffix == ".csv":
             reader = csv.DictReader(fh)
             if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or []):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 
 class InceptionError(Exception):
@@ -49,3 +50,10 @@ def one_line(exc: BaseException, limit: int | None = None, default: str | None =
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
     text = re.sub(r"^\S+, \S+\.(?:cpp|cc|cu|h|hpp):\d+, ", "", text)  # "fn, file.cpp:79, "
     return text[:limit] if limit else text
+
+
+def say(line: str) -> None:
+    """``line`` on stderr in one write (print writes the text and the newline apart), so the
+    lines of processes sharing a terminal under torchrun never run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

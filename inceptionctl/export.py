@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ from .backend import (Backend, EngineBuilder, Quantizer, backend_for_suffix, eng
 from .checkpoint import load_with_facts
 from .compare import Parity, prove_parity
 from .data import calibration_batches, load_samples
-from .errors import CheckFailed, InceptionError
+from .errors import CheckFailed, InceptionError, say
 from .recipe import Recipe, load_recipe, parse_batch_range
 from .runtime import resolve_device
 
@@ -67,7 +66,7 @@ class ExportCheckFailed(CheckFailed):
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    say(msg)
 
 
 def _choice(value: str, allowed: Sequence[str], what: str, extra: str = "") -> str:

@@ -13,6 +13,8 @@ import logging
 import signal
 import sys
 
+from .errors import say
+
 
 def exit_code(code: int) -> int:
     """A process's exit code as a shell reports it: 128 + N for a process killed by signal N."""
@@ -31,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as failed:
         rank, failure = failed.get_first_failure()
         code = exit_code(failure.exitcode)
+        killed = failure.exitcode < 0
         how = (f"was killed by {signal.Signals(-failure.exitcode).name}"
-               if failure.exitcode < 0 and -failure.exitcode in signal.valid_signals()
+               if killed and -failure.exitcode in signal.valid_signals()
                else f"exited with code {failure.exitcode}")
-        print(f"error: train --nproc {args.nproc_per_node}: rank {rank} {how} "
-              f"({len(failed.failures)} of the processes failed; the message is above)",
-              file=sys.stderr, flush=True)
+        # a process killed by a signal (the OOM killer, say) said nothing of its own
+        said = "" if killed else "; the message is above"
+        say(f"error: train --nproc {args.nproc_per_node}: rank {rank} {how} "
+            f"({len(failed.failures)} of the processes failed{said})")
         return code
     return 0
 

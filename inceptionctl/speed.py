@@ -429,7 +429,8 @@ def render(report: SpeedReport) -> Any:
                       f"{r.gflops:,.1f}",
                       "-" if r.peak_fraction is None else f"{r.peak_fraction:.0%}",
                       f"{r.peak_memory_mib:,.0f}")
-    peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report.peaks.items() if v > 0)
+    peaks = ", ".join(f"{k} {v:,.0f} {'GOP/s' if k.endswith('/int8') else 'GFLOP/s'}"
+                      for k, v in report.peaks.items() if v > 0)
     notes = [f"machine limit (GEMM): {peaks}"] if peaks else []
     notes += [f"({i}) {escape(reason)}" for i, reason in enumerate(reasons, 1)]
     table.caption = "\n".join(notes) or None

@@ -38,7 +38,7 @@ from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
 from .data import (Batch, DataError, KeyedSampler, Transformed, default_workers,
                    eval_transform, finish_on_device, finish_photometric, loader, open_data,
                    steps_per_epoch, train_transform)
-from .errors import CheckFailed, InceptionError, OutputError
+from .errors import CheckFailed, InceptionError, OutputError, say
 from .filelist import FileLists
 from .files import write_text_atomic
 from .model import GoogLeNet, build_model
@@ -80,7 +80,7 @@ class TrainOptions:
     synthetic_count: int = 512
     log_every: int = 10  # steps between host syncs: loss, progress, signals, the non-finite guard
     save_every: "SaveEvery | None" = None  # also write last.pt inside an epoch
-    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+    log: Callable[[str], None] = field(default=say)
     progress: bool | None = None  # None: a live bar when stderr is a terminal
 
 
@@ -257,10 +257,6 @@ def _new_run_folder(opts: TrainOptions, recipe: Recipe) -> Path:
         if (out / "last.pt").exists():
             raise InceptionError(f"{out}: already holds a run (last.pt); continue it with "
                                  f"--resume {out}, or choose another --out")
-        mine = out / "recipe.yaml"  # training writes the resolved recipe there
-        if mine.is_file() and mine.read_text(errors="replace") != recipe.to_yaml():
-            raise InceptionError(f"--out {out}: holds a recipe.yaml that is not this run's "
-                                 f"(training would replace it); choose another --out")
         return out
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = opts.runs_dir / f"{recipe.name}-{stamp}"
@@ -269,6 +265,16 @@ def _new_run_folder(opts: TrainOptions, recipe: Recipe) -> Path:
         n += 1
         out = Path(f"{base}-{n}")
     return out
+
+
+def _check_recipe_file(out: Path, recipe: Recipe) -> None:
+    """A new run writes its resolved recipe to ``out/recipe.yaml``: a file there with other
+    text is not this run's (the user's own recipe, say) and is never replaced. The same text
+    is this command's earlier try that stopped before its first checkpoint: it may go on."""
+    mine = out / "recipe.yaml"
+    if mine.is_file() and mine.read_text(errors="replace") != recipe.to_yaml():
+        raise InceptionError(f"--out {out}: holds a recipe.yaml that is not this run's "
+                             f"(training would replace it); choose another --out")
 
 
 def _find_resume(opts: TrainOptions, recipe_name: str) -> Path | None:
@@ -910,6 +916,8 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count, lists)
     recipe = _follow_classes(recipe, splits.classes, opts.data, fixed=ckpt is not None,
                              log=log)
+    if resume_path is None:
+        _check_recipe_file(out, recipe)
     t = recipe.train
     if len(splits.train) < t.batch_size * ctx.world:
         raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "

@@ -100,6 +100,9 @@ def test_ilsvrc_layout(tmp_path):
      r"LOC_val_solution.csv:2: expected 'ImageId,SYNSET ...', got an empty field"),
     ("LOC_val_solution.csv", b"\xff\xfe\x00\x81binary", r"LOC_val_solution.csv: not a text file"),
     ("val.txt", b"\x89PNG\r\n\x1a\n\x00\x00\xff", r"val.txt: not a text file"),
+    # a spreadsheet's byte-order mark is not part of the first column's name
+    ("LOC_val_solution.csv", "\ufeffImageId,PredictionString\nILSVRC2012_val_00000001,\n",
+     r"LOC_val_solution.csv:2: expected 'ImageId,SYNSET ...', got an empty field"),
 ])
 def test_a_broken_ground_truth_file_is_one_line(tmp_path, name, text, message):
     make_folder(tmp_path / "train", classes=("n01440764", "n01443537"), per_class=3)

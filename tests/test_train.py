@@ -602,7 +602,8 @@ def test_no_channels_last_trains_the_same_steps(tmp_path, tiny_recipe, monkeypat
 
 def test_a_recipe_file_in_out_is_never_replaced(tiny_recipe, tmp_path):
     """The user's own recipe.yaml in --out (say, the one they train from) is left as it was;
-    a failed run's own recipe.yaml (the same resolved text) does not block a new try."""
+    the recipe.yaml of this command's earlier try, which stopped before its first checkpoint,
+    does not block the next one (a retry, or torchrun restarting a process that died)."""
     out = tmp_path / "exp"
     out.mkdir()
     theirs = out / "recipe.yaml"
@@ -612,6 +613,19 @@ def test_a_recipe_file_in_out_is_never_replaced(tiny_recipe, tmp_path):
                                              r"run's \(training would replace it\)"):
         train(_opts(load_recipe(theirs), tmp_path, name="exp", max_steps=1))
     assert theirs.read_text() == text
-    theirs.write_text(load_recipe(tiny_recipe).to_yaml())
-    train(_opts(load_recipe(tiny_recipe), tmp_path, name="exp", max_steps=1))
-    assert (out / "last.pt").is_file()
+
+    # a try that fails after writing its recipe.yaml (no training image reads), then the same
+    # command once the images are fixed; the written recipe follows the data's two classes
+    data = tmp_path / "data"
+    make_folder(data / "val", classes=("a", "b"), per_class=3)
+    for c in ("a", "b"):
+        (data / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            (data / "train" / c / f"{c}{i}.png").write_bytes(b"not a png")
+    recipe = load_recipe(tiny_recipe, ["train.epochs=1", "train.batch_size=2"])
+    with pytest.raises(InceptionError, match="none of the training images could be read"):
+        train(_opts(recipe, tmp_path, name="retry", data=str(data)))
+    assert "classes: [a, b]" in (tmp_path / "retry" / "recipe.yaml").read_text()
+    make_folder(data / "train", classes=("a", "b"), per_class=3)  # the same names, now images
+    train(_opts(recipe, tmp_path, name="retry", data=str(data)))
+    assert (tmp_path / "retry" / "last.pt").is_file()
