@@ -150,7 +150,8 @@ def time_calls(step: Callable[[], Any], device: torch.device, warmup: int, iters
     return out
 
 
-def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int = 5) -> float:
+def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int = 5,
+                budget_s: float = 0.25) -> float:
     """G(FL)OP/s of an n x n x n matrix multiply on ``device`` in ``precision`` (the machine's
     limit); 2 operations per multiply-add, as the rows count them.
 
@@ -161,28 +162,45 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int 
     input, which is the same product (fp32 only: torch's bf16 ``torch.mm`` is oneDNN's already).
     ``int8`` is an int8 x int8 -> int32 multiply (``torch._int_mm``), so INT8 rows are not read
     against the float limit; 0.0 where torch has no int8 GEMM on ``device``.
+
+    A library without a fast path for ``precision`` here (bf16 on a CPU without it takes about
+    a minute for one 2048-cube product) is timed at a size whose product takes about
+    ``budget_s``, from a first 512-cube one, so the limit costs seconds, not minutes.
     """
-    if precision == "int8":
-        ai = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
-        bi = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
-        try:
-            torch._int_mm(ai, bi)
-        except (RuntimeError, NotImplementedError, AttributeError):
-            return 0.0
-        calls: list[Callable[[], Any]] = [lambda: torch._int_mm(ai, bi)]
-    else:
+    def candidates(m: int) -> list[Callable[[], Any]]:
+        if precision == "int8":
+            ai = torch.randint(-128, 128, (m, m), dtype=torch.int8, device=device)
+            bi = torch.randint(-128, 128, (m, m), dtype=torch.int8, device=device)
+            return [lambda: torch._int_mm(ai, bi)]
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
                  "fp16": torch.float16}.get(precision, torch.float32)
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        calls = [lambda: torch.mm(a, b)]
-        if device.type == "cpu" and dtype == torch.float32 and n % 32 == 0:
-            x = a.reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
-            w = b.reshape(n, n, 1, 1)
-            calls.append(lambda: torch.nn.functional.conv2d(x, w))
-    best = min(percentile(time_calls(call, device, warmup=2, iters=iters, seconds=None), 50)
-               for call in calls)
-    return 2.0 * n ** 3 / best / 1e9
+        a = torch.randn(m, m, device=device).to(dtype)
+        b = torch.randn(m, m, device=device).to(dtype)
+        found: list[Callable[[], Any]] = [lambda: torch.mm(a, b)]
+        if device.type == "cpu" and dtype == torch.float32 and m % 32 == 0:
+            x = a.reshape(1, m, 32, m // 32).contiguous(memory_format=torch.channels_last)
+            w = b.reshape(m, m, 1, 1)
+            found.append(lambda: torch.nn.functional.conv2d(x, w))
+        return found
+
+    small = min(n, 512)
+    try:
+        first = [time_calls(call, device, warmup=1, iters=1, seconds=None)[0]
+                 for call in candidates(small)]
+    except (RuntimeError, NotImplementedError, AttributeError):
+        if precision == "int8":
+            return 0.0
+        raise
+    best = 0.0
+    for index, seconds in enumerate(first):
+        # the size this library multiplies in about budget_s (n at most, 512 at least)
+        m = n
+        while m > small and seconds * (m / small) ** 3 > budget_s:
+            m //= 2
+        call = candidates(m)[index]
+        t = percentile(time_calls(call, device, warmup=1, iters=iters, seconds=None), 50)
+        best = max(best, 2.0 * m ** 3 / t / 1e9)
+    return best
 
 
 def machine_info(device: torch.device, versions: dict[str, str]) -> dict[str, Any]:

@@ -189,3 +189,26 @@ def test_the_int8_limit_is_an_int8_multiply(monkeypatch):
 
     monkeypatch.setattr(torch, "_int_mm", missing)
     assert matmul_peak(torch.device("cpu"), "int8", n=256, iters=2) == 0.0
+
+
+def test_a_slow_gemm_library_is_timed_at_a_smaller_size(monkeypatch):
+    """bf16 on a CPU without it multiplies at a few GFLOP/s: the limit must not take minutes."""
+    import time
+
+    import torch
+
+    from inceptionctl.speed import matmul_peak
+
+    sizes = []
+
+    def slow_mm(a, b):  # 1 GFLOP/s of multiply-adds: a 2048-cube product would take 8.6 s
+        sizes.append(a.shape[0])
+        time.sleep(a.shape[0] ** 3 / 1e9)
+        return a
+
+    monkeypatch.setattr(torch, "mm", slow_mm)
+    started = time.perf_counter()
+    peak = matmul_peak(torch.device("cpu"), "bf16", n=2048, iters=3)
+    assert time.perf_counter() - started < 5.0
+    assert set(sizes) == {512}  # timed where one product takes about the budget
+    assert 1.0 < peak <= 2.0  # 2 operations per multiply-add at 1 G multiply-adds/s
