@@ -47,7 +47,7 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except InceptionError as exc:
-            _say(f"error: {one_line(exc)}")
+            say(f"error: {one_line(exc)}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _interrupted()
@@ -55,9 +55,6 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
-
-
-_say = say
 
 
 def _interrupted() -> None:
@@ -72,7 +69,7 @@ class _Command(_NoFlagMetavars, typer.core.TyperCommand):
 def _usage_error(exc: Any) -> None:
     """Click usage errors as one line too, with where to look."""
     where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
-    _say(f"error: {exc.format_message()}{where}")
+    say(f"error: {exc.format_message()}{where}")
 
 
 try:  # typer prints usage errors in a rich panel; keep the one-line rule for them too
@@ -385,8 +382,10 @@ def _check_restarts(max_restarts: int, nproc: Optional[int], resume: Optional[st
 
 def _check_paths(data: str, weights: Optional[Path], resume: Optional[str]) -> None:
     """``--data``, ``--weights`` and ``--resume PATH`` exist (checked again, fully, by train)."""
-    if data not in ("digits", "synthetic") and not Path(data).exists():
-        raise InceptionError(f"{data}: no such folder (give a folder, 'digits' or 'synthetic')")
+    from .data import data_root
+
+    if data not in ("digits", "synthetic"):
+        data_root(data)
     if weights is not None and not str(weights).startswith("torchvision:") \
             and not weights.exists():
         raise InceptionError(f"--weights {weights}: no such file or run folder")

@@ -669,6 +669,16 @@ class Splits:
     description: str
 
 
+def data_root(spec: str) -> Path:
+    """``--data``'s folder (not 'digits' or 'synthetic'), or one line saying why not."""
+    root = Path(spec)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder (give a folder, 'digits' or 'synthetic')")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    return root
+
+
 def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
               synthetic_count: int = 512, lists: FileLists | None = None) -> Splits:
     """Resolve ``--data`` to train and val sources (folders listed through ``lists``)."""
@@ -681,11 +691,7 @@ def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
         train = synthetic(recipe, synthetic_count, seed=0)
         val = synthetic(recipe, max(8, synthetic_count // 8), seed=1)
         return Splits(train, val, train.classes, f"synthetic ({synthetic_count} random images)")
-    root = Path(spec)
-    if not root.exists():
-        raise DataError(f"{root}: no such folder (give a folder, 'digits' or 'synthetic')")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+    root = data_root(spec)
     if (root / "train").is_dir():
         train = image_folder(root / "train", lists=lists)
         val_dir = root / "val"

@@ -302,9 +302,9 @@ def _prepare(src: Path, out: Any, to: str, precision: str, batch: str | None,
     """Load ``src`` and check the rest of the arguments, before any file is written."""
     model, resolved, classes, pre, source = load_with_facts(src, _recipe(recipe), overrides)
     bounds = parse_batch_range(batch or resolved.export.batch, _batch_error(batch))
-    _check_opset(int(resolved.export.opset if opset is None else opset),
-                 "--opset" if opset is not None else "export.opset")
+    given = "--opset" if opset is not None else "export.opset"
     opset = int(resolved.export.opset if opset is None else opset)
+    _check_opset(opset, given)
     if to == ONNX and precision == "int8" and opset < 13:
         raise InceptionError(f"--opset {opset}: INT8 (per-channel QDQ) needs opset 13 or newer")
     path = _output(src, out, to, precision)

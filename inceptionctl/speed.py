@@ -184,9 +184,10 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int 
         return found
 
     small = min(n, 512)
+    built: dict[int, list[Callable[[], Any]]] = {}
     try:
         first = [time_calls(call, device, warmup=1, iters=1, seconds=None)[0]
-                 for call in candidates(small)]
+                 for call in built.setdefault(small, candidates(small))]
     except (RuntimeError, NotImplementedError, AttributeError):
         if precision == "int8":
             return 0.0
@@ -197,7 +198,9 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int 
         m = n
         while m > small and seconds * (m / small) ** 3 > budget_s:
             m //= 2
-        call = candidates(m)[index]
+        if m not in built:
+            built[m] = candidates(m)
+        call = built[m][index]
         t = percentile(time_calls(call, device, warmup=1, iters=iters, seconds=None), 50)
         best = max(best, 2.0 * m ** 3 / t / 1e9)
     return best

@@ -376,14 +376,19 @@ def test_bad_data_in_training(tmp_path, tiny_recipe):
     assert sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*")) == snapshot
 
 
-def test_a_training_set_none_of_which_reads_is_an_error(tmp_path, tiny_recipe):
-    """Every image unreadable: an epoch of no steps is not a trained model."""
-    data = tmp_path / "data"
+def _unreadable_training_set(data: Path) -> None:
+    """Classes a and b: readable val images, train images (3 each) that are not PNGs."""
     make_folder(data / "val", classes=("a", "b"), per_class=3)
     for c in ("a", "b"):
         (data / "train" / c).mkdir(parents=True)
         for i in range(3):
             (data / "train" / c / f"{c}{i}.png").write_bytes(b"not a png")
+
+
+def test_a_training_set_none_of_which_reads_is_an_error(tmp_path, tiny_recipe):
+    """Every image unreadable: an epoch of no steps is not a trained model."""
+    data = tmp_path / "data"
+    _unreadable_training_set(data)
     recipe = load_recipe(tiny_recipe, ["model.num_classes=2", "train.epochs=1",
                                        "train.batch_size=2"])
     with pytest.raises(InceptionError, match=r"data: none of the training images could be read "
@@ -617,11 +622,7 @@ def test_a_recipe_file_in_out_is_never_replaced(tiny_recipe, tmp_path):
     # a try that fails after writing its recipe.yaml (no training image reads), then the same
     # command once the images are fixed; the written recipe follows the data's two classes
     data = tmp_path / "data"
-    make_folder(data / "val", classes=("a", "b"), per_class=3)
-    for c in ("a", "b"):
-        (data / "train" / c).mkdir(parents=True)
-        for i in range(3):
-            (data / "train" / c / f"{c}{i}.png").write_bytes(b"not a png")
+    _unreadable_training_set(data)
     recipe = load_recipe(tiny_recipe, ["train.epochs=1", "train.batch_size=2"])
     with pytest.raises(InceptionError, match="none of the training images could be read"):
         train(_opts(recipe, tmp_path, name="retry", data=str(data)))
