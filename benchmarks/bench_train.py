@@ -1,13 +1,27 @@
-"""P3: training img/s of googlenet (+ aux) vs a naive torchvision loop, in the same process.
+"""P3: training img/s of googlenet (+ aux) vs a naive torchvision loop.
 
 Both sides: synthetic 224x224 data, the same batch, SGD (momentum 0.9, weight decay), loss =
 main + 0.3 x (aux1 + aux2). The naive loop is torchvision's googlenet in fp32 NCHW; ours is the
 ``googlenet`` recipe's model stepped by ``inceptionctl.trainer.Trainer``, as ``inceptionctl
 train`` steps it (the recipe's loss and SGD, channels_last, bf16 autocast where the CPU has it,
 fp16/bf16 AMP on CUDA, the non-finite guard), less the Polyak copy, which the naive loop lacks.
+
+The naive loop is timed in two ways, interleaved with ours (the best of two rounds each):
+
+* as a user runs such a script (P3's baseline): ``python`` with nothing set, in a fresh process
+  of its own (``--naive``). glibc there maps and unmaps each tensor above 32 MiB, so every step
+  faults the pages of the largest activations in again;
+* in the bench's own process, where freed memory is kept as ``inceptionctl`` keeps it
+  (``host.keep_freed_memory``), so the ratio against it is what the rest of ours (channels_last,
+  the fused step, the precision) is worth alone. Both ratios are printed.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
 
 import torch
 import torchvision
@@ -63,24 +77,63 @@ def _choose(device: torch.device, batch: int, precision: str, budget_s: float):
     return choose_precision(precision, device, probe, key=key, use_cache=False)
 
 
+def _timed(make, device: torch.device, warmup: int, iters: int, batch: int) -> tuple[float, float]:
+    """(img/s, peak MiB) of the step ``make()`` builds."""
+    torch.manual_seed(0)
+    reset_peak_memory(device)
+    step = make()
+    sec = seconds_per_call(step, warmup, iters, device)
+    return batch / sec, peak_memory_mib(device)
+
+
+def _naive_in_a_process(device: torch.device, batch: int, warmup: int, iters: int
+                        ) -> tuple[float, float]:
+    """(img/s, peak MiB) of the naive loop in a fresh ``python``, as a user runs a script."""
+    cmd = [sys.executable, __file__, "--naive", "--device", str(device), "--batch", str(batch),
+           "--warmup", str(warmup), "--iters", str(iters)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"naive-loop process failed: {done.stderr.strip()[-500:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return row["img/s"], row["peak MiB"]
+
+
 def measure(device: torch.device, batch: int = 16, warmup: int = 2, iters: int = 6,
-            precision: str = "auto", probe_budget_s: float = 1.0) -> Goal:
+            precision: str = "auto", probe_budget_s: float = 1.0, rounds: int = 2) -> Goal:
     choice = _choose(device, batch, precision, probe_budget_s)
     precision = choice.precision
-    rows = {}
-    for name, make in (("naive fp32 NCHW", lambda: _naive_step(device, batch)),
-                       (f"ours {precision} channels_last", lambda: _our_step(device, batch, precision))):
-        torch.manual_seed(0)
-        reset_peak_memory(device)
-        step = make()
-        sec = seconds_per_call(step, warmup, iters, device)
-        rows[name] = (batch / sec, peak_memory_mib(device))
-        del step
-    (base_ips, base_mem), (ours_ips, ours_mem) = rows.values()
+    best = {"plain": (0.0, 0.0), "ours": (0.0, 0.0), "kept": (0.0, 0.0)}
+    for _ in range(rounds):  # interleaved, the best of each: a shared machine's rate drifts
+        for side, run in (
+                ("plain", lambda: _naive_in_a_process(device, batch, warmup, iters)),
+                ("ours", lambda: _timed(lambda: _our_step(device, batch, precision), device,
+                                        warmup, iters, batch)),
+                ("kept", lambda: _timed(lambda: _naive_step(device, batch), device, warmup,
+                                        iters, batch))):
+            best[side] = max(best[side], run())
+    (base_ips, base_mem), (ours_ips, ours_mem), (kept_ips, _) = best.values()
     label = "P3 train img/s vs naive" + (" (cuda)" if device.type == "cuda" else "")
-    # 1.6x from channels_last and the fused step alone; 2.0x where a lower precision pays
+    # 1.6x from channels_last, the fused step and kept memory; 2.0x where a lower precision pays
     target = 2.0 if precision != "fp32" else 1.6
     return Goal(label, ours_ips / base_ips, target, details={
         "naive img/s": base_ips, "ours img/s": ours_ips, "naive peak MiB": base_mem,
-        "ours peak MiB": ours_mem, "batch": batch, "precision": precision},
+        "ours peak MiB": ours_mem, "batch": batch, "precision": precision,
+        "naive img/s, memory kept": kept_ips, "vs naive, memory kept": ours_ips / kept_ips},
         extra={"precision_choice": choice.to_json(), "decision": choice.describe()})
+
+
+def _naive_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="P3's naive loop, in this process")
+    parser.add_argument("--naive", action="store_true", required=True)
+    parser.add_argument("--device", default="cpu")
+    for option, default in (("--batch", 16), ("--warmup", 2), ("--iters", 6)):
+        parser.add_argument(option, type=int, default=default)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    ips, mem = _timed(lambda: _naive_step(device, args.batch), device, args.warmup, args.iters,
+                      args.batch)
+    print(json.dumps({"img/s": ips, "peak MiB": mem}))
+
+
+if __name__ == "__main__":
+    _naive_main(sys.argv[1:])

@@ -26,14 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 iteration")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
-    # as `inceptionctl` runs: freed memory stays in the process (both sides of every ratio)
+    # as `inceptionctl` runs: freed memory stays in the process (both sides of every ratio but
+    # P3's, whose naive loop runs as a plain script, in a process of its own)
     from inceptionctl.host import keep_freed_memory
 
     keep_freed_memory()
     goals = []
     cpu = torch.device("cpu")
     if args.quick:
-        goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1, probe_budget_s=0.0))
+        goals.append(bench_train.measure(cpu, batch=2, warmup=0, iters=1, probe_budget_s=0.0,
+                                            rounds=1))
         goals.append(bench_eval.measure("googlenet-small", images=2, batch=16, iters=1,
                                         image_size=(48, 40), workers=0))
         goals += bench_infer.measure(batch=2, warmup=0, iters=1, recipe_name="googlenet-small",
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         goals.append(bench_loader.measure())
         if torch.cuda.is_available():
             goals += bench_infer.measure_gpu()
-            goals.append(bench_train.measure(torch.device("cuda"), batch=64, warmup=5, iters=20))
+            goals.append(bench_train.measure(torch.device("cuda"), batch=64, warmup=5, iters=20,
+                                            rounds=1))
     code = report(goals, args.out)
     return 0 if args.quick else code
 
