@@ -3,7 +3,8 @@
 ``infer``: the torch backend's session (what ``eval`` runs: host batch in, host logits out)
 against the raw forward of the same model on device-resident input, per precision (fp32,
 bf16, fp16 autocast), channels_last, batch 1/32/256. ``train``: one training step of
-googlenet-bn at batch 128, AMP (bf16 or fp16 autocast, channels_last) against fp32 eager.
+googlenet-bn at batch 128: ours (``Trainer``, bf16 or fp16) against a plain fp32 eager loop,
+with that loop's AMP forms beside it.
 ``decode``: the training loader on generated 500x375 JPEGs (the P6 benchmark's), batches
 delivered on the device: workers decoding and augmenting (``train --decode cpu``) against
 workers that only read the files and the GPU decoding and augmenting each batch
@@ -100,41 +101,57 @@ def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> 
 
 
 def train(device: torch.device, recipe: str, batch: int, iters: int) -> list[dict]:
-    """Training step throughput: fp32 eager (PyTorch's defaults: cuDNN may use TF32 for
-    convolutions), fp32 with TF32 off, and AMP (bf16, fp16 with a GradScaler; channels_last)."""
+    """Training step throughput. The baseline is a plain fp32 eager loop (PyTorch's defaults:
+    cuDNN may use TF32 for convolutions; NCHW, SGD); beside it the same loop with TF32 off and
+    with AMP (bf16, fp16 with a GradScaler; channels_last). Ours is
+    ``inceptionctl.trainer.Trainer``'s step as ``inceptionctl train --precision bf16|fp16``
+    runs it (channels_last, the fused SGD, the non-finite guard), less the Polyak copy, which the
+    loops lack; the row's ratio is the faster of ours against the fp32 loop."""
+    from inceptionctl.data import Batch
+    from inceptionctl.trainer import Trainer
+
     r = load_recipe(recipe)
     size = r.data.input_size
     out = {}
-    modes = ("fp32", "fp32-notf32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
-    for mode in modes:
+    loops = ("fp32", "fp32-notf32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
+    ours = ("bf16", "fp16") if device.type == "cuda" else ("bf16",)
+    for mode in loops + tuple(f"ours-{p}" for p in ours):
         torch.manual_seed(0)
-        amp = mode in ("bf16", "fp16")
-        dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+        precision = mode.removeprefix("ours-")
+        amp = precision in ("bf16", "fp16")
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         torch.backends.cudnn.allow_tf32 = mode != "fp32-notf32"
         model = build_model(r).to(device).train()
         if amp:
             model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
         x = torch.randn(batch, 3, size, size, device=device)
         if amp:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, r.model.num_classes, (batch,), device=device)
-        loss_fn = torch.nn.CrossEntropyLoss()
+        if mode.startswith("ours-"):
+            trainer = Trainer(model, r, device, precision, ema=False)
+            data = Batch(x, y, [])
 
-        def step() -> None:
-            with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                logits, aux = model.forward_train(x)
-                loss = loss_fn(logits, y) + 0.3 * sum(loss_fn(a, y) for a in aux)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            def step() -> None:
+                trainer.step(data)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+            loss_fn = torch.nn.CrossEntropyLoss()
+
+            def step() -> None:
+                with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                    logits, aux = model.forward_train(x)
+                    loss = loss_fn(logits, y) + 0.3 * sum(loss_fn(a, y) for a in aux)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
 
         out[mode] = _per_second(step, batch, device, 3, iters)
-        del model, opt
+        del model, step
     torch.backends.cudnn.allow_tf32 = True
-    best = max(("bf16", "fp16"), key=lambda m: out.get(m, 0.0))
+    best = max((f"ours-{p}" for p in ours), key=lambda m: out[m])
     row = {"step": "train", "recipe": recipe, "batch": batch, "amp": best,
            "fp32_img_s": round(out["fp32"], 1), "amp_img_s": round(out[best], 1),
            "amp_vs_fp32": round(out[best] / out["fp32"], 3)}
