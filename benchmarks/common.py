@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from inceptionctl.speed import machine_info, percentile, time_calls
+from inceptionctl.speed import busy_note, machine_info, percentile, time_calls
 
 
 def seconds_per_call(step: Callable[[], Any], warmup: int, iters: int,
@@ -34,7 +34,7 @@ class Goal:
         return None if self.measured is None else self.measured >= self.target
 
 
-def report(goals: list[Goal], out: Path) -> int:
+def report(goals: list[Goal], out: Path, busy: float | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -50,11 +50,15 @@ def report(goals: list[Goal], out: Path) -> int:
                       (details + (f"; {g.note}" if g.note else "")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = machine_info(device, {})
+    machine["busy_before"] = None if busy is None else round(busy, 3)
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["cpu_flags"].items())
     console = Console(width=200)
     console.print(f"machine: {machine['cpu']} ({machine['threads']} threads; {flags}; oneDNN "
                   f"bf16 {'yes' if machine['cpu_bf16'] else 'no'})"
                   + (f"; GPU {machine['gpu']}" if machine["gpu"] else ""), highlight=False)
+    warning = busy_note(busy, os.cpu_count() or 1)
+    if warning:
+        console.print(f"warning: {warning}", highlight=False)
     for g in goals:
         if "decision" in g.extra:
             console.print(f"{g.name}: {g.extra['decision']}", highlight=False)

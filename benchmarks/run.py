@@ -19,6 +19,7 @@ import bench_infer  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_train  # noqa: E402
 from common import report  # noqa: E402
+from inceptionctl.speed import busy_fraction  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from inceptionctl.host import keep_freed_memory
 
     keep_freed_memory()
+    busy = busy_fraction()  # others' share of the CPUs before the run: a warning where high
     goals = []
     cpu = torch.device("cpu")
     if args.quick:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             goals += bench_infer.measure_gpu()
             goals.append(bench_train.measure(torch.device("cuda"), batch=64, warmup=5, iters=20,
                                             rounds=1))
-    code = report(goals, args.out)
+    code = report(goals, args.out, busy)
     return 0 if args.quick else code
 
 

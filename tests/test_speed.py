@@ -1,6 +1,8 @@
 """The timed profile: every JSON field on tiny settings, unavailable backends as rows."""
 
 import json
+import os
+import time
 
 import pytest
 
@@ -212,3 +214,61 @@ def test_a_slow_gemm_library_is_timed_at_a_smaller_size(monkeypatch):
     assert time.perf_counter() - started < 5.0
     assert set(sizes) == {512}  # timed where one product takes about the budget
     assert 1.0 < peak <= 2.0  # 2 operations per multiply-add at 1 G multiply-adds/s
+
+
+def test_one_stalled_call_does_not_shrink_the_gemm(monkeypatch):
+    """On a shared machine one product can stall for a time slice: the probe takes the fastest
+    of a few calls, so a fast library is still timed at full size."""
+    import torch
+
+    from inceptionctl import speed
+
+    sizes, timed = [], []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: sizes.append(a.shape[0]) or int_mm(a, b))
+
+    def clock(call, device, warmup, iters, seconds):  # 1 TOP/s, but the first timed call stalls
+        call()
+        timed.append(sizes[-1])
+        return [0.5 if len(timed) == 1 else 2.0 * sizes[-1] ** 3 / 1e12] * iters
+
+    monkeypatch.setattr(speed, "time_calls", clock)
+    assert speed.matmul_peak(torch.device("cpu"), "int8", n=1024, iters=2) == pytest.approx(1000)
+    assert timed[-1] == 1024  # the limit's product is the full size
+
+
+def test_busy_fraction_sees_other_processes():
+    import subprocess
+    import sys
+
+    from inceptionctl.speed import busy_fraction
+
+    if busy_fraction(0.05) is None:
+        import pytest
+
+        pytest.skip("no /proc/stat here")
+    spin = "import time\nt = time.time() + 20\nwhile time.time() < t: pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)
+        assert busy_fraction(0.5) > 0.6
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_profile_warns_when_the_machine_was_busy():
+    from rich.console import Console
+
+    from inceptionctl.speed import SpeedReport, render
+
+    machine = {"device": "cpu", "gpu": None, "cpu": "Some CPU", "threads": 2, "versions": {}}
+    out = []
+    for busy in (0.9, 0.05, None):
+        report = SpeedReport("googlenet", 224, 1, {**machine, "busy_before": busy}, {}, [])
+        console = Console(width=200, record=True)
+        console.print(render(report))
+        out.append(console.export_text())
+    assert "warning: the machine was busy: other processes used 90% of its" in out[0]
+    assert "busy" not in out[1] and "busy" not in out[2]
