@@ -921,7 +921,8 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     t = recipe.train
     if len(splits.train) < t.batch_size * ctx.world:
         raise InceptionError(f"{opts.data}: {len(splits.train)} training images, fewer than one "
-                             f"batch ({t.batch_size} x {ctx.world} processes)")
+                             f"batch ({t.batch_size} x {ctx.world} processes): lower it with "
+                             f"--set train.batch_size=N")
     if ctx.note is not None:
         log(ctx.note)
     if ctx.active:  # every process says where it stands, on every machine

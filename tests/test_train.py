@@ -322,7 +322,8 @@ def test_own_folder_trains_with_the_data_classes(tmp_path, tiny_recipe):
     assert ckpt["state_dict"]["fc.weight"].shape[0] == 2
     # a batch larger than the training set stays a clear error
     with pytest.raises(InceptionError, match="24 training images, fewer than one batch "
-                                             r"\(32 x 1 processes\)"):
+                                             r"\(32 x 1 processes\): lower it with "
+                                             r"--set train.batch_size=N"):
         train(_opts(load_recipe(tiny_recipe), tmp_path, "big", data=str(tmp_path / "two")))
 
 
