@@ -84,19 +84,49 @@ def jpeg_header(data: bytes | bytearray) -> JpegHeader | None:
     return None
 
 
+#: The most pixels an image may have: PIL's decompression-bomb limit (2 x MAX_IMAGE_PIXELS). A
+#: few hundred bytes of PNG or JPEG can declare 100000 x 100000 pixels.
+MAX_PIXELS = 2 * 89_478_485
+
+
+def declared_size(data: bytes | bytearray) -> tuple[int, int] | None:
+    """(width, height) from a PNG's or JPEG's header, without decoding; None for others."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    header = jpeg_header(data)
+    return None if header is None else (header.width, header.height)
+
+
 def decode_full(data: bytearray) -> Tensor:
-    """Decode JPEG/PNG/... bytes to uint8 ``[3, H, W]`` RGB (PIL where torchvision cannot)."""
+    """Decode JPEG/PNG/... bytes to uint8 ``[3, H, W]`` RGB (PIL where torchvision cannot).
+
+    16-bit images (PNG, TIFF) are scaled to 8 bits, as an 8-bit copy of the same picture would
+    read; an image whose header declares more than :data:`MAX_PIXELS` is refused undecoded.
+    """
     if not data:
         raise ValueError("empty file")
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ValueError(f"image too large: {size[0]}x{size[1]} pixels, over the limit of "
+                         f"{MAX_PIXELS:,}")
     try:
         img = tvio.decode_image(torch.frombuffer(data, dtype=torch.uint8),
                                 mode=tvio.ImageReadMode.RGB)
     except RuntimeError as exc:
         # Modes libjpeg/libpng decode but cannot convert (e.g. some CMYK JPEGs): PIL can.
         img = _decode_with_pil(data, exc)
+    if img.dtype == torch.uint16:  # libpng keeps 16-bit samples: 0..65535
+        img = to_uint8(img)
     if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
         raise ValueError(f"decoded to an unexpected shape {tuple(img.shape)}")
     return img
+
+
+def to_uint8(img: Tensor) -> Tensor:
+    """16-bit samples scaled to 8 bits (``x * 255 / 65535``, rounded), as torchvision scales."""
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.to_dtype(img, torch.uint8, scale=True)
 
 
 def _decode_with_pil(data: bytearray, first: Exception) -> Tensor:
@@ -112,6 +142,9 @@ def _decode_with_pil(data: bytearray, first: Exception) -> Tensor:
 
 def _pil_rgb(im) -> Tensor:
     """A PIL image as uint8 ``[3, H, W]`` (a view of ``H, W, 3`` memory)."""
+    if im.mode.startswith("I;16"):  # 16-bit grey: PIL's convert("RGB") would clip at 255
+        grey = torch.from_numpy(np.array(im).astype(np.uint16))
+        return to_uint8(grey).expand(3, *grey.shape)
     if im.mode != "RGB":
         im = im.convert("RGB")
     return torch.from_numpy(np.array(im)).permute(2, 0, 1)

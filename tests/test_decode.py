@@ -460,3 +460,50 @@ def test_device_path_on_cuda_matches_the_cpu_path(tmp_path):
 def test_keeping_freed_memory_is_harmless_where_it_applies():
     keep_freed_memory_in_worker()  # glibc: set; elsewhere: nothing
     assert torch.ones(3_000_000).sum() == 3_000_000
+
+
+def _png16(rgb16: np.ndarray) -> bytearray:
+    """A 16-bit RGB PNG of ``rgb16`` (``H x W x 3`` uint16), written by hand (PIL cannot)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb16)
+    return bytearray(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_images_read_as_their_8_bit_copies(tmp_path):
+    """libpng keeps 16-bit samples (0..65535) and PIL clips them at 255: both must read as the
+    8-bit copy of the same picture, or a 16-bit file is classified as noise."""
+    rgb8 = np.asarray(_photo(40, 30).convert("RGB"))
+    eight = decode_full(bytearray(_encode(Image.fromarray(rgb8), "PNG")))
+    sixteen = decode_full(_png16(rgb8.astype(np.uint16) * 257))
+    assert sixteen.dtype == torch.uint8 and torch.equal(sixteen, eight)
+    grey = rgb8[..., 0]
+    tiff = decode_full(bytearray(_encode(Image.fromarray(grey.astype(np.uint16) * 257), "TIFF")))
+    assert torch.equal(tiff, torch.from_numpy(grey).expand(3, *grey.shape))
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_undecoded(tmp_path):
+    import struct
+    import zlib
+
+    png = bytearray(_png16(np.zeros((2, 2, 3), np.uint16)))
+    body = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)  # a 370-byte "bomb"
+    png[16:29] = body
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
+    with pytest.raises(ValueError, match=r"image too large: 100000x100000 pixels"):
+        decode_full(png)
+
+
+def _encode(im: Image.Image, fmt: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
