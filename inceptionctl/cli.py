@@ -52,9 +52,31 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
         except KeyboardInterrupt:
             _interrupted()
             raise typer.Exit(INTERRUPTED) from None
+        except (MemoryError, RuntimeError) as exc:
+            line = out_of_memory(exc)
+            if line is None:
+                raise
+            say(f"error: {line}")
+            raise typer.Exit(1) from None
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """One line for an allocation that failed (torch's CPU or CUDA allocator, Python's), or
+    None for any other error: a huge ``--batch`` or ``--samples`` ends here, not in a
+    traceback."""
+    import re
+
+    text = str(exc)
+    if not isinstance(exc, MemoryError) and not re.search(
+            r"can't allocate memory|out of memory|bad_alloc|DefaultCPUAllocator", text):
+        return None
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    size = f": tried to allocate {int(asked.group(1)) / 1e9:,.1f} GB" if asked else ""
+    return (f"out of memory{size}; lower --batch or --samples (or the images given), or free "
+            "memory")
 
 
 def _interrupted() -> None:
