@@ -38,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .artifact import resolve_artifact, resolve_with_recipe
-from .errors import InceptionError
+from .errors import InceptionError, one_line
 
 __all__ = ["GROUP", "ArtifactInfo", "Availability", "Backend", "BackendUnavailable",
            "BuildContext", "EngineBuilder", "Quantizer", "Session", "backend_for",
@@ -302,7 +302,34 @@ def get_backend(name: str) -> Backend:
                              f"inceptionctl.backend.Backend")
     if not backend.name:
         backend.name = name
+    if not eps[name].value.startswith("inceptionctl."):
+        _guard(backend, eps[name].value)
     return backend
+
+
+def _guard(backend: Backend, where: str) -> None:
+    """A third-party backend whose ``availability`` or ``open`` raises is unavailable, or one
+    line naming it, instead of taking the command down with its traceback."""
+    availability, open_ = backend.availability, backend.open
+
+    def guarded_availability() -> Availability:
+        try:
+            return availability()
+        except Exception as exc:
+            return Availability(False, f"availability() failed in {where}: {one_line(exc)}")
+
+    def guarded_open(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return open_(*args, **kwargs)
+        except InceptionError:
+            raise
+        except Exception as exc:
+            raise InceptionError(f"backend '{backend.name}' ({where}) failed to open "
+                                 f"{args[0] if args else kwargs.get('path', '')}: "
+                                 f"{one_line(exc)}") from None
+
+    backend.availability = guarded_availability  # type: ignore[method-assign]
+    backend.open = guarded_open  # type: ignore[method-assign]
 
 
 def backend_for(path: Path, forced: str | None = None) -> Backend:

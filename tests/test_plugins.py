@@ -94,6 +94,30 @@ class OnnxCopyBackend(Backend):
     def build_engine(self, onnx_path, out, precision, batch, calib_batches, log, *, device):
         shutil.copyfile(onnx_path, out)
         return Path(out)
+
+
+class RaisingBackend(Backend):
+    """A plugin whose availability check itself fails."""
+    name = "raising"
+    suffixes = (".rz",)
+
+    def availability(self):
+        raise RuntimeError("boom in availability")
+
+    def open(self, path, device="cpu", **options):
+        raise AssertionError("never opened")
+
+
+class BadOpenBackend(Backend):
+    """Available, but its open fails with a plain exception."""
+    name = "badopen"
+    suffixes = (".bo",)
+
+    def availability(self):
+        return Availability(True, "", "0.1", ("cpu",))
+
+    def open(self, path, device="cpu", **options):
+        raise OSError("boom in open")
 '''
 
 
@@ -111,6 +135,8 @@ def plugin(tmp_path, monkeypatch):
         const = constplug:ConstBackend
         onnxcopy = constplug:OnnxCopyBackend
         broken = constplug_missing:Nothing
+        raising = constplug:RaisingBackend
+        badopen = constplug:BadOpenBackend
         """))
     monkeypatch.syspath_prepend(str(site))
     return tmp_path
@@ -207,3 +233,23 @@ def test_an_engine_is_built_from_an_exported_onnx(plugin, cli, tmp_path):
     assert "parity against m.onnx (fp32, ONNX Runtime)" in data["notes"]
     again = cli("export", tmp_path / "m.onnx", "--to", "onnx")
     assert again.exit_code == 2 and "already an exported model" in again.stderr
+
+
+def test_a_plugin_that_raises_is_unavailable_or_one_line(plugin, cli):
+    """A third-party availability() or open() that raises must not take a command down."""
+    rows = {r["name"]: r for r in json.loads(cli("backends", "--json").stdout)["backends"]}
+    assert not rows["raising"]["available"]
+    assert rows["raising"]["reason"] == ("availability() failed in constplug:RaisingBackend: "
+                                         "boom in availability")
+    (plugin / "m.rz").write_text("x")
+    out = cli("eval", plugin / "m.rz", "--data", "digits", "--limit", "2")
+    assert out.exit_code == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: backend 'raising' is not available: availability() failed in "
+        "constplug:RaisingBackend: boom in availability")
+    (plugin / "m.bo").write_text("x")
+    out = cli("eval", plugin / "m.bo", "--data", "digits", "--limit", "2")
+    assert out.exit_code == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: backend 'badopen' (constplug:BadOpenBackend) failed to open {plugin / 'm.bo'}: "
+        "boom in open")
