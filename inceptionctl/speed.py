@@ -426,6 +426,12 @@ def _time_backend(name: str, opts: SpeedOptions, ckpt: Path, ctx: BuildContext,
             raise  # the user's --calib-data, not the backend: an error, not a row
         except InceptionError as exc:
             rows.append(SpeedRow(name, prec, 0, available=False, reason=str(exc)))
+    if not rows:  # nothing asked for is something this backend runs: say so, not an empty table
+        asked = ", ".join(opts.precisions)
+        why = f"{name} runs none of {asked}: its precisions are {', '.join(backend.precisions)}"
+        if "auto" in opts.precisions:
+            why += " (auto times a backend that switches precision, as torch does)"
+        rows.append(SpeedRow(name, asked, 0, available=False, reason=why))
     return rows
 
 

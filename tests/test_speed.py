@@ -272,3 +272,18 @@ def test_profile_warns_when_the_machine_was_busy():
         out.append(console.export_text())
     assert "warning: the machine was busy: other processes used 90% of its" in out[0]
     assert "busy" not in out[1] and "busy" not in out[2]
+
+
+def test_a_backend_asked_for_none_of_its_precisions_says_so(tiny_recipe):
+    """torch has no int8 and onnxruntime no auto: a row says so instead of an empty table."""
+    recipe = load_recipe(tiny_recipe)
+    for backend, precision, reason in (
+            ("torch", "int8", "torch runs none of int8: its precisions are fp32, bf16, fp16"),
+            ("onnxruntime", "auto", "onnxruntime runs none of auto: its precisions are fp32, "
+                                    "int8 (auto times a backend that switches precision, as "
+                                    "torch does)")):
+        report = timed_profile(SpeedOptions(recipe=recipe, backends=[backend],
+                                            precisions=[precision], batches=[1], warmup=0,
+                                            iters=1))
+        (row,) = report.rows
+        assert not row.available and row.precision == precision and row.reason == reason
