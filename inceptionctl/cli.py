@@ -282,13 +282,15 @@ def recipes_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @recipes_app.command("show", cls=_Command)
-def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")],
+def recipes_show(ctx: typer.Context,
+                 name: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")],
                  set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Print a recipe resolved: defaults filled in and overrides applied."""
     from .recipe import load_recipe
 
     recipe = load_recipe(name, set_)
-    if as_json:
+    # `recipes --json show NAME` asks for JSON as much as `recipes show NAME --json` does
+    if as_json or (ctx.parent is not None and ctx.parent.params.get("as_json")):
         emit_json(recipe.to_dict())
     else:
         sys.stdout.write(f"# {recipe.name} (from {recipe.source})\n{recipe.to_yaml()}")

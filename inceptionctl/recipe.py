@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import sys
 import types
 import typing
@@ -221,7 +222,8 @@ class Recipe:
         return to_data(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100,
+                              allow_unicode=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,6 +405,9 @@ def _convert(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
     return _convert_scalar(tp, value, path, ctx)
 
 
+_YAML11_EXPONENT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _convert_scalar(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
     """A bool, int, float or str, checked strictly: YAML's 1 is not true, and true is not 1."""
     if tp is bool:
@@ -414,6 +419,8 @@ def _convert_scalar(tp: Any, value: Any, path: Path_, ctx: _Context) -> Any:
             raise ctx.error(path, f"expected an integer, got {_show(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.match(value):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; it is a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ctx.error(path, f"expected a number, got {_show(value)}")
         if not math.isfinite(value):

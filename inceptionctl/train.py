@@ -272,7 +272,7 @@ def _check_recipe_file(out: Path, recipe: Recipe) -> None:
     text is not this run's (the user's own recipe, say) and is never replaced. The same text
     is this command's earlier try that stopped before its first checkpoint: it may go on."""
     mine = out / "recipe.yaml"
-    if mine.is_file() and mine.read_text(errors="replace") != recipe.to_yaml():
+    if mine.is_file() and mine.read_text(encoding="utf-8", errors="replace") != recipe.to_yaml():
         raise InceptionError(f"--out {out}: holds a recipe.yaml that is not this run's "
                              f"(training would replace it); choose another --out")
 

@@ -1,6 +1,7 @@
 """The command line skeleton: version, help everywhere, recipes listing and show."""
 
 import json
+import re
 import signal
 import sys
 
@@ -249,3 +250,25 @@ def test_out_of_memory_names_only_allocation_failures():
     assert out_of_memory(MemoryError()).startswith("out of memory; lower --batch")
     cuda = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert out_of_memory(cuda).startswith("out of memory; ")
+
+
+def test_recipes_json_before_show_and_unicode_text(cli):
+    out = cli("recipes", "--json", "show", "googlenet-small")
+    assert out.exit_code == 0 and json.loads(out.stdout)["name"] == "googlenet-small"
+    out = cli("recipes", "show", "googlenet-small", "--set", "description=héllo ü")
+    assert out.exit_code == 0 and "description: héllo ü\n" in out.stdout
+
+
+def test_exponents_without_a_dot_are_numbers(cli, write_recipe):
+    """YAML 1.1 reads 1e-3 as a string: a float key takes it as the number it is."""
+    from inceptionctl import load_recipe
+
+    assert load_recipe("googlenet-small", ["train.lr=1e-3"]).train.lr == 0.001
+    text = load_recipe("googlenet-small").to_yaml()
+    path = write_recipe(re.sub(r"\n  weight_decay: [^\n]*", "\n  weight_decay: 1e-4",
+                               re.sub(r"\n  lr: [^\n]*", "\n  lr: 5E-2", text)))
+    assert "lr: 5E-2" in path.read_text() and "weight_decay: 1e-4" in path.read_text()
+    recipe = load_recipe(str(path))
+    assert (recipe.train.lr, recipe.train.weight_decay) == (0.05, 1e-4)
+    out = cli("recipes", "show", "googlenet-small", "--set", "train.epochs=1e2")
+    assert out.exit_code == 2 and "train.epochs: expected an integer, got '1e2'" in out.stderr
