@@ -93,8 +93,9 @@ def _resolve_providers(ort: Any, device: str, providers: Sequence[str] | None
     if missing:
         hint = " (install onnxruntime-gpu)" if any(p != "CPUExecutionProvider"
                                                      for p in missing) else ""
-        raise InceptionError(f"onnxruntime {ort.__version__} here has no {', '.join(missing)} "
-                             f"(it offers {', '.join(available)}){hint}")
+        asked = f"--device {device}: " if kind == "cuda" and not providers else ""
+        raise InceptionError(f"{asked}onnxruntime {ort.__version__} here has no "
+                             f"{', '.join(missing)} (it offers {', '.join(available)}){hint}")
     if kind == "cpu" and any(p != "CPUExecutionProvider" for p in wanted):
         raise InceptionError(f"--device cpu: providers {', '.join(wanted)} need --device cuda")
     chosen: list[Any] = []
@@ -143,8 +144,10 @@ class OnnxRuntimeSession(Session):
         self.spatial = h if isinstance(h, int) and h == w else None
         n_out = outputs[0].shape[-1] if outputs[0].shape else None
         if isinstance(n_out, int) and n_out != len(meta["classes"]):
-            raise InceptionError(f"{path}: the metadata names {len(meta['classes'])} classes, the "
-                                 f"graph outputs {n_out} logits")
+            named = ("the recipe given (--recipe) has"
+                     if meta["source"].get("kind") == "foreign" else "the metadata names")
+            raise InceptionError(f"{path}: {named} {len(meta['classes'])} classes, the graph "
+                                 f"outputs {n_out} logits")
         lo, opt, hi = meta["batch"]
         if meta["source"].get("kind") == "foreign" and isinstance(shape[0], int):
             lo = opt = hi = shape[0]  # a foreign graph with a fixed batch

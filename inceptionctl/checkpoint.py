@@ -79,7 +79,21 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to parse the file is the file's fault, not ours
         raise InceptionError(f"{path}: cannot be read as weights (only plain tensors are "
-                             f"loaded, never code): {one_line(exc, 160)}") from None
+                             f"loaded, never code): {_load_reason(exc)}") from None
+
+
+def _load_reason(exc: Exception) -> str:
+    """torch.load's error, short: whole sentences up to about 160 characters, and what a
+    missing zip directory means (a file cut short)."""
+    text = one_line(exc)
+    if "failed finding central directory" in text:
+        return "the archive is incomplete (cut short while written or copied?)"
+    kept = ""
+    for sentence in text.split(". "):
+        if kept and len(kept) + len(sentence) > 160:
+            break
+        kept = f"{kept}. {sentence}" if kept else sentence
+    return kept.rstrip(".")
 
 
 _SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),

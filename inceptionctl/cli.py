@@ -694,8 +694,9 @@ def profile(
         if plot is not None:
             check_output_file(plot)
         if calib_data not in (None, "digits") and not Path(str(calib_data)).is_dir():
-            raise InceptionError(f"--calib-data {calib_data}: no such folder (expected a folder "
-                                 f"of images or 'digits')")
+            what = "not a folder" if Path(str(calib_data)).exists() else "no such folder"
+            raise InceptionError(f"--calib-data {calib_data}: {what} (expected a folder of "
+                                 f"images or 'digits')")
         options.calib_data = calib_data
         speed = timed_profile(options)
         if plot is not None:
@@ -777,7 +778,13 @@ def _recipe_or_artifact(name: str, set_: Optional[list[str]], input_size: Option
         resolved = load_recipe(name, set_)
     if input_size is None:
         return resolved
-    return at_input_size(resolved, input_size)
+    if input_size < 1:
+        raise InceptionError(f"--input-size {input_size}: expected a positive integer")
+    try:
+        return at_input_size(resolved, input_size)
+    except InceptionError as exc:  # the size the recipe cannot take, named as it was given
+        raise InceptionError(f"--input-size {input_size}: "
+                             f"{one_line(exc).split(': ', 1)[-1]}") from None
 
 
 def main() -> None:

@@ -387,9 +387,12 @@ def _report(opts: EvalOptions, sessions: list[Session], gathered: list[dict[str,
                               "top1": 100.0 * int(confusion[c, c]) / count})
     av = sessions[0]
     versions = {"inceptionctl": __version__, "torch": torch.__version__}
-    versions.update(av.info.extra.get("versions", {}))
+    for s in sessions:
+        versions.update(s.info.extra.get("versions", {}))
+    # an ensemble across backends names each (torch/onnxruntime), as its precisions do
+    backend = "/".join(dict.fromkeys(_backend_name(s) for s in sessions))
     return EvalReport(
-        artifacts=[s.info.path for s in sessions], backend=_backend_name(av), versions=versions,
+        artifacts=[s.info.path for s in sessions], backend=backend, versions=versions,
         device=av.device, classes=classes, images=n, skipped=len(all_bad), crops=counts,
         rows=rows, main=rows[main_index], per_class=per_class, confusion=confusion.tolist(),
         seconds=seconds, images_per_s=n / max(seconds, 1e-9),

@@ -12,11 +12,16 @@ from pathlib import Path
 def check_output_file(target: str | os.PathLike) -> Path:
     """``target`` as a Path, or the one-line error when it names a folder (checked before any
     long work, so that a wrong output path fails at once)."""
+    from .errors import InceptionError
+
     target = Path(target)
     if target.is_dir():
-        from .errors import InceptionError
-
         raise InceptionError(f"{target}: is a folder; give a file name")
+    for parent in target.parents:  # the nearest existing folder above must be one
+        if parent.exists():
+            if not parent.is_dir():
+                raise InceptionError(f"{target}: {parent} is not a folder")
+            break
     return target
 
 

@@ -157,6 +157,7 @@ def test_ensemble_of_different_batch_ranges(cli, run, tmp_path):
     out = cli("eval", run, onnx, "--limit", "30", "--crops", "10", "--workers", "0", "--json")
     assert out.exit_code == 0, out.stderr
     assert json.loads(out.stdout)["images"] == 30
+    assert json.loads(out.stdout)["backend"] == "torch/onnxruntime"  # each of its backends
 
 
 def test_strict_data_in_a_worker_is_one_line(run, tmp_path):

@@ -123,7 +123,8 @@ def test_devices_and_threads(backend, tiny_onnx):
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        with pytest.raises(InceptionError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
+        with pytest.raises(InceptionError, match="--device cuda: onnxruntime .* no "
+                                                 "CUDAExecutionProvider.*onnxruntime-gpu"):
             backend.open(tiny_onnx, device="cuda")
     with pytest.raises(InceptionError, match="--device tpu: expected auto, cpu, cuda or cuda:N"):
         backend.open(tiny_onnx, device="tpu")
