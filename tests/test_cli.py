@@ -272,3 +272,20 @@ def test_exponents_without_a_dot_are_numbers(cli, write_recipe):
     assert (recipe.train.lr, recipe.train.weight_decay) == (0.05, 1e-4)
     out = cli("recipes", "show", "googlenet-small", "--set", "train.epochs=1e2")
     assert out.exit_code == 2 and "train.epochs: expected an integer, got '1e2'" in out.stderr
+
+
+def test_paths_and_sizes_named_as_given(cli, tmp_path):
+    a_file = tmp_path / "a.png"
+    a_file.write_bytes(b"x")
+    out = cli("profile", "--recipe", "googlenet-small", "--time", "--plot", a_file / "x.png")
+    assert out.exit_code == 2
+    assert out.stderr.strip() == f"error: {a_file / 'x.png'}: {a_file} is not a folder"
+    out = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "onnxruntime",
+              "--precision", "int8", "--calib-data", a_file)
+    assert out.exit_code == 2 and out.stderr.strip() == (
+        f"error: --calib-data {a_file}: not a folder (expected a folder of images or 'digits')")
+    out = cli("profile", "--input-size", "0")
+    assert out.exit_code == 2
+    assert out.stderr.strip() == "error: --input-size 0: expected a positive integer"
+    out = cli("profile", "--input-size", "20")
+    assert out.exit_code == 2 and out.stderr.startswith("error: --input-size 20: data.input_size:")
