@@ -391,9 +391,18 @@ def open_artifact(path: str | Path, backend: str | None = None, device: str = "c
                   **options: Any) -> Session:
     """Open an artifact (run folder, checkpoint, .onnx, engine, torchvision:NAME) with the
     right backend; ``recipe`` (in ``options``) names what a foreign artifact lacks."""
-    p, recipe = resolve_with_recipe(path, options.pop("recipe", None))
+    given = options.pop("recipe", None)
+    p, recipe = resolve_with_recipe(path, given)
     if recipe is not None:
         options["recipe"] = recipe
     chosen = backend_for(p, backend)
     chosen.require()
-    return chosen.open(p, device=device, **options)
+    session = chosen.open(p, device=device, **options)
+    source = session.info.extra.get("source")
+    foreign = session.info.kind == "foreign" or (isinstance(source, dict)
+                                                 and source.get("kind") == "foreign")
+    if given is not None and not foreign:  # ours carry their recipe: one rule for every kind
+        session.close()
+        raise InceptionError(f"{path}: carries its own recipe; --recipe is for weights and ONNX "
+                             f"files from elsewhere (drop it here)")
+    return session

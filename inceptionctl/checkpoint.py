@@ -284,8 +284,10 @@ def load_model(path: str | os.PathLike, recipe: Recipe | None = None,
     obj = read_weights_file(path)
     info: dict[str, Any] = {"path": str(path)}
     if is_checkpoint(obj):
-        if recipe is None:
-            recipe = checkpoint_recipe(obj, str(path), overrides)
+        if recipe is not None:  # as our ONNX files and engines: ours speak for themselves
+            raise InceptionError(f"{path}: carries its own recipe; --recipe is for weights and "
+                                 f"ONNX files from elsewhere (drop it here)")
+        recipe = checkpoint_recipe(obj, str(path), overrides)
         info.update(meta=obj.get("meta", {}), classes=obj.get("classes"),
                     ema=obj.get("ema_state_dict") is not None)
     elif recipe is None:

@@ -445,7 +445,7 @@ def _launch_torchrun(nproc: int, max_restarts: Optional[int] = None) -> int:
 
 def _parse_crops(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = list(dict.fromkeys(int(v) for v in text.split(",")))
     except ValueError:
         raise InceptionError(f"--crops {text}: expected 1, 10, 144 or a list such as 1,10,144") from None
     if not values or any(v not in (1, 10, 144) for v in values):
@@ -730,8 +730,8 @@ def _speed_options(recipe: str, resolved: Any, backend: str, precision: str, bat
         raise InceptionError(f"--warmup: expected 0 or more, got {warmup}")
     names = backend_names() if backend == "all" else [b.strip() for b in backend.split(",")]
     precisions = [p.strip() for p in precision.split(",") if p.strip()]
-    try:
-        batches = [int(b) for b in batch.split(",") if b.strip()]
+    try:  # every item a number (1,,2 is a typo, not 1,2); a batch named twice is timed once
+        batches = list(dict.fromkeys(int(b) for b in batch.split(",")))
     except ValueError:
         batches = []
     if not batches or min(batches) < 1:

@@ -289,3 +289,14 @@ def test_paths_and_sizes_named_as_given(cli, tmp_path):
     assert out.stderr.strip() == "error: --input-size 0: expected a positive integer"
     out = cli("profile", "--input-size", "20")
     assert out.exit_code == 2 and out.stderr.startswith("error: --input-size 20: data.input_size:")
+
+
+def test_batch_and_crop_lists_are_strict_and_once_each(cli):
+    for bad in ("1,,2", "1,8,"):
+        out = cli("profile", "--recipe", "googlenet-small", "--time", "--batch", bad)
+        assert out.exit_code == 2 and out.stderr.strip() == (
+            f"error: --batch {bad}: expected a list of positive integers such as 1,8,32")
+    out = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "torch",
+              "--precision", "fp32", "--batch", "2,2", "--iters", "1", "--warmup", "0", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert [r["batch"] for r in json.loads(out.stdout)["speed"]["rows"]] == [2]

@@ -347,3 +347,17 @@ def test_an_empty_onnx_file_says_so(cli, tmp_path):
     empty = tmp_path / "model.onnx"
     empty.write_bytes(b"")
     _one_error_line(cli("eval", empty), f"{empty}: empty file, not an ONNX model")
+
+
+def test_recipe_is_refused_for_artifacts_that_carry_theirs(cli, run, tmp_path):
+    """--recipe names what weights and ONNX from elsewhere lack: ours, checkpoint or ONNX alike,
+    refuse it instead of one using it and the other ignoring it."""
+    onnx = tmp_path / "m.onnx"
+    assert cli("export", run, "--out", onnx).exit_code == 0
+    img = tmp_path / "x.png"
+    Image.new("RGB", (20, 20)).save(img)
+    for artifact in (run, onnx):
+        out = cli("predict", img, "--weights", artifact, "--recipe", "googlenet-small")
+        assert out.exit_code == 2, out.stdout
+        assert out.stderr.strip().endswith("carries its own recipe; --recipe is for weights and "
+                                           "ONNX files from elsewhere (drop it here)")
