@@ -493,6 +493,8 @@ def render(report: EvalReport, plot: Path | None = None) -> list[Any]:
                       f"{100 - r.top1:.2f}%", f"{100 - r.top5:.2f}%",
                       f"{r.delta_top1:+.2f}" if r is not report.rows[0] else "base",
                       f"{r.delta_top5:+.2f}" if r is not report.rows[0] else "base")
+    if len(report.classes) <= 5:  # then every class is in the top 5
+        table.caption = f"top-5 is 100% by definition with {len(report.classes)} classes"
     speed = (f"{report.images_per_s:,.1f} images/s, {report.crops_per_s:,.0f} crops/s "
              f"({report.seconds:.1f}s)" + (f"; confusion matrix: {plot}" if plot else ""))
     return [table, speed]

@@ -392,3 +392,13 @@ def test_eval_and_predict_resize_with_the_recipes_interpolation(tmp_path, monkey
     Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
     ev.predict([str(tmp_path / "a.png")], str(ckpt), device="cpu")
     assert seen == ["bicubic"] * 5
+
+
+def test_top5_of_five_classes_or_fewer_is_said_to_be_trivial(tmp_path, monkeypatch):
+    _pattern_folder(tmp_path / "data", ["a", "b", "c"])
+    session = FakeSession(torch.zeros(3, 3), "A")
+    monkeypatch.setattr(ev, "open_artifact", lambda path, *a, **k: session)
+    report = evaluate(EvalOptions(["A"], data=str(tmp_path / "data"), crops=[1], workers=0))
+    table, _ = ev.render(report)
+    assert report.main.top5 == 100.0
+    assert table.caption == "top-5 is 100% by definition with 3 classes"
