@@ -372,6 +372,8 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
         ctx = _build_context(ckpt, tmp, opts.batches, device, opts.log, opts.calib_data)
         for name in opts.backends:
             rows += _time_backend(name, opts, ckpt, ctx, device, macs, peak, versions)
+        if not rows:  # none of the backends runs a precision asked for: say so, not an empty table
+            rows = [_none_asked(name, opts.precisions) for name in opts.backends]
         if opts.train:
             for prec in [p for p in opts.precisions if p in ("fp32", "bf16", "fp16", "auto")]:
                 for batch in opts.batches:
@@ -426,13 +428,19 @@ def _time_backend(name: str, opts: SpeedOptions, ckpt: Path, ctx: BuildContext,
             raise  # the user's --calib-data, not the backend: an error, not a row
         except InceptionError as exc:
             rows.append(SpeedRow(name, prec, 0, available=False, reason=str(exc)))
-    if not rows:  # nothing asked for is something this backend runs: say so, not an empty table
-        asked = ", ".join(opts.precisions)
-        why = f"{name} runs none of {asked}: its precisions are {', '.join(backend.precisions)}"
-        if "auto" in opts.precisions:
-            why += " (auto times a backend that switches precision, as torch does)"
-        rows.append(SpeedRow(name, asked, 0, available=False, reason=why))
     return rows
+
+
+def _none_asked(name: str, precisions: list[str]) -> SpeedRow:
+    """The row of a backend asked for none of the precisions it runs."""
+    from .backend import get_backend
+
+    asked = ", ".join(precisions)
+    why = (f"{name} runs none of {asked}: its precisions are "
+           f"{', '.join(get_backend(name).precisions)}")
+    if "auto" in precisions:
+        why += " (auto times a backend that switches precision, as torch does)"
+    return SpeedRow(name, asked, 0, available=False, reason=why)
 
 
 def _row(backend: str, precision: str, batch: int, mode: str, times: list[float], macs: int,
