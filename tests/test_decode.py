@@ -484,7 +484,7 @@ def test_16_bit_images_read_as_their_8_bit_copies(tmp_path):
     eight = decode_full(bytearray(_encode(Image.fromarray(rgb8), "PNG")))
     sixteen = decode_full(_png16(rgb8.astype(np.uint16) * 257))
     assert sixteen.dtype == torch.uint8 and torch.equal(sixteen, eight)
-    grey = rgb8[..., 0]
+    grey = rgb8[..., 0].copy()
     tiff = decode_full(bytearray(_encode(Image.fromarray(grey.astype(np.uint16) * 257), "TIFF")))
     assert torch.equal(tiff, torch.from_numpy(grey).expand(3, *grey.shape))
 
