@@ -144,8 +144,8 @@ class OnnxRuntimeSession(Session):
         self.spatial = h if isinstance(h, int) and h == w else None
         n_out = outputs[0].shape[-1] if outputs[0].shape else None
         if isinstance(n_out, int) and n_out != len(meta["classes"]):
-            named = ("the recipe given (--recipe) has"
-                     if meta["source"].get("kind") == "foreign" else "the metadata names")
+            named = "the recipe given (--recipe) has" if meta.get("recipe_used") else \
+                "the metadata names"
             raise InceptionError(f"{path}: {named} {len(meta['classes'])} classes, the graph "
                                  f"outputs {n_out} logits")
         lo, opt, hi = meta["batch"]
@@ -159,7 +159,7 @@ class OnnxRuntimeSession(Session):
                    "providers": self.sess.get_providers(), "batch_profile": (lo, opt, hi),
                    "inceptionctl_version": meta["version"], "source": meta["source"],
                    "int8": meta["int8"], "input": self.input_name, "output": self.output_name,
-                   "threads": threads or 0})
+                   "threads": threads or 0, "recipe_used": bool(meta.get("recipe_used"))})
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         if self.sess is None:

@@ -890,7 +890,8 @@ class TensorRTSession(Session):
             path=str(path), kind=Kind.ENGINE.value, recipe=side.get("recipe") or {}, classes=classes,
             preprocessing=preprocessing, precision=side["precision"], batch_range=(lo, hi),
             input_dtype=torch.float32,
-            extra={"batch_profile": (lo, opt, hi), "tensorrt": side["tensorrt_version"],
+            extra={"recipe_used": False,  # an engine speaks for itself, as our ONNX does
+                   "batch_profile": (lo, opt, hi), "tensorrt": side["tensorrt_version"],
                    "gpu": side.get("gpu"), "quantization": side.get("quantization"),
                    "source": (side.get("source_onnx") or {}).get("source"),
                    "int8": (side.get("source_onnx") or {}).get("int8"),

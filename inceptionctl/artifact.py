@@ -329,7 +329,8 @@ def foreign_onnx_metadata(recipe: Recipe) -> dict[str, Any]:
     return {"recipe": recipe.to_dict(), "classes": class_names(recipe),
             "preprocessing": preprocessing(recipe), "precision": "fp32",
             "batch": (1, recipe.eval.batch_size, FOREIGN_MAX_BATCH), "version": None,
-            "source": {"kind": "foreign", "recipe": recipe.source}, "int8": None}
+            "source": {"kind": "foreign", "recipe": recipe.source}, "int8": None,
+            "recipe_used": True}
 
 
 def write_onnx(model: Any, preprocessing: Mapping[str, Any], batch: tuple[int, int, int],

@@ -42,6 +42,7 @@ from .errors import InceptionError, one_line
 
 __all__ = ["GROUP", "ArtifactInfo", "Availability", "Backend", "BackendUnavailable",
            "BuildContext", "EngineBuilder", "Quantizer", "Session", "backend_for",
+           "check_recipe_used",
            "backend_for_suffix", "backend_names", "engine_builders", "get_backend",
            "loadable_backends", "open_artifact", "quantizer", "resolve_artifact"]
 
@@ -310,6 +311,8 @@ def get_backend(name: str) -> Backend:
 def _guard(backend: Backend, where: str) -> None:
     """A third-party backend whose ``availability`` or ``open`` raises is unavailable, or one
     line naming it, instead of taking the command down with its traceback."""
+    if getattr(backend, "_inceptionctl_guarded", False):  # an instance registered once, got again
+        return
     availability, open_ = backend.availability, backend.open
 
     def guarded_availability() -> Availability:
@@ -330,6 +333,7 @@ def _guard(backend: Backend, where: str) -> None:
 
     backend.availability = guarded_availability  # type: ignore[method-assign]
     backend.open = guarded_open  # type: ignore[method-assign]
+    backend._inceptionctl_guarded = True  # type: ignore[attr-defined]
 
 
 def backend_for(path: Path, forced: str | None = None) -> Backend:
@@ -391,18 +395,21 @@ def open_artifact(path: str | Path, backend: str | None = None, device: str = "c
                   **options: Any) -> Session:
     """Open an artifact (run folder, checkpoint, .onnx, engine, torchvision:NAME) with the
     right backend; ``recipe`` (in ``options``) names what a foreign artifact lacks."""
-    given = options.pop("recipe", None)
-    p, recipe = resolve_with_recipe(path, given)
+    p, recipe = resolve_with_recipe(path, options.pop("recipe", None))
     if recipe is not None:
         options["recipe"] = recipe
     chosen = backend_for(p, backend)
     chosen.require()
-    session = chosen.open(p, device=device, **options)
-    source = session.info.extra.get("source")
-    foreign = session.info.kind == "foreign" or (isinstance(source, dict)
-                                                 and source.get("kind") == "foreign")
-    if given is not None and not foreign:  # ours carry their recipe: one rule for every kind
-        session.close()
-        raise InceptionError(f"{path}: carries its own recipe; --recipe is for weights and ONNX "
-                             f"files from elsewhere (drop it here)")
-    return session
+    return chosen.open(p, device=device, **options)
+
+
+def check_recipe_used(sessions: list[Session], paths: list[Any], recipe: Any) -> None:
+    """A ``--recipe`` that none of the artifacts given used is an error: ours carry their own
+    recipe (and ignore one given), so it would change nothing. A session that does not say
+    (``extra["recipe_used"]``, a third-party backend's) counts as using it."""
+    if recipe is None or not sessions:
+        return
+    if all(s.info.extra.get("recipe_used", True) is False for s in sessions):
+        from .checkpoint import RECIPE_NOT_USED
+
+        raise InceptionError(RECIPE_NOT_USED.format(path=", ".join(map(str, paths))))

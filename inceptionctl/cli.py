@@ -75,8 +75,7 @@ def out_of_memory(exc: BaseException) -> str | None:
         return None
     asked = re.search(r"tried to allocate (\d+) bytes", text)
     size = f": tried to allocate {int(asked.group(1)) / 1e9:,.1f} GB" if asked else ""
-    return (f"out of memory{size}; lower --batch or --samples (or the images given), or free "
-            "memory")
+    return f"out of memory{size}; use a smaller batch or fewer samples, or free memory"
 
 
 def _interrupted() -> None:

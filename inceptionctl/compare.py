@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .backend import Session, open_artifact
+from .backend import Session, check_recipe_used, open_artifact
 from .data import Samples, load_samples
 from .errors import InceptionError
 from .recipe import Recipe
@@ -291,6 +291,7 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike 
     with sa:
         sb = open_artifact(b, backend_b, device, **extra)
         with sb:
+            check_recipe_used([sa, sb], [a, b], recipe)
             notes = _check_compatible(sa, sb)
             inputs = load_samples(None if str(data) == "random" else data,
                                   sa.info.preprocessing, sa.info.classes, samples)

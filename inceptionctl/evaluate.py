@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from . import distributed as dist_utils
-from .backend import Session, open_artifact
+from .backend import Session, check_recipe_used, open_artifact
 from .crops import normalize, take_crops
 from .data import (Collate, DataError, ImageSource, KeyedSampler, collect_images, decode_rgb,
                    default_workers, eval_source, usable_cpus)
@@ -171,6 +171,7 @@ def _open_all(opts: EvalOptions) -> list[Session]:
         for path in opts.artifacts:
             extra = {"recipe": opts.recipe} if opts.recipe is not None else {}
             sessions.append(open_artifact(path, opts.backend, opts.device, **extra))
+        check_recipe_used(sessions, opts.artifacts, opts.recipe)
     except BaseException:
         for s in sessions:
             s.close()
@@ -428,6 +429,7 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
     extra = {"recipe": recipe} if recipe is not None else {}
     session = open_artifact(weights, backend, device, **extra)
     with session:
+        check_recipe_used([session], [weights], recipe)
         choose_session_precision(session, precision, crops, log)
         pre = session.info.preprocessing
         size, scales = int(pre["eval_size"]), [int(s) for s in pre["eval_scales"]]

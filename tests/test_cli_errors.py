@@ -361,3 +361,15 @@ def test_recipe_is_refused_for_artifacts_that_carry_theirs(cli, run, tmp_path):
         assert out.exit_code == 2, out.stdout
         assert out.stderr.strip().endswith("carries its own recipe; --recipe is for weights and "
                                            "ONNX files from elsewhere (drop it here)")
+    # beside weights from elsewhere, which need it, ours keep their own: compare and ensembles
+    import torch
+
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    bare = tmp_path / "bare.pth"
+    torch.save(ckpt.get("ema_state_dict") or ckpt["state_dict"], bare)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((run / "recipe.yaml").read_text())
+    out = cli("compare", bare, onnx, "--recipe", recipe, "--samples", "4", "--json")
+    assert out.exit_code == 0, out.stderr
+    out = cli("eval", bare, run, "--recipe", recipe, "--limit", "4", "--workers", "0")
+    assert out.exit_code == 0, out.stderr

@@ -253,3 +253,26 @@ def test_a_plugin_that_raises_is_unavailable_or_one_line(plugin, cli):
     assert out.stderr.strip().splitlines()[-1] == (
         f"error: backend 'badopen' (constplug:BadOpenBackend) failed to open {plugin / 'm.bo'}: "
         "boom in open")
+
+
+def test_a_plugin_instance_is_guarded_once():
+    """A plugin may register an instance, which every get_backend returns again: its guard must
+    not wrap the wrappers (1,200 opens would exceed the recursion limit)."""
+    from inceptionctl.backend import Availability, Backend, _guard
+
+    class Raising(Backend):
+        name = "raising"
+
+        def availability(self):
+            raise RuntimeError("boom")
+
+        def open(self, path, device="cpu", **options):
+            raise RuntimeError("never opened")
+
+    b = Raising()
+    _guard(b, "x:Raising")
+    first = b.availability
+    for _ in range(1200):
+        _guard(b, "x:Raising")
+    assert b.availability is first
+    assert b.availability() == Availability(False, "availability() failed in x:Raising: boom")
