@@ -244,6 +244,11 @@ def test_a_foreign_onnx_with_a_recipe_is_evaluated_like_ours(tmp_path, cli):
     recipe.write_text(load_recipe("googlenet-bn", [s for s in sets if s != "--set"]).to_yaml())
     again = cli("eval", foreign, "--recipe", recipe, *args)
     assert again.exit_code == 0 and json.loads(again.stdout)["confusion"] == a["confusion"]
+    # a recipe of another class count: the count is the recipe's, as the error says
+    other = cli("eval", foreign, "--recipe", "googlenet-bn", *sets[2:], *args)
+    assert other.exit_code == 2 and other.stderr.strip().splitlines()[-1] == (
+        f"error: {foreign}: the recipe given (--recipe) has 1000 classes, the graph outputs 10 "
+        "logits")
 
 
 def _qdq_conv(c_in: int, c_out: int, kernel: tuple[int, int], pads: list[int],
