@@ -39,7 +39,7 @@ class TorchSession(Session):
             recipe=resolved.to_dict(), classes=info.get("classes") or class_names(resolved),
             preprocessing=preprocessing(resolved), precision=precision,
             extra={"weights": "ema" if info.get("ema") else "model",
-                   "meta": info.get("meta", {}), "recipe_used": info["recipe_used"]})
+                   "meta": info.get("meta", {}), "recipe_used": "meta" not in info})
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:

@@ -49,14 +49,13 @@ def report(goals: list[Goal], out: Path, busy: float | None = None) -> int:
         table.add_row(g.name, measured, f">= {g.target:g}{g.unit}", ok,
                       (details + (f"; {g.note}" if g.note else "")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    machine = machine_info(device, {})
-    machine["busy_before"] = None if busy is None else round(busy, 3)
+    machine = machine_info(device, {}, busy)
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["cpu_flags"].items())
     console = Console(width=200)
     console.print(f"machine: {machine['cpu']} ({machine['threads']} threads; {flags}; oneDNN "
                   f"bf16 {'yes' if machine['cpu_bf16'] else 'no'})"
                   + (f"; GPU {machine['gpu']}" if machine["gpu"] else ""), highlight=False)
-    warning = busy_note(busy, os.cpu_count() or 1)
+    warning = busy_note(busy)
     if warning:
         console.print(f"warning: {warning}", highlight=False)
     for g in goals:

@@ -284,15 +284,12 @@ def load_model(path: str | os.PathLike, recipe: Recipe | None = None,
     obj = read_weights_file(path)
     info: dict[str, Any] = {"path": str(path)}
     if is_checkpoint(obj):  # ours speak for themselves, as our ONNX files and engines do
-        info["recipe_used"] = False
         recipe = checkpoint_recipe(obj, str(path), overrides)
         info.update(meta=obj.get("meta", {}), classes=obj.get("classes"),
                     ema=obj.get("ema_state_dict") is not None)
     elif recipe is None:
         raise InceptionError(f"{path}: foreign weights carry no architecture; name it with "
                              f"--recipe (e.g. --recipe googlenet-bn for torchvision's googlenet)")
-    else:
-        info["recipe_used"] = True
     model = build_model(recipe)
     info["load"] = _load_into(model, obj, path, reset_head=False, strict=True)
     model.eval()
@@ -310,7 +307,7 @@ def load_with_facts(path: str | os.PathLike, recipe: Recipe | None = None, overr
     classes = list(info.get("classes") or class_names(resolved))
     source = {"file": path.name, "kind": "checkpoint" if "meta" in info else "foreign",
               "weights": "ema" if info.get("ema") else "model", "meta": info.get("meta", {})}
-    if recipe is not None and not info["recipe_used"]:
+    if recipe is not None and source["kind"] == "checkpoint":  # ours: the recipe went unused
         raise InceptionError(RECIPE_NOT_USED.format(path=path))
     return model, resolved, classes, preprocessing(resolved), source
 

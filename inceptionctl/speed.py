@@ -184,12 +184,12 @@ def busy_fraction(seconds: float = 0.25) -> float | None:
 BUSY = 0.25  # above this share of the CPUs used by others, timings carry a warning
 
 
-def busy_note(busy: float | None, cpus: int) -> str | None:
+def busy_note(busy: float | None) -> str | None:
     """The warning for a busy machine, or None."""
     if busy is None or busy <= BUSY:
         return None
-    return (f"the machine was busy: other processes used {busy:.0%} of its {cpus} CPUs just "
-            "before timing, so these rates and the GEMM limit are not the machine's")
+    return (f"the machine was busy: other processes used {busy:.0%} of its {os.cpu_count()} "
+            "CPUs just before timing, so these rates and the GEMM limit are not the machine's")
 
 
 def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int = 5,
@@ -256,7 +256,9 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, iters: int 
     return best
 
 
-def machine_info(device: torch.device, versions: dict[str, str]) -> dict[str, Any]:
+def machine_info(device: torch.device, versions: dict[str, str],
+                 busy: float | None = None) -> dict[str, Any]:
+    """The machine a timing ran on; ``busy``: other processes' share of the CPUs before it."""
     from . import __version__
     from .runtime import cpu_bf16_supported, cpu_features, machine_name
 
@@ -264,6 +266,7 @@ def machine_info(device: torch.device, versions: dict[str, str]) -> dict[str, An
             "cpu_flags": cpu_features(), "cpu_bf16": cpu_bf16_supported(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "threads": torch.get_num_threads(),
+            "busy_before": None if busy is None else round(busy, 3),
             "versions": {"inceptionctl": __version__, "torch": torch.__version__, **versions}}
 
 
@@ -378,9 +381,7 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
             for prec in [p for p in opts.precisions if p in ("fp32", "bf16", "fp16", "auto")]:
                 for batch in opts.batches:
                     rows.append(_train_row(recipe, prec, batch, device, opts, macs, peak))
-    machine = machine_info(device, versions)
-    machine["busy_before"] = None if busy is None else round(busy, 3)
-    return SpeedReport(recipe.name, size, macs, machine, peaks, rows)
+    return SpeedReport(recipe.name, size, macs, machine_info(device, versions, busy), peaks, rows)
 
 
 def _time_backend(name: str, opts: SpeedOptions, ckpt: Path, ctx: BuildContext,
@@ -520,7 +521,7 @@ def render(report: SpeedReport) -> Any:
     peaks = ", ".join(f"{k} {v:,.0f} {'GOP/s' if k.endswith('/int8') else 'GFLOP/s'}"
                       for k, v in report.peaks.items() if v > 0)
     notes = [f"machine limit (GEMM): {peaks}"] if peaks else []
-    busy = busy_note(m.get("busy_before"), os.cpu_count() or 1)
+    busy = busy_note(m.get("busy_before"))
     notes += [f"warning: {busy}"] if busy else []
     notes += [f"({i}) {escape(reason)}" for i, reason in enumerate(reasons, 1)]
     table.caption = "\n".join(notes) or None
