@@ -52,7 +52,7 @@ def report(goals: list[Goal], out: Path, busy: float | None = None) -> int:
     machine = machine_info(device, {}, busy)
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["cpu_flags"].items())
     console = Console(width=200)
-    console.print(f"machine: {machine['cpu']} ({machine['threads']} threads; {flags}; oneDNN "
+    console.print(f"machine: {machine['cpu_id']} ({machine['threads']} threads; {flags}; oneDNN "
                   f"bf16 {'yes' if machine['cpu_bf16'] else 'no'})"
                   + (f"; GPU {machine['gpu']}" if machine["gpu"] else ""), highlight=False)
     warning = busy_note(busy)

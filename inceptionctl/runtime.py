@@ -109,10 +109,11 @@ def autocast(device: torch.device, precision: str) -> Any:
 # Whether bf16 pays depends on the machine: on a CPU with fast bf16 matmuls (AMX, or AVX512-BF16
 # on some AMD EPYC) it trains ~1.5x faster than fp32; on an Intel Xeon with AVX512-BF16 but no
 # AMX it is ~25% slower. So ``auto`` is decided by timing a few steps of the real work in each
-# candidate, on the machine where it runs, and the decision is cached per machine, torch version,
-# recipe, batch and mode.
+# candidate, on the machine where it runs, and the decision is cached per machine (the CPU's
+# identity, not just its name: see machine_id), thread count, torch version, recipe, batch and
+# mode.
 
-PROBE_FORMAT = 1
+PROBE_FORMAT = 2  # 2: keyed by the CPU's family, model, stepping and flags, not its name alone
 PREFER_FP32_WITHIN = 0.05  # a lower precision must be >5% faster to give up fp32's exactness
 
 
@@ -150,18 +151,54 @@ def candidates(device: torch.device) -> list[str]:
     return found + ["fp16"]
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(CPUINFO, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip().lower(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def machine_name(device: torch.device) -> str:
     """The processor the work runs on: the GPU's name, else the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    name = _cpuinfo().get("model name")
+    return name or platform.processor() or platform.machine() or "unknown cpu"
+
+
+def machine_id(device: torch.device) -> str:
+    """What tells this processor from another in a cached measurement: the GPU's name, else the
+    CPU's model name, family, model and stepping and a digest of its flags.
+
+    Virtual machines often show a bare model name ("AMD EPYC", "Intel Xeon Processor") for
+    several generations of CPU, whose bf16 speed differs; a decision measured on one must not
+    be read back on another.
+    """
+    if device.type == "cuda":
+        return machine_name(device)
+    import hashlib
+
+    info = _cpuinfo()
+    flags = " ".join(sorted((info.get("flags") or info.get("features", "")).split()))
+    parts = [f"{k} {info[k]}" for k in ("cpu family", "model", "stepping", "cpu implementer",
+                                         "cpu part", "cpu variant", "cpu revision") if info.get(k)]
+    if flags:
+        parts.append("flags " + hashlib.sha256(flags.encode()).hexdigest()[:10])
+    ident = machine_name(device)
+    return f"{ident} ({', '.join(parts)})" if parts else ident
 
 
 CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni", "avx512f")
@@ -169,15 +206,7 @@ CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni", "
 
 def cpu_features() -> dict[str, bool]:
     """The CPU flags that decide low-precision speed (from /proc/cpuinfo; all False elsewhere)."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    flags = set(_cpuinfo().get("flags", "").split())
     return {f: f in flags for f in CPU_FLAGS}
 
 
@@ -188,8 +217,8 @@ def cache_path() -> Path:
 
 
 def probe_key(device: torch.device, mode: str, recipe: str, batch: int, size: int) -> str:
-    return (f"{machine_name(device)} | {os.cpu_count()} cpus | torch {torch.__version__} | "
-            f"{mode} | {recipe} | batch {batch} | {size}px")
+    return (f"{machine_id(device)} | {torch.get_num_threads()} threads | "
+            f"torch {torch.__version__} | {mode} | {recipe} | batch {batch} | {size}px")
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

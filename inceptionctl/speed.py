@@ -14,7 +14,7 @@ JSON schema (``SpeedReport.to_json()``, version 1)::
     {
       "schema": "inceptionctl.speed/1",
       "recipe": str, "input_size": int, "macs_per_image": int,
-      "machine": {"device": str, "cpu": str, "gpu": str | null, "threads": int,
+      "machine": {"device": str, "cpu": str, "cpu_id": str, "gpu": str | null, "threads": int,
                   "cpu_flags": {str: bool}, "cpu_bf16": bool,
                   "busy_before": float | null,     # others' share of the CPUs before timing
                   "versions": {"inceptionctl": str, "torch": str, "<backend>": str, ...}},
@@ -260,9 +260,10 @@ def machine_info(device: torch.device, versions: dict[str, str],
                  busy: float | None = None) -> dict[str, Any]:
     """The machine a timing ran on; ``busy``: other processes' share of the CPUs before it."""
     from . import __version__
-    from .runtime import cpu_bf16_supported, cpu_features, machine_name
+    from .runtime import cpu_bf16_supported, cpu_features, machine_id, machine_name
 
-    return {"device": str(device), "cpu": machine_name(torch.device("cpu")),
+    cpu = torch.device("cpu")
+    return {"device": str(device), "cpu": machine_name(cpu), "cpu_id": machine_id(cpu),
             "cpu_flags": cpu_features(), "cpu_bf16": cpu_bf16_supported(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "threads": torch.get_num_threads(),

@@ -71,7 +71,8 @@ def test_one_candidate_needs_no_measurement(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("text", ["{not json", json.dumps({"format": 99, "entries": {}}),
-                                  json.dumps({"format": 1, "entries": {"k": {"precision": "fp8"}}})])
+                                  json.dumps({"format": runtime.PROBE_FORMAT,
+                                              "entries": {"k": {"precision": "fp8"}}})])
 def test_a_damaged_or_foreign_cache_is_measured_again(two_candidates, tmp_path, text):
     cache = tmp_path / "c.json"
     cache.write_text(text)
@@ -85,6 +86,61 @@ def test_the_key_names_machine_torch_and_work():
     key = runtime.probe_key(CPU, "train", "googlenet-small", 64, 32)
     assert runtime.machine_name(CPU) in key and torch.__version__ in key
     assert "train" in key and "googlenet-small" in key and "batch 64" in key and "32px" in key
+
+
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni
+"""
+
+
+def _cpu(monkeypatch, tmp_path, text):
+    path = tmp_path / f"cpuinfo-{abs(hash(text))}"
+    path.write_text(text)
+    monkeypatch.setattr(runtime, "CPUINFO", path)
+
+
+def test_the_key_tells_cpus_with_the_same_name_apart(monkeypatch, tmp_path):
+    """VMs name several CPU generations alike ("AMD EPYC"): family, model, stepping and flags
+    decide whether a cached decision is this CPU's."""
+    keys = {}
+    for label, text in {"zen4": ZEN4, "zen5": ZEN4.replace("family\t: 25", "family\t: 26")
+                        .replace("model\t\t: 17", "model\t\t: 2"),
+                        "no bf16": ZEN4.replace(" avx512_bf16", ""),
+                        "zen4 again": ZEN4}.items():
+        _cpu(monkeypatch, tmp_path, text)
+        assert runtime.machine_name(CPU) == "AMD EPYC"
+        keys[label] = runtime.probe_key(CPU, "train", "googlenet", 16, 224)
+    assert keys["zen4"] == keys["zen4 again"]
+    assert len({keys["zen4"], keys["zen5"], keys["no bf16"]}) == 3
+    assert "cpu family 25, model 17, stepping 1" in keys["zen4"]
+    _cpu(monkeypatch, tmp_path, ZEN4.replace(" avx512_bf16", ""))
+    assert runtime.cpu_features()["avx512_bf16"] is False and runtime.cpu_features()["avx512f"]
+
+
+def test_a_decision_cached_on_another_cpu_of_the_same_name_is_measured_again(
+        two_candidates, monkeypatch, tmp_path):
+    cache = tmp_path / "c.json"
+    _cpu(monkeypatch, tmp_path, ZEN4)
+    key = runtime.probe_key(CPU, "train", "googlenet", 16, 224)
+    choose_precision("auto", CPU, lambda p: {"fp32": 1.0, "bf16": 2.0}[p], key=key, cache=cache)
+    _cpu(monkeypatch, tmp_path, ZEN4.replace("model\t\t: 17", "model\t\t: 2"))
+    key = runtime.probe_key(CPU, "train", "googlenet", 16, 224)
+    choice = choose_precision("auto", CPU, lambda p: {"fp32": 2.0, "bf16": 1.0}[p], key=key,
+                              cache=cache)
+    assert (choice.precision, choice.source) == ("fp32", "probe")
 
 
 def test_the_probe_trains_the_real_model_in_each_candidate_without_touching_the_run():
