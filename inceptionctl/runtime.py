@@ -180,15 +180,16 @@ def machine_name(device: torch.device) -> str:
 
 
 def machine_id(device: torch.device) -> str:
-    """What tells this processor from another in a cached measurement: the GPU's name, else the
-    CPU's model name, family, model and stepping and a digest of its flags.
+    """What tells this processor from another in a cached measurement: the CPU's model name,
+    family, model and stepping and a digest of its flags; for a GPU, its name and the host CPU's.
 
     Virtual machines often show a bare model name ("AMD EPYC", "Intel Xeon Processor") for
     several generations of CPU, whose bf16 speed differs; a decision measured on one must not
-    be read back on another.
+    be read back on another. A GPU's mixed-precision training speed also depends on the host
+    that feeds it (the same GPU model trained a third faster in fp16 on one host than another).
     """
     if device.type == "cuda":
-        return machine_name(device)
+        return f"{machine_name(device)} on {machine_id(torch.device('cpu'))}"
     import hashlib
 
     info = _cpuinfo()

@@ -130,6 +130,16 @@ def test_the_key_tells_cpus_with_the_same_name_apart(monkeypatch, tmp_path):
     assert runtime.cpu_features()["avx512_bf16"] is False and runtime.cpu_features()["avx512f"]
 
 
+def test_a_gpu_key_names_the_gpu_and_its_host(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    keys = []
+    for text in (ZEN4, ZEN4.replace("model\t\t: 17", "model\t\t: 2")):
+        _cpu(monkeypatch, tmp_path, text)
+        keys.append(runtime.probe_key(torch.device("cuda", 0), "train", "googlenet", 128, 224))
+    assert keys[0].startswith("NVIDIA H200 on AMD EPYC (cpu family 25, model 17")
+    assert keys[0] != keys[1]
+
+
 def test_a_decision_cached_on_another_cpu_of_the_same_name_is_measured_again(
         two_candidates, monkeypatch, tmp_path):
     cache = tmp_path / "c.json"
