@@ -593,7 +593,7 @@ def _restore(trainer: Trainer, ckpt: dict[str, Any], resume_path: Path,
                              f"process(es); resume it with the same number ({ctx.world} now)")
     if trainer.ema is not None and ckpt.get("ema_state_dict") is not None:
         trainer.ema.module.load_state_dict(ckpt["ema_state_dict"])
-    trainer.load_state_dict(state.to_dict())
+    trainer.load_state_dict(state.to_dict(), state.epoch, state.step_in_epoch)
     set_rng_state(state.rng)
     log(f"resuming {resume_path} at epoch {state.epoch + 1}, step {state.step_in_epoch} "
         f"(global step {state.global_step})")

@@ -306,9 +306,32 @@ class Trainer:
                 "ema_n_averaged": (self.ema.n_averaged.detach().cpu()
                                    if self.ema is not None else None)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], epoch: int | None = None,
+                        step_in_epoch: int = 0) -> None:
+        """Resume from :meth:`state_dict`'s ``state`` under this trainer's own schedule.
+
+        The schedule is this run's (its epochs may have grown, and ``--nproc`` may have changed
+        the steps per epoch at an epoch's end): the saved one gives only its position. Where
+        the steps per epoch differ, the position is ``epoch`` x this run's steps per epoch +
+        ``step_in_epoch``. The learning rate of the next step is this schedule's at that
+        position (unchanged, to the bit, for a resume with the same settings).
+        """
         self._load_optimizer(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        saved = dict(state["scheduler"])
+        before = (saved.get("lr_lambdas") or [None])[0]
+        # LambdaLR saves each lambda object's attributes (total steps, steps per epoch): never
+        # put the old ones back
+        saved["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
+        self.scheduler.load_state_dict(saved)
+        schedule = self.scheduler.lr_lambdas[0]
+        per_epoch = before.get("steps_per_epoch") if isinstance(before, dict) else None
+        if epoch is not None and per_epoch is not None \
+                and per_epoch != getattr(schedule, "steps_per_epoch", per_epoch):
+            self.scheduler.last_epoch = epoch * schedule.steps_per_epoch + step_in_epoch
+        for group, base, rate in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                     self.scheduler.lr_lambdas):
+            group["lr"] = base * rate(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema_n_averaged") is not None:
             self.ema.n_averaged.copy_(state["ema_n_averaged"])

@@ -283,3 +283,50 @@ def test_a_skipped_step_leaves_adaptive_state_as_it_was(tiny_recipe, monkeypatch
             assert torch.equal(s[k], before[i][k]), (i, k)
     for k, v in trainer.model.named_parameters():
         assert torch.equal(v, weights[k]), k
+
+
+def _stepped(tiny_recipe, steps, steps_per_epoch=10, overrides=()):
+    recipe = load_recipe(tiny_recipe, overrides=list(overrides))
+    torch.manual_seed(0)
+    model = build_model(recipe).to(memory_format=torch.channels_last)
+    trainer = Trainer(model, recipe, torch.device("cpu"), "fp32", steps_per_epoch=steps_per_epoch)
+    data = Batch(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)), [])
+    for _ in range(steps):
+        trainer.step(data)
+    return trainer, recipe, data
+
+
+def test_a_run_extended_to_more_epochs_follows_the_longer_schedule(tiny_recipe):
+    """The saved schedule gives only its position: more epochs on resume stretch the cosine
+    instead of keeping the old one, which had reached a learning rate of 0."""
+    from inceptionctl.trainer import Schedule
+
+    done, recipe, data = _stepped(tiny_recipe, 20)
+    assert recipe.train.schedule == "cosine" and done.lr == 0.0
+    longer, recipe4, _ = _stepped(tiny_recipe, 0, overrides=["train.epochs=4"])
+    longer.load_state_dict(done.state_dict(), epoch=2)
+    expected = recipe4.train.lr * Schedule(recipe4, 10)(20)
+    assert expected > 0.01 and longer.lr == pytest.approx(expected)
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    longer.step(data)
+    assert longer.lr == pytest.approx(recipe4.train.lr * Schedule(recipe4, 10)(21))
+
+
+def test_a_resume_at_an_epoch_end_with_another_world_size_counts_this_runs_steps(tiny_recipe):
+    """--nproc 1 saved after one epoch of 10 steps; --nproc 2 resumes with 5 steps per epoch."""
+    from inceptionctl.trainer import Schedule
+
+    one, recipe, _ = _stepped(tiny_recipe, 10)
+    two, _, _ = _stepped(tiny_recipe, 0, steps_per_epoch=5)
+    two.load_state_dict(one.state_dict(), epoch=1)
+    assert two.scheduler.last_epoch == 5
+    assert two.lr == pytest.approx(recipe.train.lr * Schedule(recipe, 5)(5))
+
+
+def test_a_resume_with_the_same_settings_keeps_the_schedule_to_the_bit(tiny_recipe):
+    a, _, data = _stepped(tiny_recipe, 7)
+    b, _, _ = _stepped(tiny_recipe, 0)
+    b.load_state_dict(a.state_dict(), epoch=0, step_in_epoch=7)
+    assert b.scheduler.last_epoch == 7 and b.lr == a.lr
+    a.step(data), b.step(data)
+    assert b.lr == a.lr
