@@ -30,6 +30,7 @@ import csv
 import math
 import os
 import random
+import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -1002,6 +1003,11 @@ def steps_per_epoch(n: int, batch: int, world: int) -> int:
 
 
 def _worker_init(worker_id: int) -> None:
+    # SIGINT / SIGTERM to the whole process group (Ctrl-C, systemd, SLURM) are the main
+    # process's to act on: it saves and then shuts its workers down. A worker killed by the
+    # SIGTERM would instead fail the run in the middle of a step, with nothing saved.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     keep_freed_memory_in_worker()
 
 

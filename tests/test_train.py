@@ -433,13 +433,16 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path, tiny_recipe):
     mid-epoch and the resume command said. That the resumed run ends as an uninterrupted one is
     the SIGINT test's (the same save path)."""
     run = tmp_path / "run"
+    # with a loader worker, which gets the group's SIGTERM too (it used to die of it and fail
+    # the run with a traceback, nothing saved)
     args = ["train", "--recipe", tiny_recipe, "--out", run, "--set", "train.epochs=50",
-            "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+            "--workers", "1", "--precision", "fp32", "--device", "cpu"]
     with Child(cli_command(*args)) as child:
         child.wait_for("epoch 1/50: ", timeout=600)  # the first epoch done and saved
         time.sleep(0.5)  # inside the second epoch
         child.signal_group(signal.SIGTERM)
         assert child.wait(timeout=60) == 143, child.stderr[-3000:]
+    assert "Traceback" not in child.stderr
     assert f"resume with: inceptionctl train --resume {run}" in child.stderr
     state = read_checkpoint(run / "last.pt")["train_state"]
     assert state["epoch"] == 1 and state["step_in_epoch"] > 0  # saved inside epoch 2
