@@ -16,6 +16,7 @@ import difflib
 import json
 import math
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -47,7 +48,9 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except InceptionError as exc:
-            say(f"error: {one_line(exc)}")
+            # under torchrun every rank stops on a signal alike: rank 0 says it once
+            if exc.exit_code not in (130, 143) or os.environ.get("RANK", "0") == "0":
+                say(f"error: {one_line(exc)}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _interrupted()
@@ -417,6 +420,18 @@ def _check_paths(data: str, weights: Optional[Path], resume: Optional[str]) -> N
                              f"with last.pt, or a checkpoint file)")
 
 
+def _stop_with_parent() -> None:
+    """In torchrun's process, before it starts: SIGTERM it when this process dies, even of a
+    SIGKILL, so that its ranks save and stop instead of training on unattended (Linux; a no-op
+    elsewhere)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _launch_torchrun(nproc: int, max_restarts: Optional[int] = None) -> int:
     """Re-run this command under torchrun with ``nproc`` processes (and ``max_restarts``
     restarts), through :mod:`inceptionctl.launch` (a failed process is one line, with its
@@ -439,7 +454,28 @@ def _launch_torchrun(nproc: int, max_restarts: Optional[int] = None) -> int:
     cmd = [sys.executable, "-m", "inceptionctl.launch", "--standalone",
            f"--nproc-per-node={nproc}", *restarts, "-m", "inceptionctl", *cleaned]
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    # torchrun and its processes get a process group of their own, and SIGINT / SIGTERM sent to
+    # this process (Ctrl-C, `kill PID`, systemd, SLURM) go to that whole group, as Ctrl-C reaches
+    # a group at a terminal: every rank saves and stops, none is left running on its own
+    child = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_stop_with_parent)
+
+    def forward(signum: int, frame: Any) -> None:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread (a test runner's): the default stays
+            pass
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _parse_crops(text: str) -> list[int]:

@@ -4,7 +4,9 @@ The same launcher as ``python -m torch.distributed.run`` (its arguments, its age
 restarts), with one difference: when a process fails, torchrun raises ``ChildFailedError`` and
 prints a traceback of its own under the process's message. Here that becomes one line naming
 the failed rank and its exit code, and the launcher exits with that code (2 for a user error,
-as a single process would), so a mistake made under ``--nproc`` reads as it does without.
+as a single process would), so a mistake made under ``--nproc`` reads as it does without. A
+SIGINT / SIGTERM that stops the processes (they save, rank 0 says how to resume) ends it with
+130 / 143 and no traceback of torchrun's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def exit_code(code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: train --nproc {args.nproc_per_node}: rank {rank} {how} "
             f"({len(failed.failures)} of the processes failed{said})")
         return code
+    except SignalException as stopped:
+        # SIGINT / SIGTERM reached the group: the ranks saved and rank 0 said how to resume;
+        # exit as a shell reports a process ended by that signal
+        return 128 + int(stopped.sigval)
     return 0
 
 

@@ -874,6 +874,19 @@ def _save(run: _Run, kind: str, trainer: Trainer, state: TrainState) -> Path:
     return path
 
 
+def resume_command(out: Path, data: str, world: int) -> str:
+    """The command that resumes the run in ``out``: the same data, and mid-epoch the same number
+    of processes (a resume checks both)."""
+    import shlex
+
+    words = ["inceptionctl", "train", "--resume", str(out)]
+    if data != TrainOptions.data:
+        words += ["--data", data]
+    if world > 1:
+        words += ["--nproc", str(world)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int | None,
              seconds: float, skipped_images: int) -> TrainResult:
     """The run's result and its closing line; a signal ends it as Interrupted (130 / 143)."""
@@ -881,8 +894,8 @@ def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int 
     if stop_reason == "signal":
         code = 130 if signum == signal.SIGINT else 143
         raise Interrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step_in_epoch}: "
-                          f"saved {out / 'last.pt'}; resume with: inceptionctl train --resume "
-                          f"{out}", code)
+                          f"saved {out / 'last.pt'}; resume with: "
+                          f"{resume_command(out, run.opts.data, run.ctx.world)}", code)
     last = history[-1] if history else {"val_top1": None, "val_top5": None}
     result = TrainResult(run=str(out), epochs=state.epoch,
                          best_top1=state.best_top1 if history else None,

@@ -198,7 +198,17 @@ def test_train_nproc_passes_max_restarts_to_torchrun(cli, monkeypatch, tmp_path)
     import subprocess as sp
 
     calls = []
-    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+
+    class Launched:
+        def __init__(self, cmd, **kw):
+            calls.append(cmd)
+            self.pid = os.getpid()
+            assert kw.get("start_new_session")  # signals reach its group through us
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sp, "Popen", Launched)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     argv = ["train", "--nproc", "2", "--max-restarts", "3", "--resume", "auto", "--out",
             str(tmp_path / "run"), "--save-every", "30m"]
@@ -232,7 +242,17 @@ def test_a_mistake_under_nproc_is_said_once_before_any_process_starts(cli, monke
     import subprocess as sp
 
     calls = []
-    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+
+    class Launched:
+        def __init__(self, cmd, **kw):
+            calls.append(cmd)
+            self.pid = os.getpid()
+            assert kw.get("start_new_session")  # signals reach its group through us
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sp, "Popen", Launched)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     for argv, message in (
             (["--recipe", str(tmp_path / "nope.yaml")], "nope.yaml: recipe file not found"),
@@ -270,3 +290,34 @@ def test_the_launcher_reports_a_signal_as_a_shell_does():
     from inceptionctl.launch import exit_code
 
     assert (exit_code(2), exit_code(-9), exit_code(-15), exit_code(0)) == (2, 137, 143, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, group, code", [(signal.SIGTERM, False, 143),
+                                              (signal.SIGINT, True, 130)])
+def test_a_signal_to_the_nproc_command_stops_every_rank_which_saves(tmp_path, tiny_recipe, sig,
+                                                                    group, code):
+    """`kill PID` of `inceptionctl train --nproc 2` (systemd, SLURM), or Ctrl-C to its group:
+    the signal reaches torchrun and both ranks, which save; one line says how to resume (with
+    --nproc 2), exit 143 / 130, no traceback, and no process is left training."""
+    from .conftest import Child, cli_command
+
+    run = tmp_path / "run"
+    args = ["train", "--recipe", tiny_recipe, "--out", run, "--set", "train.epochs=50",
+            "--nproc", "2", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+    with Child(cli_command(*args), env=_env()) as child:
+        child.wait_for("epoch 1/50: ", timeout=600)
+        if group:
+            child.signal_group(sig)
+        else:
+            os.kill(child.proc.pid, sig)  # the command's own pid only
+        assert child.wait(timeout=120) == code, child.stderr[-3000:]
+    err = child.stderr
+    assert "Traceback" not in err and "SignalException" not in err, err[-3000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"resume with: inceptionctl train --resume {run} --nproc 2"), errors
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    assert state["epoch"] >= 1 and state["world_size"] == 2
+    left = subprocess.run(["pgrep", "-f", f"--out {run}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "processes still running: " + left.stdout
