@@ -54,9 +54,33 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             raise
         except OSError as exc:
             raise OutputError(target, exc) from None
+        except RuntimeError as exc:  # torch.save's writer reports a failed write this way
+            if not _a_failed_write(exc):
+                raise
+            raise OutputError(target, _why_a_write_failed(tmp_path, exc)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _a_failed_write(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is torch's zip writer failing to write (a full disk, say)."""
+    text = str(exc)
+    return any(m in text for m in ("PytorchStreamWriter", "inline_container", "file write failed",
+                                   "unexpected pos"))
+
+
+def _why_a_write_failed(path: Path, exc: RuntimeError) -> OSError:
+    """The OSError behind torch's failed write: a full disk where little space is left."""
+    import errno
+
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < (64 << 20):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        pass
+    return OSError(errno.EIO, f"the write failed: {str(exc).splitlines()[0][:120]}")
 
 
 def _umask() -> int:

@@ -67,6 +67,40 @@ def test_interrupted_save_keeps_previous(tmp_path, small, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.parametrize("free, reason", [(1 << 20, "No space left on device"),
+                                           (10 << 30, "the write failed: [enforce fail")])
+def test_a_save_that_torch_fails_to_write_is_one_line(tmp_path, small, monkeypatch, free,
+                                                       reason):
+    """torch.save on a full disk raises a RuntimeError from its zip writer, not an OSError: it
+    ends as the one-line write error naming the file (a full disk said as such), the previous
+    checkpoint kept and no temp file left."""
+    import os
+
+    from inceptionctl.errors import OutputError
+
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "last.pt", model, recipe, meta={"epoch": 1})
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 part of a file")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 163072 "
+                           "vs 163000")
+
+    class Stat:
+        f_bavail, f_frsize = free // 4096, 4096
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(os, "statvfs", lambda p: Stat())
+    with pytest.raises(OutputError) as err:
+        save_checkpoint(path, model, recipe, meta={"epoch": 2})
+    monkeypatch.undo()
+    assert str(err.value).startswith(f"{path}: cannot write ({reason}")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 def test_wrong_architecture_lists_keys(tmp_path):
     paper = build_model(load_recipe("googlenet"))
     path = tmp_path / "paper.pth"
