@@ -305,6 +305,7 @@ DEFAULT_RECIPE = "googlenet-small"
 
 @app.command(cls=_Command)
 def train(
+    ctx: typer.Context,
     recipe: RecipeOpt = DEFAULT_RECIPE,
     data: Annotated[str, typer.Option(metavar="PATH|digits|synthetic",
                                       help="Folder (ImageFolder or ILSVRC layout), 'digits' "
@@ -370,6 +371,7 @@ def train(
         raise typer.Exit(_launch_torchrun(nproc, max_restarts))
     result = run_training(TrainOptions(
         recipe=resolved, overrides=list(set_ or []), data=data, out=out,
+        recipe_given=getattr(ctx.get_parameter_source("recipe"), "name", "DEFAULT") != "DEFAULT",
         weights=weights, strict_head=not reset_head, resume=resume, device=device,
         precision=precision.value, compile=compile_, channels_last=channels_last,
         workers=workers, decode=decode, val_split=val_split, strict_data=strict_data,

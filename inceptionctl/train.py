@@ -60,6 +60,9 @@ class Interrupted(InceptionError):
 class TrainOptions:
     recipe: Recipe
     overrides: list[str] = field(default_factory=list)  # re-applied to a resumed run's recipe
+    # whether the user named the recipe (a resumed run of another recipe is then refused);
+    # the command line's default recipe is not a choice
+    recipe_given: bool = True
     data: str = "digits"
     out: Path | None = None
     runs_dir: Path = Path("runs")
@@ -99,6 +102,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     precision: str = "fp32"  # what the run trained (and validated) in
     precision_choice: dict[str, Any] = field(default_factory=dict)  # auto's measured rates
+    new_steps: int | None = None  # the steps this command took in ``seconds`` (steps: the run's)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -474,6 +478,18 @@ def _open_resume(opts: TrainOptions, log: Callable[[str], None]
                                  f"recipe; only train.epochs can change (not {override}: the "
                                  f"run has {key}={value})")
     recipe = checkpoint_recipe(ckpt, str(resume_path), opts.overrides or None)
+    if opts.recipe_given and opts.recipe.name != recipe.name:
+        raise InceptionError(f"--resume {resume_path.parent}: the run trains recipe "
+                             f"'{recipe.name}', not --recipe {opts.recipe.name} (a resumed run "
+                             f"keeps its recipe; leave --recipe out)")
+    if opts.weights is not None:
+        if opts.resume != "auto":
+            raise InceptionError(f"--resume {resume_path.parent}: a resumed run continues from "
+                                 f"its own weights; --weights starts a new run (give one or "
+                                 f"the other)")
+        # --resume auto found the run (a restarted or requeued command line): it continues
+        log(f"resume auto: continuing {resume_path.parent}; --weights is for a new run and is "
+            f"not used")
     saved_data = ckpt.get("meta", {}).get("data")
     if saved_data is not None and opts.data != saved_data:
         raise InceptionError(f"--resume {resume_path.parent}: the run trains on "
@@ -888,7 +904,7 @@ def resume_command(out: Path, data: str, world: int) -> str:
 
 
 def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int | None,
-             seconds: float, skipped_images: int) -> TrainResult:
+             seconds: float, skipped_images: int, steps_now: int | None = None) -> TrainResult:
     """The run's result and its closing line; a signal ends it as Interrupted (130 / 143)."""
     out, history = run.out, state.history
     if stop_reason == "signal":
@@ -901,15 +917,18 @@ def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int 
                          best_top1=state.best_top1 if history else None,
                          best_epoch=state.best_epoch if history else None,
                          last_top1=last["val_top1"], last_top5=last["val_top5"], seconds=seconds,
-                         steps=state.global_step, skipped_nonfinite=state.skipped_nonfinite,
+                         steps=state.global_step, new_steps=steps_now,
+                         skipped_nonfinite=state.skipped_nonfinite,
                          skipped_images=skipped_images, history=history,
                          precision=run.precision, precision_choice=run.precision_choice)
     if run.ctx.is_main:
         done = "stopped at --max-steps" if stop_reason == "max_steps" else "done"
         best = (f"best val top-1 {state.best_top1:.2f}% (epoch {state.best_epoch})" if history
                 else "no validation yet (stopped inside the first epoch)")
-        run.log(f"{done}: {state.epoch} epoch(s), {state.global_step} steps in {seconds:.1f}s; "
-                f"{best}; run folder {out}")
+        now = state.global_step if steps_now is None else steps_now
+        steps = (f"{now} steps in {seconds:.1f}s" if now == state.global_step else
+                 f"{now} steps in {seconds:.1f}s ({state.global_step} in all)")
+        run.log(f"{done}: {state.epoch} epoch(s), {steps}; {best}; run folder {out}")
     return result
 
 
@@ -977,7 +996,7 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
     progress = Progress(ctx.is_main, sys.stderr.isatty() if opts.progress is None else opts.progress,
                         opts.log)
     interval = _Interval(opts.log_every)
-    started, skipped_images = time.monotonic(), 0
+    started, skipped_images, first_step = time.monotonic(), 0, state.global_step
     stop_reason = "max_steps" if max_steps is not None and state.global_step >= max_steps else None
     clock = _SaveClock(opts.save_every)
     with StopFlag() as stop:
@@ -1000,7 +1019,7 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
     if run.writer is not None:
         run.writer.close()
     return _summary(run, state, stop_reason, stop.signum, time.monotonic() - started,
-                    skipped_images)
+                    skipped_images, state.global_step - first_step)
 
 
 # ----------------------------------------------------------------------------------- rendering

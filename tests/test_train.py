@@ -634,3 +634,27 @@ def test_a_recipe_file_in_out_is_never_replaced(tiny_recipe, tmp_path):
     make_folder(data / "train", classes=("a", "b"), per_class=3)  # the same names, now images
     train(_opts(recipe, tmp_path, name="retry", data=str(data)))
     assert (tmp_path / "retry" / "last.pt").is_file()
+
+def test_a_resume_refuses_another_recipe_and_weights_and_counts_its_own_steps(tmp_path,
+                                                                              tiny_recipe, cli):
+    """--recipe naming another recipe, or --weights, beside --resume RUN were ignored without a
+    word; --resume auto (a restarted command line) continues and says --weights is not used.
+    The closing line and --json count the steps this command took apart from the run's."""
+    run = tmp_path / "run"
+    first = cli("train", "--recipe", tiny_recipe, "--out", run, "--max-steps", "2", *TINY_CLI)
+    assert first.exit_code == 0, first.stderr
+    other = cli("train", "--recipe", "googlenet", "--resume", run, *TINY_CLI)
+    assert other.exit_code == 2 and other.stderr.strip().splitlines()[-1] == (
+        f"error: --resume {run}: the run trains recipe 'tiny', not --recipe googlenet (a resumed "
+        f"run keeps its recipe; leave --recipe out)")
+    weights = cli("train", "--resume", run, "--weights", run / "last.pt", *TINY_CLI)
+    assert weights.exit_code == 2 and "--weights starts a new run" in weights.stderr
+    assert read_checkpoint(run / "last.pt")["train_state"]["global_step"] == 2  # untouched
+    again = cli("train", "--recipe", tiny_recipe, "--resume", "auto", "--out", run, "--weights",
+                run / "last.pt", "--max-steps", "5", *TINY_CLI, "--json")
+    assert again.exit_code == 0, again.stderr
+    assert f"resume auto: continuing {run}; --weights is for a new run and is not used" in \
+        again.stderr
+    result = json.loads(again.stdout)
+    assert (result["steps"], result["new_steps"]) == (5, 3)
+    assert "3 steps in " in again.stderr and "(5 in all)" in again.stderr
