@@ -75,11 +75,29 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         head = fh.read(512)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle
         raise InceptionError(f"{path}: not a PyTorch weights file ({_looks_like(head)})")
+    damaged = _damaged_member(path) if head.startswith(b"PK\x03\x04") else None
+    if damaged is not None:
+        raise InceptionError(f"{path}: damaged (its entry {damaged.split('/', 1)[-1]} fails "
+                             f"its checksum: the file changed after it was written; use another "
+                             f"copy)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to parse the file is the file's fault, not ours
         raise InceptionError(f"{path}: cannot be read as weights (only plain tensors are "
                              f"loaded, never code): {_load_reason(exc)}") from None
+
+
+def _damaged_member(path: Path) -> str | None:
+    """The first entry of torch.save's zip archive whose bytes fail their CRC-32 (torch.load does
+    not check them, so a flipped or overwritten block would load as wrong weights); None when
+    every entry checks, or when the archive itself cannot be read (torch.load then says why)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return None
 
 
 def _load_reason(exc: Exception) -> str:

@@ -364,7 +364,7 @@ def train(
     if nproc is not None and (nproc > 1 or max_restarts is not None) \
             and "WORLD_SIZE" not in os.environ:
         # the mistakes every process would make, said once, before any process starts
-        _check_paths(data, weights, resume)
+        _check_paths(data, weights, resume, out)
         from .runtime import resolve_device
 
         resolve_device(device)
@@ -408,18 +408,36 @@ def _check_restarts(max_restarts: int, nproc: Optional[int], resume: Optional[st
                              "--resume auto (with --out RUN)")
 
 
-def _check_paths(data: str, weights: Optional[Path], resume: Optional[str]) -> None:
-    """``--data``, ``--weights`` and ``--resume PATH`` exist (checked again, fully, by train)."""
+def _check_paths(data: str, weights: Optional[Path], resume: Optional[str],
+                 out: Optional[Path] = None) -> None:
+    """``--data``, ``--weights`` and ``--resume PATH`` exist, and ``--out`` can be a run folder
+    (checked again, fully, by train)."""
     from .data import data_root
 
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise InceptionError(f"--out {out}: is a file; give a folder for the run")
+        above = next((p for p in out.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise InceptionError(f"--out {out}: {above} is not a folder")
+        nearest = out if out.exists() else above
+        if nearest is not None and not os.access(nearest, os.W_OK):
+            raise InceptionError(f"--out {out}: {nearest} cannot be written to")
     if data not in ("digits", "synthetic"):
         data_root(data)
     if weights is not None and not str(weights).startswith("torchvision:") \
             and not weights.exists():
         raise InceptionError(f"--weights {weights}: no such file or run folder")
-    if resume not in (None, "auto") and not Path(str(resume)).exists():
-        raise InceptionError(f"--resume {resume}: no checkpoint there (expected a run folder "
-                             f"with last.pt, or a checkpoint file)")
+    if resume not in (None, "auto"):
+        path = Path(str(resume))
+        if not path.exists():
+            raise InceptionError(f"--resume {resume}: no checkpoint there (expected a run folder "
+                                 f"with last.pt, or a checkpoint file)")
+        checkpoint = path / "last.pt" if path.is_dir() else path
+        if checkpoint.is_file():  # cut short, damaged, not ours: said once, not by every rank
+            from .checkpoint import read_checkpoint
+
+            read_checkpoint(checkpoint)
 
 
 def _stop_with_parent() -> None:

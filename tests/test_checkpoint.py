@@ -173,6 +173,26 @@ class _Exploit:
 
 # the hostile file is pickled with protocol 4, which torch's safe unpickler warns about
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
+def test_a_checkpoint_damaged_after_it_was_written_is_refused(tmp_path, small):
+    """torch.load does not check the archive's CRCs: bytes overwritten inside a tensor loaded as
+    wrong weights without a word."""
+    import zipfile
+
+    recipe, model = small
+    path = save_checkpoint(tmp_path / "last.pt", model, recipe)
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data = bytearray(path.read_bytes())
+    data[start + 100:start + 108] = bytes(b ^ 0xFF for b in data[start + 100:start + 108])
+    path.write_bytes(bytes(data))
+    with pytest.raises(InceptionError) as err:
+        read_checkpoint(path)
+    name = info.filename.split("/", 1)[1]
+    assert str(err.value) == (f"{path}: damaged (its entry {name} fails its checksum: the file "
+                              f"changed after it was written; use another copy)")
+
+
 def test_loading_never_runs_code(tmp_path, small, monkeypatch):
     marker = tmp_path / "inceptionctl-pwned"
     monkeypatch.setattr(_Exploit, "marker", str(marker))

@@ -321,3 +321,34 @@ def test_a_signal_to_the_nproc_command_stops_every_rank_which_saves(tmp_path, ti
     assert state["epoch"] >= 1 and state["world_size"] == 2
     left = subprocess.run(["pgrep", "-f", f"--out {run}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "processes still running: " + left.stdout
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_nproc_checks_out_once_before_any_process_starts(cli, monkeypatch, tmp_path, under):
+    """Every rank used to find --out unusable and say so, with the launcher's line after."""
+    import subprocess as sp
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sp, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = afile / "sub" if under else afile
+    result = cli("train", "--nproc", "2", "--out", out)
+    assert result.exit_code == 2
+    said = f"{afile} is not a folder" if under else "is a file; give a folder for the run"
+    assert result.stderr.strip().splitlines() == [f"error: --out {out}: {said}"]
+
+
+def test_nproc_reads_a_damaged_resume_checkpoint_once_before_any_process_starts(
+        cli, monkeypatch, tmp_path):
+    import subprocess as sp
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sp, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # cut short
+    result = cli("train", "--nproc", "2", "--resume", run)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {run / 'last.pt'}: ")
