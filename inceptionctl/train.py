@@ -464,6 +464,12 @@ def _open_resume(opts: TrainOptions, log: Callable[[str], None]
     if not ckpt.get("train_state"):
         raise InceptionError(f"{resume_path}: holds no training state (a 'best' checkpoint "
                              f"or an export); resume from the run's last.pt")
+    if resume_path.name != "last.pt":
+        # the run goes on in the checkpoint's folder, writing last.pt, best.pt and metrics.jsonl
+        # there: never beside a file that is not the run's own last.pt
+        raise InceptionError(f"--resume {resume_path}: a run continues in the folder of its "
+                             f"last.pt, and this file is not one; copy it to a run folder as "
+                             f"last.pt and resume that folder")
     # The run's own recipe; only train.epochs may change (to extend a run). An override that
     # repeats the run's value is no change: a restarted command line (torchrun --max-restarts,
     # a requeued job) carries the --set options that started the run.
@@ -944,6 +950,8 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
         torch.cuda.set_device(device)
     _seed_everything(recipe.train.seed)
     out = resume_path.parent if resume_path is not None else _new_run_folder(opts, recipe)
+    if resume_path is not None and not os.access(out, os.W_OK):  # said now, not after an epoch
+        raise InceptionError(f"--resume {out}: cannot write in the run folder (read-only)")
     lists = FileLists(out)  # the data folders' listings, kept in the run folder
     splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count, lists)
     recipe = _follow_classes(recipe, splits.classes, opts.data, fixed=ckpt is not None,

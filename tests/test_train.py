@@ -658,3 +658,33 @@ def test_a_resume_refuses_another_recipe_and_weights_and_counts_its_own_steps(tm
     result = json.loads(again.stdout)
     assert (result["steps"], result["new_steps"]) == (5, 3)
     assert "3 steps in " in again.stderr and "(5 in all)" in again.stderr
+
+
+def test_a_resume_writes_only_in_a_run_folder_and_says_a_read_only_one_at_once(
+        tmp_path, tiny_recipe, cli, monkeypatch):
+    """A checkpoint copied beside other files under another name resumed in that folder,
+    replacing its best.pt and metrics.jsonl; a read-only run folder failed after an epoch."""
+    import shutil
+
+    run = tmp_path / "run"
+    assert cli("train", "--recipe", tiny_recipe, "--out", run, "--max-steps", "2",
+               *TINY_CLI).exit_code == 0
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(run / "last.pt", store / "epoch0-step2.pt")
+    (store / "metrics.jsonl").write_text("mine\n")
+    result = cli("train", "--resume", store / "epoch0-step2.pt", *TINY_CLI)
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: --resume {store / 'epoch0-step2.pt'}: a run continues in the folder of its "
+        f"last.pt, and this file is not one; copy it to a run folder as last.pt and resume "
+        f"that folder")
+    assert sorted(p.name for p in store.iterdir()) == ["epoch0-step2.pt", "metrics.jsonl"]
+    assert (store / "metrics.jsonl").read_text() == "mine\n"
+    # the run folder read-only (as a read-only mount reports it to access())
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: False if (
+        mode & os.W_OK and Path(path) == run) else real_access(path, mode, *a, **k))
+    result = cli("train", "--resume", run, *TINY_CLI)
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: --resume {run}: cannot write in the run folder (read-only)")
+    assert "epoch 1/" not in result.stderr  # said before any training
