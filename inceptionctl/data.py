@@ -582,9 +582,10 @@ def class_folders(root: Path) -> list[str]:
 
 
 def image_folder(root: Path, classes: list[str] | None = None,
-                 lists: FileLists | None = None) -> FileSource:
+                 lists: FileLists | None = None, allow_empty: bool = False) -> FileSource:
     """An ImageFolder tree: one sub-folder of images per class (listed through ``lists``,
-    which may hold the listing from an earlier run)."""
+    which may hold the listing from an earlier run). A class folder without images is an error
+    unless ``allow_empty`` (evaluation: such a class simply has no images to score)."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     found = class_folders(root)
@@ -599,9 +600,11 @@ def image_folder(root: Path, classes: list[str] | None = None,
     items = []
     per_class = (lists or FileLists()).class_files(root, found)
     for label, (name, files) in enumerate(zip(found, per_class)):
-        if not files:
+        if not files and not allow_empty:
             raise DataError(f"{root / name}: class folder has no images")
         items += [(f, label) for f in files]
+    if not items:
+        raise DataError(f"{root}: no images in its class folders")
     return FileSource(items, found, str(root))
 
 
@@ -610,6 +613,9 @@ def ground_truth(val_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     candidates = [val_dir.parent / "LOC_val_solution.csv", val_dir / "LOC_val_solution.csv",
                   val_dir.parent / "val.txt", val_dir.parent / "val_labels.txt",
                   val_dir / "val_labels.txt"]
+    if not any(is_image(e.name) and e.is_file() for e in os.scandir(val_dir)):
+        raise DataError(f"{val_dir}: no images in this folder (expected <class>/<image> "
+                        f"folders, or images beside a ground-truth file)")
     gt = next((p for p in candidates if p.is_file()), None)
     if gt is None:
         raise DataError(f"{val_dir}: flat val folder without a ground-truth file (looked for "
@@ -1058,7 +1064,7 @@ def eval_source(spec: str, classes: list[str], resize: int) -> ImageSource:
         root = root / "val"
     if not class_folders(root):
         return FileSource(ground_truth(root, classes), classes, str(root))
-    folder = image_folder(root)
+    folder = image_folder(root, allow_empty=True)
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in folder.classes if c not in index]
     if unknown:

@@ -235,7 +235,7 @@ def test_eval_bad_inputs(tiny_run, cli, tmp_path, case):
     elif case == "empty":
         args[2] = tmp_path / "nothing"
         (tmp_path / "nothing" / "3").mkdir(parents=True)
-        message = "class folder has no images"
+        message = "no images in its class folders"
     elif case == "unknown class":
         (data / "cat").mkdir()
         Image.new("RGB", (20, 20)).save(data / "cat" / "x.png")
@@ -402,3 +402,28 @@ def test_top5_of_five_classes_or_fewer_is_said_to_be_trivial(tmp_path, monkeypat
     table, _ = ev.render(report)
     assert report.main.top5 == 100.0
     assert table.caption == "top-5 is 100% by definition with 3 classes"
+
+
+def test_eval_scores_the_classes_that_have_images_and_names_a_folder_without_any(tmp_path,
+                                                                                  tiny_run, cli):
+    """An empty class folder beside others used to fail the whole set ("class folder has no
+    images", a training-set rule); an empty or non-image flat folder was called a "flat val
+    folder without a ground-truth file"."""
+    from PIL import Image
+
+    run = tiny_run[0]
+    data = tmp_path / "val"
+    (data / "0").mkdir(parents=True)
+    (data / "7").mkdir()
+    for i in range(2):
+        Image.new("RGB", (20, 20), (i * 90,) * 3).save(data / "7" / f"{i}.png")
+    out = cli("eval", run, "--data", data, "--workers", "0", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert json.loads(out.stdout)["images"] == 2
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "notes.txt").write_text("hi")
+    out = cli("eval", run, "--data", flat, "--workers", "0")
+    assert out.exit_code == 2 and out.stderr.strip().splitlines()[-1] == (
+        f"error: {flat}: no images in this folder (expected <class>/<image> folders, or images "
+        f"beside a ground-truth file)")
