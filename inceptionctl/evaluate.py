@@ -136,6 +136,7 @@ class EvalReport:
     crops_per_s: float
     skipped_paths: list[str] = field(default_factory=list)
     precisions: list[dict[str, Any]] = field(default_factory=list)  # per model: choice, rates
+    batch_size: int = 0  # the batch the forward passes ran at (crops per call)
 
     def to_json(self) -> dict[str, Any]:
         return {"artifacts": self.artifacts, "backend": self.backend, "versions": self.versions,
@@ -146,7 +147,8 @@ class EvalReport:
                 "table": [r.to_json() for r in self.rows], "per_class": self.per_class,
                 "classes": self.classes, "confusion": self.confusion,
                 "seconds": self.seconds, "images_per_s": self.images_per_s,
-                "crops_per_s": self.crops_per_s, "skipped_paths": self.skipped_paths}
+                "crops_per_s": self.crops_per_s, "batch_size": self.batch_size,
+                "skipped_paths": self.skipped_paths}
 
 
 @dataclass
@@ -253,7 +255,7 @@ def _evaluate(opts: EvalOptions, sessions: list[Session], ctx: dist_utils.Contex
     gathered = ctx.gather_objects(sums.top5(configs))
     if not ctx.is_main:
         return None
-    return _report(opts, sessions, gathered, configs, counts, n_total)
+    return _report(opts, sessions, gathered, configs, counts, n_total, batch)
 
 
 def eval_workers(counts: list[int]) -> int:
@@ -276,7 +278,13 @@ def _ensemble_batch(opts: EvalOptions, sessions: list[Session]) -> int:
         raise InceptionError("the artifacts' batch ranges do not overlap "
                              f"({', '.join(f'{s.info.path}: {s.info.batch_range}' for s in sessions)})")
     if highs:
-        batch = max(max(lows), min(batch, min(highs)))
+        fitted = max(max(lows), min(batch, min(highs)))
+        if opts.batch_size is not None and fitted != batch and opts.log is not None:
+            ranges = ", ".join(f"{s.info.path} {s.info.batch_range[0]}:{s.info.batch_range[1]}"
+                               for s in sessions if s.info.batch_range)
+            opts.log(f"--batch-size {batch}: running batches of {fitted} (the batch range of "
+                     f"{ranges})")
+        batch = fitted
     return batch
 
 
@@ -356,7 +364,8 @@ def _run(opts: EvalOptions, sessions: list[Session], loader: DataLoader, counts:
 
 
 def _report(opts: EvalOptions, sessions: list[Session], gathered: list[dict[str, Any]],
-            configs: list[tuple[int, int]], counts: list[int], n_total: int) -> EvalReport:
+            configs: list[tuple[int, int]], counts: list[int], n_total: int,
+            batch: int = 0) -> EvalReport:
     """Rank 0: the table rows, per-class accuracy and confusion from every rank's top-5s."""
     classes = sessions[0].info.classes
     all_labels = torch.cat([g["labels"] for g in gathered])
@@ -400,7 +409,8 @@ def _report(opts: EvalOptions, sessions: list[Session], gathered: list[dict[str,
         crops_per_s=total_crops / max(seconds, 1e-9),
         skipped_paths=[f"{p} ({r})" for p, r in all_bad],
         precisions=[dict(s.info.extra.get("precision_choice") or
-                         {"precision": s.info.precision, "source": "artifact"}) for s in sessions])
+                         {"precision": s.info.precision, "source": "artifact"}) for s in sessions],
+        batch_size=batch)
 
 
 def _backend_name(session: Session) -> str:

@@ -440,3 +440,17 @@ def test_int8_quantizes_an_unfolded_lrn_but_its_power(backend, tmp_path, fp32_fi
         assert consumers[steps[name].output[0]] != ["QuantizeLinear"], name
     assert producer[steps["sqrt2"].input[0]] == "Sqrt"
     assert consumers[steps["power"].output[0]] == ["QuantizeLinear"]
+
+
+def test_eval_says_a_batch_size_outside_the_files_range_and_records_the_one_run(tiny_onnx, cli):
+    """--batch-size 100 on a file exported for batches 1 to 5 ran at 5 without a word."""
+    import json
+
+    out = cli("eval", tiny_onnx, "--batch-size", "100", "--limit", "3", "--workers", "0",
+              "--json")
+    assert out.exit_code == 0, out.stderr
+    assert f"--batch-size 100: running batches of 5 (the batch range of {tiny_onnx} 1:5)" in \
+        out.stderr
+    assert json.loads(out.stdout)["batch_size"] == 5
+    fits = cli("eval", tiny_onnx, "--batch-size", "4", "--limit", "3", "--workers", "0", "--json")
+    assert "running batches" not in fits.stderr and json.loads(fits.stdout)["batch_size"] == 4
