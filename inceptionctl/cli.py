@@ -28,6 +28,7 @@ from rich.console import Console
 from . import __version__
 from .errors import InceptionError, one_line, say
 from .files import check_output_file
+from .plots import plot_format
 
 
 class _NoFlagMetavars:
@@ -535,7 +536,7 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N images only.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
     strict_data: Annotated[bool, typer.Option(help="Fail at the first unreadable image.")] = False,
-    plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the confusion matrix as a PNG, SVG or PDF (by the file's suffix).")] = None,
     precision: InferPrecisionOpt = TrainPrecision.auto,
     recipe: ForeignRecipeOpt = None,
     set_: SetOpt = None,
@@ -546,6 +547,7 @@ def eval_(
 
     if plot is not None:
         check_output_file(plot)
+        plot_format(plot)
     report = evaluate(EvalOptions(artifacts=artifacts, data=data,
                                   crops=_parse_crops(crops) if crops is not None else None,
                                   backend=backend, device=device, batch_size=batch_size,
@@ -728,7 +730,7 @@ def profile(
     calib_data: Annotated[Optional[str], typer.Option(
         metavar="PATH|digits", help="INT8 calibration images (default: the embedded "
                                     "digits).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Throughput-vs-batch PNG (with --time).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Throughput-vs-batch plot, PNG, SVG or PDF by the suffix (with --time).")] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -748,6 +750,7 @@ def profile(
                                  iters, seconds, train_)
         if plot is not None:
             check_output_file(plot)
+            plot_format(plot)
         if calib_data not in (None, "digits") and not Path(str(calib_data)).is_dir():
             what = "not a folder" if Path(str(calib_data)).exists() else "no such folder"
             raise InceptionError(f"--calib-data {calib_data}: {what} (expected a folder of "

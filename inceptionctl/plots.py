@@ -1,10 +1,25 @@
-"""PNG plots (matplotlib, headless): confusion matrices and throughput curves."""
+"""Plots (matplotlib, headless): confusion matrices and throughput curves, as PNG, SVG or PDF
+by the file's suffix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .files import atomic_path
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def plot_format(path: Path) -> str:
+    """The format ``path``'s suffix names (png, svg or pdf), or the one-line error: a PNG
+    written into ``cm.txt`` would be a file its name misdescribes."""
+    from .errors import InceptionError
+
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise InceptionError(f"--plot {path}: give a file ending in "
+                             f"{', '.join('.' + f for f in FORMATS)}")
+    return fmt
 
 
 def confusion_png(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
@@ -34,6 +49,6 @@ def confusion_png(confusion: list[list[int]], classes: list[str], path: Path, ti
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format=plot_format(path), dpi=100)
     plt.close(fig)
     return path

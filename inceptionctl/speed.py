@@ -537,6 +537,7 @@ def plot(report: SpeedReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from .files import atomic_path
+    from .plots import plot_format
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[str, list[tuple[int, float]]] = {}
@@ -557,6 +558,6 @@ def plot(report: SpeedReport, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format=plot_format(path), dpi=100)
     plt.close(fig)
     return path

@@ -427,3 +427,16 @@ def test_eval_scores_the_classes_that_have_images_and_names_a_folder_without_any
     assert out.exit_code == 2 and out.stderr.strip().splitlines()[-1] == (
         f"error: {flat}: no images in this folder (expected <class>/<image> folders, or images "
         f"beside a ground-truth file)")
+
+
+def test_plot_takes_its_format_from_the_suffix_and_refuses_another(tmp_path, tiny_run, cli):
+    """A PNG used to be written into cm.txt; .svg and .pdf were PNGs too."""
+    run = tiny_run[0]
+    bad = cli("eval", run, "--limit", "3", "--workers", "0", "--plot", tmp_path / "cm.txt")
+    assert bad.exit_code == 2 and bad.stderr.strip().splitlines()[-1] == (
+        f"error: --plot {tmp_path / 'cm.txt'}: give a file ending in .png, .svg, .pdf")
+    assert not (tmp_path / "cm.txt").exists()
+    for name, head in (("cm.svg", b"<?xml"), ("cm.pdf", b"%PDF"), ("cm.PNG", b"\x89PNG")):
+        out = cli("eval", run, "--limit", "3", "--workers", "0", "--plot", tmp_path / name)
+        assert out.exit_code == 0, out.stderr
+        assert (tmp_path / name).read_bytes().startswith(head), name
