@@ -120,7 +120,8 @@ PREFER_FP32_WITHIN = 0.05  # a lower precision must be >5% faster to give up fp3
 @dataclass(frozen=True)
 class PrecisionChoice:
     """The precision a run uses, and why: ``explicit``, ``only`` (one candidate), ``probe``
-    (measured now), ``cache`` (measured before on this machine) or ``resume`` (the run's own)."""
+    (measured now), ``probe, busy`` (measured now while other processes kept the CPUs busy, so
+    not cached), ``cache`` (measured before on this machine) or ``resume`` (the run's own)."""
 
     precision: str
     source: str
@@ -134,8 +135,9 @@ class PrecisionChoice:
     def describe(self) -> str:
         """One line: the choice and the measured rates (for the log)."""
         rates = ", ".join(f"{p} {r:,.1f} img/s" for p, r in self.rates.items())
-        how = {"probe": "measured now", "cache": "measured earlier on this machine"}.get(
-            self.source)
+        how = {"probe": "measured now", "cache": "measured earlier on this machine",
+               "probe, busy": "measured now, while other processes kept the CPUs busy: not "
+                              "cached"}.get(self.source)
         if how is None:
             return f"precision {self.precision} ({self.source})"
         return f"precision auto -> {self.precision} ({how}: {rates})"
@@ -274,14 +276,49 @@ def choose_precision(requested: str, device: torch.device, probe: Callable[[str]
             rates = {str(k): float(v) for k, v in (hit.get("rates") or {}).items()}
             return PrecisionChoice(hit["precision"], "cache", rates, key)
     rates: dict[str, float] = {}
+    ticks, own = cpu_ticks(), os.times()
     for order in (options, options[::-1]):  # twice, in turn: a busy moment hurts both alike
         for p in order:
             rates[p] = max(rates.get(p, 0.0), float(probe(p)))
     rates = {p: rates[p] for p in options}
-    choice = PrecisionChoice(pick_fastest(rates), "probe", rates, key)
-    if use_cache:
+    busy = others_share(ticks, own)
+    # measured while other processes took much of the CPUs, the rates may be anyone's: used
+    # for this run, never kept for the next ones
+    source = "probe" if busy is None or busy <= BUSY else "probe, busy"
+    choice = PrecisionChoice(pick_fastest(rates), source, rates, key)
+    if use_cache and source == "probe":
         _write_cache(path, key, choice)
     return choice
+
+
+BUSY = 0.25  # above this share of the CPUs used by other processes, a timing is not the machine's
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from ``/proc/stat``; None elsewhere."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user and nice
+    return total - idle, total
+
+
+def others_share(before: tuple[int, int] | None, own_before: Any) -> float | None:
+    """The share of the machine's CPU time that processes other than this one used since
+    ``before`` (:func:`cpu_ticks`) and ``own_before`` (``os.times()``); None where unknown."""
+    after = cpu_ticks()
+    if before is None or after is None or after[1] - before[1] < 20:  # too short to judge
+        return None
+    now = os.times()
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    own = (now.user + now.system - own_before.user - own_before.system) * hz
+    busy = (after[0] - before[0]) - own
+    return max(0.0, busy / (after[1] - before[1]))
 
 
 def time_rate(step: Callable[[], Any], images: int, device: torch.device,
@@ -335,6 +372,6 @@ def choose_session_precision(session: Any, requested: str, batch: int,
     assert choice is not None
     session.set_precision(choice.precision)
     session.info.extra["precision_choice"] = choice.to_json()
-    if log is not None and choice.source in ("probe", "cache"):
+    if log is not None and choice.source in ("probe", "probe, busy", "cache"):
         log(choice.describe())
     return choice

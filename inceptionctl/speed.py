@@ -49,8 +49,8 @@ from .backend import BuildContext, Quantizer
 from .data import DataError
 from .errors import InceptionError
 from .recipe import Recipe
-from .runtime import (autocast, choose_precision, choose_session_precision, probe_key,
-                      resolve_device, time_rate)
+from .runtime import (BUSY, autocast, choose_precision, choose_session_precision, cpu_ticks,
+                      probe_key, resolve_device, time_rate)
 
 SCHEMA = "inceptionctl.speed/1"
 
@@ -153,35 +153,20 @@ def time_calls(step: Callable[[], Any], device: torch.device, warmup: int, iters
     return out
 
 
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs since boot, from ``/proc/stat``; None elsewhere."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    if len(fields) < 5:
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # guest time is already in user and nice
-    return total - idle, total
-
-
 def busy_fraction(seconds: float = 0.25) -> float | None:
     """The share of this machine's CPU time that other processes used over ``seconds``, while
     this one sleeps (Linux; None elsewhere). Timings, and the GEMM limit most of all (its
     threads wait at every barrier for a preempted one), mean little when this is high."""
-    before = _cpu_ticks()
+    before = cpu_ticks()
     if before is None:
         return None
     time.sleep(seconds)
-    after = _cpu_ticks()
+    after = cpu_ticks()
     if after is None or after[1] <= before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-BUSY = 0.25  # above this share of the CPUs used by others, timings carry a warning
 
 
 def busy_note(busy: float | None) -> str | None:

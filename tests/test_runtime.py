@@ -351,3 +351,20 @@ def test_freed_memory_is_reused_without_faulting_it_in_again():
     assert off[1] >= pages // 2, off  # the default, for contrast
     chosen = run("on", MALLOC_ARENA_MAX="2")
     assert chosen[0] == "False" and chosen[1] >= pages // 2, chosen
+
+
+def test_a_decision_measured_on_a_busy_machine_is_used_but_not_cached(two_candidates, tmp_path,
+                                                                      monkeypatch):
+    """Other processes took 90% of the CPUs while the probe ran: its rates may be anyone's
+    (a review saw fp32 36 img/s against bf16 405 on a busy VM), so the next run measures again."""
+    ticks = iter([(0, 0), (900, 1000), (0, 0), (100, 1000)])
+    monkeypatch.setattr(runtime, "cpu_ticks", lambda: next(ticks))
+    cache = tmp_path / "c.json"
+    busy = choose_precision("auto", CPU, lambda p: {"fp32": 1.0, "bf16": 2.0}[p], key="k",
+                            cache=cache)
+    assert (busy.precision, busy.source) == ("bf16", "probe, busy")
+    assert "other processes kept the CPUs busy: not cached" in busy.describe()
+    assert not cache.exists()
+    quiet = choose_precision("auto", CPU, lambda p: {"fp32": 1.0, "bf16": 2.0}[p], key="k",
+                             cache=cache)
+    assert quiet.source == "probe" and "k" in json.loads(cache.read_text())["entries"]
