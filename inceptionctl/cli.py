@@ -362,6 +362,8 @@ def train(
     if max_steps is not None and max_steps < 1:
         raise InceptionError(f"--max-steps: expected at least 1, got {max_steps}")
     resolved = load_recipe(recipe, set_)
+    if out is not None:  # before the precision probe and the data, as every mistake here
+        _check_out(out)
     if nproc is not None and (nproc > 1 or max_restarts is not None) \
             and "WORLD_SIZE" not in os.environ:
         # the mistakes every process would make, said once, before any process starts
@@ -416,14 +418,7 @@ def _check_paths(data: str, weights: Optional[Path], resume: Optional[str],
     from .data import data_root
 
     if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InceptionError(f"--out {out}: is a file; give a folder for the run")
-        above = next((p for p in out.parents if p.exists()), None)
-        if above is not None and not above.is_dir():
-            raise InceptionError(f"--out {out}: {above} is not a folder")
-        nearest = out if out.exists() else above
-        if nearest is not None and not os.access(nearest, os.W_OK):
-            raise InceptionError(f"--out {out}: {nearest} cannot be written to")
+        _check_out(out, writable=True)
     if data not in ("digits", "synthetic"):
         data_root(data)
     if weights is not None and not str(weights).startswith("torchvision:") \
@@ -439,6 +434,19 @@ def _check_paths(data: str, weights: Optional[Path], resume: Optional[str],
             from .checkpoint import read_checkpoint
 
             read_checkpoint(checkpoint)
+
+
+def _check_out(out: Path, writable: bool = False) -> None:
+    """``--out`` can hold a run: not a file, no file above it (and, with ``writable``, a folder
+    this user can write in: under torchrun, every rank would otherwise fail apart)."""
+    if out.exists() and not out.is_dir():
+        raise InceptionError(f"--out {out}: is a file; give a folder for the run")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InceptionError(f"--out {out}: {above} is not a folder")
+    nearest = out if out.exists() else above
+    if writable and nearest is not None and not os.access(nearest, os.W_OK):
+        raise InceptionError(f"--out {out}: {nearest} cannot be written to")
 
 
 def _stop_with_parent() -> None:

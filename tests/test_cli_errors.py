@@ -373,3 +373,18 @@ def test_recipe_is_refused_for_artifacts_that_carry_theirs(cli, run, tmp_path):
     assert out.exit_code == 0, out.stderr
     out = cli("eval", bare, run, "--recipe", recipe, "--limit", "4", "--workers", "0")
     assert out.exit_code == 0, out.stderr
+
+
+def test_train_says_an_out_under_a_file_before_the_probe(cli, tmp_path, monkeypatch):
+    """It used to fail only after the precision probe had run."""
+    from inceptionctl import runtime, train
+
+    for module in (runtime, train):
+        monkeypatch.setattr(module, "choose_precision",
+                            lambda *a, **k: pytest.fail("the precision probe ran first"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = cli("train", "--out", afile / "sub")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: --out {afile / 'sub'}: {afile} is "
+                                                  f"not a folder"]
