@@ -901,12 +901,9 @@ def resume_command(out: Path, data: str, world: int) -> str:
     of processes (a resume checks both)."""
     import shlex
 
-    words = ["inceptionctl", "train", "--resume", str(out)]
-    if data != TrainOptions.data:
-        words += ["--data", data]
-    if world > 1:
-        words += ["--nproc", str(world)]
-    return " ".join(shlex.quote(w) for w in words)
+    extra = [*(["--data", data] if data != TrainOptions.data else []),
+             *(["--nproc", str(world)] if world > 1 else [])]
+    return f"inceptionctl train --resume {shlex.join([str(out), *extra])}"
 
 
 def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int | None,
