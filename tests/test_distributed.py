@@ -319,8 +319,7 @@ def test_a_signal_to_the_nproc_command_stops_every_rank_which_saves(tmp_path, ti
         f"resume with: inceptionctl train --resume {run} --nproc 2"), errors
     state = read_checkpoint(run / "last.pt")["train_state"]
     assert state["epoch"] >= 1 and state["world_size"] == 2
-    left = subprocess.run(["pgrep", "-f", f"--out {run}"], capture_output=True, text=True)
-    assert left.stdout.strip() == "", "processes still running: " + left.stdout
+    assert _running(run) == "", "processes still running: " + _running(run)
 
 
 @pytest.mark.parametrize("under", [False, True])
@@ -352,3 +351,38 @@ def test_nproc_reads_a_damaged_resume_checkpoint_once_before_any_process_starts(
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {run / 'last.pt'}: ")
+
+
+@pytest.mark.slow
+def test_the_ranks_save_and_stop_when_the_nproc_command_is_killed(tmp_path, tiny_recipe):
+    """SIGKILL of `inceptionctl train --nproc 2` itself (nothing can be forwarded): torchrun,
+    in its own process group, gets SIGTERM from the kernel (PR_SET_PDEATHSIG), so the ranks
+    save and stop instead of training on unattended."""
+    import time
+
+    from .conftest import Child, cli_command
+
+    run = tmp_path / "run"
+    args = ["train", "--recipe", tiny_recipe, "--out", run, "--set", "train.epochs=100000",
+            "--nproc", "2", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+    with Child(cli_command(*args), env=_env()) as child:
+        child.wait_for("epoch 1/100000: ", timeout=600)
+        os.kill(child.proc.pid, signal.SIGKILL)
+        child.proc.wait(timeout=30)
+        deadline = time.monotonic() + 60  # 100,000 tiny epochs take hours
+        while time.monotonic() < deadline:
+            if not _running(run):
+                break
+            time.sleep(0.5)
+        else:
+            subprocess.run(["pkill", "-9", "-f", "--", f"--out {run}"])
+            pytest.fail("torchrun's processes went on training after the command was killed")
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    assert state["epoch"] >= 1 and (state["epoch"] > 1 or state["step_in_epoch"] > 0)
+
+
+def _running(run: Path) -> str:
+    """The pids of processes whose command line names ``--out run`` (empty: none)."""
+    found = subprocess.run(["pgrep", "-f", "--", f"--out {run}"], capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr  # 1: none found; 2 and up: pgrep failed
+    return found.stdout.strip()
