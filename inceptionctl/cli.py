@@ -27,7 +27,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import InceptionError, one_line, say
-from .files import check_output_file
+from .files import check_output_file, nearest_folder_above
 from .plots import plot_format
 
 
@@ -441,9 +441,7 @@ def _check_out(out: Path, writable: bool = False) -> None:
     this user can write in: under torchrun, every rank would otherwise fail apart)."""
     if out.exists() and not out.is_dir():
         raise InceptionError(f"--out {out}: is a file; give a folder for the run")
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise InceptionError(f"--out {out}: {above} is not a folder")
+    above = nearest_folder_above(out, f"--out {out}")
     nearest = out if out.exists() else above
     if writable and nearest is not None and not os.access(nearest, os.W_OK):
         raise InceptionError(f"--out {out}: {nearest} cannot be written to")

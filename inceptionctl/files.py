@@ -17,12 +17,19 @@ def check_output_file(target: str | os.PathLike) -> Path:
     target = Path(target)
     if target.is_dir():
         raise InceptionError(f"{target}: is a folder; give a file name")
-    for parent in target.parents:  # the nearest existing folder above must be one
-        if parent.exists():
-            if not parent.is_dir():
-                raise InceptionError(f"{target}: {parent} is not a folder")
-            break
+    nearest_folder_above(target)
     return target
+
+
+def nearest_folder_above(path: Path, name: str | None = None) -> Path | None:
+    """The nearest existing path above ``path`` (None: none exists), or the one-line error,
+    starting with ``name`` (default: the path), when it is not a folder."""
+    from .errors import InceptionError
+
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InceptionError(f"{name or path}: {above} is not a folder")
+    return above
 
 
 @contextlib.contextmanager

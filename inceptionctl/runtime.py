@@ -128,6 +128,11 @@ class PrecisionChoice:
     rates: dict[str, float] = field(default_factory=dict)  # img/s per candidate, when measured
     key: str = ""
 
+    @property
+    def measured(self) -> bool:
+        """Whether rates back the choice (measured now or before), so its line is worth a log."""
+        return self.source in ("probe", "probe, busy", "cache")
+
     def to_json(self) -> dict[str, Any]:
         return {"precision": self.precision, "source": self.source,
                 "rates": {k: round(v, 2) for k, v in self.rates.items()}, "key": self.key}
@@ -308,11 +313,13 @@ def cpu_ticks() -> tuple[int, int] | None:
     return total - idle, total
 
 
-def others_share(before: tuple[int, int] | None, own_before: Any) -> float | None:
+def others_share(before: tuple[int, int] | None, own_before: Any,
+                 min_ticks: int = 20) -> float | None:
     """The share of the machine's CPU time that processes other than this one used since
-    ``before`` (:func:`cpu_ticks`) and ``own_before`` (``os.times()``); None where unknown."""
+    ``before`` (:func:`cpu_ticks`) and ``own_before`` (``os.times()``); None where unknown or
+    where fewer than ``min_ticks`` jiffies passed (too short to judge)."""
     after = cpu_ticks()
-    if before is None or after is None or after[1] - before[1] < 20:  # too short to judge
+    if before is None or after is None or after[1] - before[1] < max(1, min_ticks):
         return None
     now = os.times()
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -372,6 +379,6 @@ def choose_session_precision(session: Any, requested: str, batch: int,
     assert choice is not None
     session.set_precision(choice.precision)
     session.info.extra["precision_choice"] = choice.to_json()
-    if log is not None and choice.source in ("probe", "probe, busy", "cache"):
+    if log is not None and choice.measured:
         log(choice.describe())
     return choice

@@ -50,7 +50,7 @@ from .data import DataError
 from .errors import InceptionError
 from .recipe import Recipe
 from .runtime import (BUSY, autocast, choose_precision, choose_session_precision, cpu_ticks,
-                      probe_key, resolve_device, time_rate)
+                      others_share, probe_key, resolve_device, time_rate)
 
 SCHEMA = "inceptionctl.speed/1"
 
@@ -157,14 +157,11 @@ def busy_fraction(seconds: float = 0.25) -> float | None:
     """The share of this machine's CPU time that other processes used over ``seconds``, while
     this one sleeps (Linux; None elsewhere). Timings, and the GEMM limit most of all (its
     threads wait at every barrier for a preempted one), mean little when this is high."""
-    before = cpu_ticks()
+    before, own = cpu_ticks(), os.times()
     if before is None:
         return None
     time.sleep(seconds)
-    after = cpu_ticks()
-    if after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
+    return others_share(before, own, min_ticks=1)
 
 
 

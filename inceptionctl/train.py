@@ -969,7 +969,7 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     model = _build_model(opts, recipe, ckpt, device, log)
     choice = _choose_precision(opts, recipe, model, device, ctx, ckpt)
     precision = choice.precision
-    if choice.source in ("probe", "probe, busy", "cache"):
+    if choice.measured:
         log(choice.describe())
     trainer = Trainer(model, recipe, device, precision, steps_per_epoch=loaders.per_epoch,
                       world_size=ctx.world, compile=opts.compile,

@@ -325,8 +325,7 @@ class Trainer:
         self.scheduler.load_state_dict(saved)
         schedule = self.scheduler.lr_lambdas[0]
         per_epoch = before.get("steps_per_epoch") if isinstance(before, dict) else None
-        if epoch is not None and per_epoch is not None \
-                and per_epoch != getattr(schedule, "steps_per_epoch", per_epoch):
+        if epoch is not None and per_epoch not in (None, schedule.steps_per_epoch):
             self.scheduler.last_epoch = epoch * schedule.steps_per_epoch + step_in_epoch
         for group, base, rate in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
                                      self.scheduler.lr_lambdas):

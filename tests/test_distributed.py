@@ -194,7 +194,9 @@ def test_two_nodes_eval_equals_one_process(tiny_run, cli):
     assert a["table"] == b["table"] and a["confusion"] == b["confusion"]
 
 
-def test_train_nproc_passes_max_restarts_to_torchrun(cli, monkeypatch, tmp_path):
+@pytest.fixture
+def launched(monkeypatch):
+    """The command lines ``train --nproc`` hands to torchrun, which is not started."""
     import subprocess as sp
 
     calls = []
@@ -210,6 +212,11 @@ def test_train_nproc_passes_max_restarts_to_torchrun(cli, monkeypatch, tmp_path)
 
     monkeypatch.setattr(sp, "Popen", Launched)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return calls
+
+
+def test_train_nproc_passes_max_restarts_to_torchrun(cli, monkeypatch, tmp_path, launched):
+    calls = launched
     argv = ["train", "--nproc", "2", "--max-restarts", "3", "--resume", "auto", "--out",
             str(tmp_path / "run"), "--save-every", "30m"]
     monkeypatch.setattr(sys, "argv", ["inceptionctl", *argv])
@@ -238,22 +245,9 @@ def test_restarts_across_machines_get_a_note(monkeypatch):
     assert _attempt_store(timeout) == (None, None)  # a store of the round's own: nothing stale
 
 
-def test_a_mistake_under_nproc_is_said_once_before_any_process_starts(cli, monkeypatch, tmp_path):
-    import subprocess as sp
-
-    calls = []
-
-    class Launched:
-        def __init__(self, cmd, **kw):
-            calls.append(cmd)
-            self.pid = os.getpid()
-            assert kw.get("start_new_session")  # signals reach its group through us
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(sp, "Popen", Launched)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+def test_a_mistake_under_nproc_is_said_once_before_any_process_starts(cli, monkeypatch, tmp_path,
+                                                                     launched):
+    calls = launched
     for argv, message in (
             (["--recipe", str(tmp_path / "nope.yaml")], "nope.yaml: recipe file not found"),
             (["--data", str(tmp_path / "nope")], "nope: no such folder"),
