@@ -31,6 +31,19 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _quiet_machine(request, monkeypatch):
+    """In-process timing decisions see a quiet machine: how busy the CPUs are (other tests
+    beside this one, a CI neighbour) would otherwise decide whether a probe is cached and what
+    its line says. Tests of that behaviour feed their own tick counts, or are marked
+    ``real_load`` to read the machine's."""
+    if "real_load" not in request.keywords:
+        from inceptionctl import runtime
+
+        monkeypatch.setattr(runtime, "cpu_ticks", lambda: None)
+    yield
+
+
 @pytest.fixture
 def cli():
     """Run the CLI in-process: cli("recipes", "show", "x") -> result (exit_code, stdout, stderr)."""

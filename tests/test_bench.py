@@ -21,7 +21,9 @@ def test_bench_quick_smoke(tmp_path):
     # the target follows the measured choice: 2.0x where a lower precision pays, 1.6x in fp32
     assert goal["target"] == (1.6 if choice["precision"] == "fp32" else 2.0)
     assert goal["measured"] > 0 and goal["details"]["precision"] == choice["precision"]
-    assert choice["source"] in ("probe", "only") and f"P3 train img/s vs naive: " in result.stdout
+    # measured now (on a busy machine too: other tests may run beside this one), never cached
+    assert choice["source"] in ("probe", "probe, busy", "only")
+    assert "P3 train img/s vs naive: " in result.stdout
     assert data["machine"]["cpu"] in result.stdout.splitlines()[0]
     assert set(data["machine"]["cpu_flags"]) >= {"avx512_bf16", "amx_bf16", "avx512_vnni"}
     assert goal["details"]["naive img/s"] > 0 and goal["details"]["ours peak MiB"] > 0

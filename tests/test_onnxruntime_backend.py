@@ -252,9 +252,11 @@ def test_a_foreign_onnx_with_a_recipe_is_evaluated_like_ours(tmp_path, cli):
 
 
 def _qdq_conv(c_in: int, c_out: int, kernel: tuple[int, int], pads: list[int],
-              size: tuple[int, int], stride: int = 2, seed: int = 0) -> onnx.ModelProto:
-    """input -> Q -> DQ -> Conv (int8 per-channel weights, float bias) -> Q -> DQ -> output,
-    the shape quantize_static gives a first convolution (ONNX Runtime runs it as QLinearConv)."""
+              size: tuple[int, int], stride: int = 2, seed: int = 0,
+              int32_bias: bool = False) -> onnx.ModelProto:
+    """input -> Q -> DQ -> Conv (int8 per-channel weights, float bias or, as quantize_static
+    writes it, int32 through a DequantizeLinear) -> Q -> DQ -> output, the shape quantize_static
+    gives a first convolution (ONNX Runtime runs it as QLinearConv)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -272,6 +274,13 @@ def _qdq_conv(c_in: int, c_out: int, kernel: tuple[int, int], pads: list[int],
                               kernel_shape=list(kernel), strides=[stride, stride], pads=pads),
              helper.make_node("QuantizeLinear", ["c", "sy", "zy"], ["cq"]),
              helper.make_node("DequantizeLinear", ["cq", "sy", "zy"], ["y"])]
+    if int32_bias:
+        sw = numpy_helper.to_array(inits[3])
+        inits[5] = numpy_helper.from_array(
+            rng.integers(-5000, 5000, c_out).astype(np.int32), "b_q")
+        inits += [numpy_helper.from_array((0.02 * sw).astype(np.float32), "sb"),
+                  numpy_helper.from_array(np.zeros(c_out, np.int32), "zb")]
+        nodes.insert(2, helper.make_node("DequantizeLinear", ["b_q", "sb", "zb"], ["b"], axis=0))
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c_in, *size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", c_out, "h", "w"])], inits)
@@ -285,29 +294,35 @@ def _ort_run(model: onnx.ModelProto, x) -> "np.ndarray":
     return session.run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("c_in,c_out,kernel,pads,size", [
-    (3, 16, (7, 7), [3, 3, 3, 3], (38, 31)),  # GoogLeNet's conv1, even and odd sizes
-    (3, 8, (3, 3), [1, 1, 1, 1], (17, 16)),
-    (4, 8, (5, 4), [2, 1, 0, 2], (23, 20)),   # uneven kernel and pads
-    (2, 4, (2, 2), [0, 0, 0, 0], (12, 13))])
-def test_space_to_depth_stem_gives_the_same_output_bit_for_bit(c_in, c_out, kernel, pads, size):
-    """The stride-2 stem becomes a one-hot 2x2/2 convolution and a stride-1 one, and ONNX Runtime
-    returns exactly what it returned before (the same integer sums, requantized the same)."""
+@pytest.mark.parametrize("c_in,c_out,kernel,pads,size,int32_bias", [
+    (3, 16, (7, 7), [3, 3, 3, 3], (38, 32), True),  # GoogLeNet's conv1, as quantize_static
+    (3, 16, (7, 7), [3, 3, 3, 3], (37, 28), False),  # writes it; an odd height
+    (3, 8, (3, 3), [1, 1, 1, 1], (17, 16), True),
+    (4, 8, (5, 4), [2, 1, 0, 2], (23, 20), False),  # uneven kernel and pads
+    (4, 8, (5, 6), [0, 5, 1, 4], (9, 24), True),    # a left pad over one cell
+    (2, 4, (2, 2), [0, 0, 0, 0], (12, 16), False)])
+def test_space_to_depth_stem_gives_the_same_output_bit_for_bit(c_in, c_out, kernel, pads, size,
+                                                               int32_bias):
+    """The stride-2 stem reads 4-column cells and writes both output phases as channels, and
+    ONNX Runtime returns exactly what it returned before (the same integer sums, requantized
+    the same)."""
     import copy
 
     import numpy as np
 
     from inceptionctl.backends.onnxruntime import space_to_depth_stem
 
-    model = _qdq_conv(c_in, c_out, kernel, pads, size)
+    model = _qdq_conv(c_in, c_out, kernel, pads, size, int32_bias=int32_bias)
     x = np.random.default_rng(1).uniform(-2.5, 2.5, (3, c_in, *size)).astype(np.float32)
     folded = copy.deepcopy(model)
     assert space_to_depth_stem(folded)
-    onnx.checker.check_model(folded)
+    onnx.checker.check_model(folded, full_check=True)
     conv = next(n for n in folded.graph.node if n.name == "conv1")
     attrs = {a.name: list(a.ints) for a in conv.attribute}
-    assert attrs["strides"] == [1, 1] and attrs["pads"] == [0, 0, 0, 0]
-    assert [n.op_type for n in folded.graph.node].count("Conv") == 2
+    assert attrs["strides"] == [2, 1] and attrs["kernel_shape"][0] == kernel[0]
+    weights = next(t for t in folded.graph.initializer if t.name == "w")
+    assert list(weights.dims)[:2] == [2 * c_out, 4 * c_in]
+    assert [n.op_type for n in folded.graph.node].count("Conv") == 1
     before, after = _ort_run(model, x), _ort_run(folded, x)
     assert before.shape == after.shape and np.array_equal(before, after)
 
@@ -315,9 +330,13 @@ def test_space_to_depth_stem_gives_the_same_output_bit_for_bit(c_in, c_out, kern
 def test_space_to_depth_stem_leaves_other_first_convolutions_alone():
     from inceptionctl.backends.onnxruntime import space_to_depth_stem
 
-    stride_1 = _qdq_conv(3, 8, (3, 3), [1, 1, 1, 1], (16, 16), stride=1)
-    before = stride_1.SerializeToString()
-    assert not space_to_depth_stem(stride_1) and stride_1.SerializeToString() == before
+    for declined in (_qdq_conv(3, 8, (3, 3), [1, 1, 1, 1], (16, 16), stride=1),
+                     _qdq_conv(3, 8, (3, 3), [1, 1, 1, 1], (16, 18)),   # width not 4k
+                     _qdq_conv(3, 8, (3, 3), [0, 0, 0, 0], (16, 12))):  # 5 output columns
+        before = declined.SerializeToString()
+        assert not space_to_depth_stem(declined) and declined.SerializeToString() == before
+    odd_cells = _qdq_conv(3, 8, (3, 3), [1, 1, 1, 1], (16, 20))  # 10 columns in 5 cells: fine
+    assert space_to_depth_stem(odd_cells)
     dynamic = _qdq_conv(3, 8, (3, 3), [1, 1, 1, 1], (16, 16))
     dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"  # size unknown
     assert not space_to_depth_stem(dynamic)
@@ -332,9 +351,9 @@ def _set(model, **arrays) -> None:
 
 
 def test_space_to_depth_stem_declines_what_it_could_not_copy_exactly():
-    """Per-channel input scales, weights quantized along another axis or shared with another
-    node, or a DequantizeLinear with other parameters than the input's QuantizeLinear: the
-    one-hot step could not requantize onto them, so the graph is left as it was."""
+    """Per-channel input scales (a reshape would mix them), weights quantized along another axis,
+    weights, a bias or an input read by another node too, an output with two readers: the
+    rewrite could not keep them, so the graph is left as it was."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -342,6 +361,8 @@ def test_space_to_depth_stem_declines_what_it_could_not_copy_exactly():
 
     def stem():
         return _qdq_conv(3, 8, (7, 7), [3, 3, 3, 3], (20, 20))
+
+    assert space_to_depth_stem(stem())  # as it is, it folds
 
     per_channel_input = stem()
     _set(per_channel_input, sx=np.array([0.02, 0.03, 0.025], np.float32),
@@ -352,15 +373,17 @@ def test_space_to_depth_stem_declines_what_it_could_not_copy_exactly():
     _set(weights_by_input_channel, sw=np.array([2e-3, 3e-3, 1e-3], np.float32),
          zw=np.zeros(3, np.int8))
     weights_by_input_channel.graph.node[2].attribute[0].i = 1
-    other_dequantization = stem()
-    other_dequantization.graph.initializer.append(
-        numpy_helper.from_array(np.array(0.04, np.float32), "sx2"))
-    other_dequantization.graph.node[1].input[1] = "sx2"
     shared_weights = stem()
     shared_weights.graph.node.append(helper.make_node(
         "Conv", ["xd", "wd", "b"], ["c2"], kernel_shape=[7, 7], strides=[2, 2], pads=[3] * 4))
-    for model in (per_channel_input, weights_by_input_channel, other_dequantization,
-                  shared_weights):
+    shared_bias = stem()
+    shared_bias.graph.node.append(helper.make_node("Relu", ["b"], ["b2"]))
+    shared_input = stem()
+    shared_input.graph.node.append(helper.make_node("Relu", ["xd"], ["x2"]))
+    two_readers = stem()
+    two_readers.graph.node.append(helper.make_node("Relu", ["c"], ["c2"]))
+    for model in (per_channel_input, weights_by_input_channel, shared_weights, shared_bias,
+                  shared_input, two_readers):
         before = model.SerializeToString()
         assert not space_to_depth_stem(model) and model.SerializeToString() == before
 
@@ -396,7 +419,7 @@ def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
     assert np.array_equal(run(tmp_path / "a.onnx"), run(tmp_path / "b.onnx"))
     strides = [list(a.ints) for n in onnx.load(str(tmp_path / "a.onnx")).graph.node
                if n.op_type == "Conv" for a in n.attribute if a.name == "strides"]
-    assert strides[:2] == [[2, 2], [1, 1]]  # the one-hot step, then the stem at stride 1
+    assert strides[:2] == [[2, 1], [1, 1]]  # the stem over cells, then the next conv
     trt = backend.quantize_int8(fp32, tmp_path / "t.onnx", calib, flavour="tensorrt")
     assert trt["stem_space_to_depth"] is False
 

@@ -237,6 +237,7 @@ def test_one_stalled_call_does_not_shrink_the_gemm(monkeypatch):
     assert timed[-1] == 1024  # the limit's product is the full size
 
 
+@pytest.mark.real_load
 def test_busy_fraction_sees_other_processes():
     import subprocess
     import sys
