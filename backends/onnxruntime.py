@@ -252,15 +252,20 @@ def space_to_depth_stem(model: Any) -> bool:
     The weights are the original int8 ones, moved to their cell and phase, and zero on the taps
     outside the kernel. The bias and the per-channel scales are repeated for the two phases,
     and padding cells hold the input's zero point, as the padding did. So the integer sums and
-    the output are unchanged, bit for bit.
+    the output are unchanged, bit for bit, where ONNX Runtime fuses the convolution into
+    ``QLinearConv`` (its default optimization level, or ``ORT_ENABLE_EXTENDED``) and sums int8
+    products exactly (VNNI or AMX; the u8s8 kernel of CPUs with AVX2 alone may saturate pairs of
+    products, as ONNX Runtime documents, and the pairs here are not the original's).
 
     The graph is left alone unless all of these hold:
-    - the first ``Conv`` reads a ``DequantizeLinear`` of a ``QuantizeLinear`` of a graph input
-      with static height and width, and the width is a multiple of 4;
-    - the conv has stride 2, an even output width, no dilation and no groups;
+    - the first ``Conv`` reads a ``DequantizeLinear`` of a per-tensor uint8 ``QuantizeLinear`` of
+      a graph input with static height and width, and the width is a multiple of 4;
+    - the conv has stride 2, an even output width, no dilation and no groups, and at least 2
+      output channels;
     - its weights are int8 with zero zero-points;
-    - its output goes to one per-tensor ``QuantizeLinear``;
-    - no other node uses anything this rewrites.
+    - its output goes to one per-tensor uint8 ``QuantizeLinear``;
+    - no other node (nor a subgraph, nor a graph input or output) uses anything this rewrites,
+      and none of the names it adds is taken.
     """
     import numpy as np
     from onnx import helper, numpy_helper
@@ -319,10 +324,16 @@ def space_to_depth_stem(model: Any) -> bool:
     at = list(g.node).index(q_y) + 1
     for node in reversed(after):
         g.node.insert(at, node)
-    stale = [v for v in g.value_info if v.name == conv.output[0]]  # its shape changed
-    for v in stale:
+    changed = {conv.output[0], dq_x.output[0], dq_w.output[0], dq_w.input[0], *repeat,
+               *conv.input[2:]}
+    for v in [v for v in g.value_info if v.name in changed]:  # shapes that no longer hold
         g.value_info.remove(v)
     return True
+
+
+# the suffixes of the tensors, nodes and initializers space_to_depth_stem adds
+STEM_NAMES = ("cells5", "cells", "columns", "r5", "t5", "nhwc", "nchw", "phases",
+              "phases_nhwc", "columns_nhwc", "columns_nchw")
 
 
 def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
@@ -332,6 +343,7 @@ def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
     with plan ``((C, H, W), (output height, width), left pad in columns, (top, bottom) pads,
     (left, right) pads in cells, kernel width in cells)``; else None."""
     import numpy as np
+    import onnx
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in g.initializer}
@@ -349,21 +361,32 @@ def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
     def only(name: str, node: Any) -> bool:  # read by ``node`` alone, and not a graph output
         return [id(n) for n in users.get(name, [])] == [id(node)] and name not in outputs
 
+    def uint8(name: str) -> bool:
+        return inits[name].data_type == onnx.TensorProto.UINT8
+
+    # a subgraph (If, Loop) could read what this rewrites: not counted below, so declined
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in g.node for a in n.attribute):
+        return None
+
     conv = next((n for n in g.node if n.op_type == "Conv"), None)
     dq_x = producer.get(conv.input[0]) if conv is not None else None
     q_x = producer.get(dq_x.input[0]) if dq_x is not None and dq_x.op_type == \
         "DequantizeLinear" else None
-    # the input per-tensor (a reshape keeps it), read by this convolution alone
+    # the input per-tensor (a reshape keeps it) in uint8, read by this convolution alone
     if q_x is None or q_x.op_type != "QuantizeLinear" or q_x.input[0] not in inputs \
             or len(q_x.input) < 3 or not all(scalar(i) for i in q_x.input[1:3]) \
-            or not all(scalar(i) for i in dq_x.input[1:3]) \
+            or not all(scalar(i) for i in dq_x.input[1:3]) or not uint8(q_x.input[2]) \
             or not only(q_x.output[0], dq_x) or not only(dq_x.output[0], conv):
         return None
-    # the output: one per-tensor QuantizeLinear
+    # the output: one per-tensor uint8 QuantizeLinear. (ONNX Runtime fuses Q/DQ around a Conv
+    # into QLinearConv with these types only when Reshape and Transpose sit between them; other
+    # types would run a float Conv whose sums round in the new order.)
     after = users.get(conv.output[0], [])
     q_y = after[0] if len(after) == 1 else None
     if q_y is None or q_y.op_type != "QuantizeLinear" or len(q_y.input) < 3 \
-            or not all(scalar(i) for i in q_y.input[1:3]) or conv.output[0] in outputs:
+            or not all(scalar(i) for i in q_y.input[1:3]) or not uint8(q_y.input[2]) \
+            or conv.output[0] in outputs:
         return None
     # the weights: int8, zero zero-points, per output channel (axis 0) or per tensor, and this
     # convolution's alone (they are rewritten in place)
@@ -397,8 +420,9 @@ def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
             repeat += per_channel
         else:
             return None
-    if any(list(inits[n].dims) != [f_out] for n in repeat) \
-            or any(not only(n, dq_w) for n in dq_w.input[1:3] if n in repeat):
+    if f_out < 2 or any(list(inits[n].dims) != [f_out] for n in repeat) \
+            or any(not only(n, dq_w) for n in dq_w.input[1:3] if n in repeat) \
+            or any(n in inputs for n in [dq_w.input[0], *repeat]):  # overridable at run time
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     dims = inputs[q_x.input[0]].type.tensor_type.shape.dim
@@ -414,6 +438,10 @@ def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
     out_h = (height + top + bottom - w.shape[2]) // 2 + 1
     out_w = (width + left + right - w.shape[3]) // 2 + 1
     if out_h <= 0 or out_w <= 0 or out_w % 2:
+        return None
+    taken = {name for n in g.node for name in (n.name, *n.input, *n.output)} | set(inits) \
+        | set(inputs) | outputs
+    if any(f"{conv.name or conv.output[0]}_{tag}" in taken for tag in STEM_NAMES):
         return None
     # cells read by output cell j: j + first .. j + last
     first, last = (-left) // 4, (2 - left + w.shape[3] - 1) // 4

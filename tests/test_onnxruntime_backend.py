@@ -312,7 +312,9 @@ def test_space_to_depth_stem_gives_the_same_output_bit_for_bit(c_in, c_out, kern
 
     from inceptionctl.backends.onnxruntime import space_to_depth_stem
 
-    model = _qdq_conv(c_in, c_out, kernel, pads, size, int32_bias=int32_bias)
+    # with the shapes inferred, as a checker or an optimizer leaves them: those that change go
+    model = onnx.shape_inference.infer_shapes(
+        _qdq_conv(c_in, c_out, kernel, pads, size, int32_bias=int32_bias))
     x = np.random.default_rng(1).uniform(-2.5, 2.5, (3, c_in, *size)).astype(np.float32)
     folded = copy.deepcopy(model)
     assert space_to_depth_stem(folded)
@@ -352,8 +354,10 @@ def _set(model, **arrays) -> None:
 
 def test_space_to_depth_stem_declines_what_it_could_not_copy_exactly():
     """Per-channel input scales (a reshape would mix them), weights quantized along another axis,
-    weights, a bias or an input read by another node too, an output with two readers: the
-    rewrite could not keep them, so the graph is left as it was."""
+    weights, a bias or an input read by another node too, an output with two readers, int8
+    activations (ONNX Runtime would run a float Conv), one output channel, a name the rewrite
+    would add, a subgraph that could read what it rewrites: the rewrite could not keep them,
+    so the graph is left as it was."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -382,8 +386,21 @@ def test_space_to_depth_stem_declines_what_it_could_not_copy_exactly():
     shared_input.graph.node.append(helper.make_node("Relu", ["xd"], ["x2"]))
     two_readers = stem()
     two_readers.graph.node.append(helper.make_node("Relu", ["c"], ["c2"]))
+    int8_input, int8_output = stem(), stem()
+    _set(int8_input, zx=np.array(3, np.int8))
+    _set(int8_output, zy=np.array(3, np.int8))
+    one_channel = _qdq_conv(3, 1, (7, 7), [3, 3, 3, 3], (20, 20), int32_bias=True)
+    name_taken = stem()
+    name_taken.graph.node.append(helper.make_node("Relu", ["y"], ["conv1_phases"]))
+    subgraph = stem()
+    then = helper.make_graph([helper.make_node("Identity", ["w"], ["w2"])], "then", [],
+                             [helper.make_tensor_value_info("w2", onnx.TensorProto.INT8, None)])
+    subgraph.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    subgraph.graph.node.append(helper.make_node("If", ["cond"], ["w3"], then_branch=then,
+                                                else_branch=then))
     for model in (per_channel_input, weights_by_input_channel, shared_weights, shared_bias,
-                  shared_input, two_readers):
+                  shared_input, two_readers, int8_input, int8_output, one_channel, name_taken,
+                  subgraph):
         before = model.SerializeToString()
         assert not space_to_depth_stem(model) and model.SerializeToString() == before
 
