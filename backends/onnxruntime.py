@@ -424,34 +424,41 @@ def _stride_2_stem(g: Any) -> tuple[Any, ...] | None:
             or any(not only(n, dq_w) for n in dq_w.input[1:3] if n in repeat) \
             or any(n in inputs for n in [dq_w.input[0], *repeat]):  # overridable at run time
         return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-    dims = inputs[q_x.input[0]].type.tensor_type.shape.dim
-    size = [d.dim_value for d in dims[1:]] if len(dims) == 4 else []
-    if list(attrs.get("strides", [1, 1])) != [2, 2] or attrs.get("group", 1) != 1 \
-            or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
-            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
-            or len(size) != 3 or min(size) <= 0 or size[0] != w.shape[1] or size[2] % 4 \
-            or list(attrs.get("kernel_shape", w.shape[2:])) != list(w.shape[2:]):
-        return None
-    c_in, height, width = size
-    top, left, bottom, right = list(attrs.get("pads", [0, 0, 0, 0]))
-    out_h = (height + top + bottom - w.shape[2]) // 2 + 1
-    out_w = (width + left + right - w.shape[3]) // 2 + 1
-    if out_h <= 0 or out_w <= 0 or out_w % 2:
-        return None
     taken = {name for n in g.node for name in (n.name, *n.input, *n.output)} | set(inits) \
         | set(inputs) | outputs
     if any(f"{conv.name or conv.output[0]}_{tag}" in taken for tag in STEM_NAMES):
         return None
+    dims = inputs[q_x.input[0]].type.tensor_type.shape.dim
+    size = [d.dim_value for d in dims[1:]] if len(dims) == 4 else []
+    plan = _cell_plan({a.name: helper.get_attribute_value(a) for a in conv.attribute}, size,
+                      w.shape)
+    return None if plan is None else (conv, q_x, dq_x, q_y, dq_w, w, repeat, plan)
+
+
+def _cell_plan(attrs: dict[str, Any], size: list[int], w_shape: tuple[int, ...]
+               ) -> tuple[Any, ...] | None:
+    """The geometry of :func:`space_to_depth_stem` for a Conv with attributes ``attrs`` on an
+    input of ``size`` (C, H, W) with weights of ``w_shape``; None where it does not apply."""
+    if list(attrs.get("strides", [1, 1])) != [2, 2] or attrs.get("group", 1) != 1 \
+            or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
+            or len(size) != 3 or min(size) <= 0 or size[0] != w_shape[1] or size[2] % 4 \
+            or list(attrs.get("kernel_shape", w_shape[2:])) != list(w_shape[2:]):
+        return None
+    c_in, height, width = size
+    top, left, bottom, right = list(attrs.get("pads", [0, 0, 0, 0]))
+    out_h = (height + top + bottom - w_shape[2]) // 2 + 1
+    out_w = (width + left + right - w_shape[3]) // 2 + 1
+    if out_h <= 0 or out_w <= 0 or out_w % 2:
+        return None
     # cells read by output cell j: j + first .. j + last
-    first, last = (-left) // 4, (2 - left + w.shape[3] - 1) // 4
+    first, last = (-left) // 4, (2 - left + w_shape[3] - 1) // 4
     kernel = last - first + 1
     cells_right = out_w // 2 + kernel - 1 - width // 4 + first
     if cells_right < 0:
         return None  # more cells than output columns: not worth a slice
-    return (conv, q_x, dq_x, q_y, dq_w, w, repeat,
-            ((c_in, height, width), (out_h, out_w), left, (top, bottom), (-first, cells_right),
-             kernel))
+    return ((c_in, height, width), (out_h, out_w), left, (top, bottom), (-first, cells_right),
+            kernel)
 
 
 class _Batches:
