@@ -33,6 +33,7 @@ class TorchSession(Session):
         self.precision = precision
         self.forward = torch.compile(self.model) if compile else self.model
         self._copy_stream: Any = None
+        self._stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.device = str(self.device_obj)
         self.info = ArtifactInfo(
             path=str(path), kind=(Kind.CHECKPOINT if "meta" in info else Kind.FOREIGN).value,
@@ -58,8 +59,15 @@ class TorchSession(Session):
             return super().submit_crops(crops, mean, std)
         # The copy runs on a side stream, so it overlaps the forward pass of the batch before;
         # the forward is queued behind it and its logits come back through pinned memory.
+        # Nothing here waits for the GPU: the crops are staged in pinned memory (from pageable
+        # memory the copy would hold this thread for its whole transfer) and mean and std are
+        # sent once (a blocking copy of them would wait for the forward pass queued before).
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(self.device_obj)
+        if not crops.is_pinned():
+            # PyTorch's pinned-memory cache reuses this block only once the copy below is done
+            crops = torch.empty(crops.shape, dtype=crops.dtype, pin_memory=True).copy_(crops)
+        mean, std = self._device_stats(mean, std)
         compute = torch.cuda.current_stream(self.device_obj)
         with torch.cuda.stream(self._copy_stream):
             sent = crops.to(self.device_obj, non_blocking=True)
@@ -79,6 +87,14 @@ class TorchSession(Session):
             return host
 
         return result
+
+    def _device_stats(self, mean: Any, std: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as float32 tensors on the device, made once per value."""
+        key = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        if key not in self._stats:
+            self._stats[key] = tuple(torch.tensor(v, dtype=torch.float32, device=self.device_obj)
+                                     for v in key)  # type: ignore[assignment]
+        return self._stats[key]
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_device(x).cpu()

@@ -101,8 +101,14 @@ def test_cuda_eval_sends_uint8_crops_and_matches_the_cpu(default_run, cli):
     pre = gpu.info.preprocessing
     crops = torch.randint(0, 256, (96, 3, int(pre["eval_size"]), int(pre["eval_size"])),
                           dtype=torch.uint8)
-    handles = [gpu.submit_crops(crops[i:i + 32], pre["mean"], pre["std"]) for i in (0, 32, 64)]
+    # three batches in flight: pageable slices (staged in pinned memory), a pinned one, and mean
+    # and std as lists and as host tensors (sent to the device once, for the same values)
+    mean, std = torch.tensor(pre["mean"]), torch.tensor(pre["std"])
+    handles = [gpu.submit_crops(crops[0:32], pre["mean"], pre["std"]),
+               gpu.submit_crops(crops[32:64].clone().pin_memory(), mean, std),
+               gpu.submit_crops(crops[64:96], mean, std)]
     got = torch.cat([h() for h in handles])
+    assert len(gpu._stats) == 1
     want = cpu.run(normalize(crops, pre["mean"], pre["std"]))
     assert got.device.type == "cpu" and got.dtype == torch.float32
     assert torch.allclose(got, want, atol=1e-3 * float(want.abs().max()), rtol=0)
