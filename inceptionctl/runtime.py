@@ -115,6 +115,7 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 PROBE_FORMAT = 2  # 2: keyed by the CPU's family, model, stepping and flags, not its name alone
 PREFER_FP32_WITHIN = 0.05  # a lower precision must be >5% faster to give up fp32's exactness
+CLEAR_LEAD = 0.15  # a first round whose fastest leads the next by more is not measured again
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,12 @@ def pick_fastest(rates: dict[str, float]) -> str:
     return best
 
 
+def clear_lead(rates: dict[str, float]) -> bool:
+    """Whether the fastest rate leads every other by more than :data:`CLEAR_LEAD`."""
+    ordered = sorted(rates.values(), reverse=True)
+    return len(ordered) > 1 and ordered[0] > ordered[1] * (1 + CLEAR_LEAD)
+
+
 def choose_precision(requested: str, device: torch.device, probe: Callable[[str], float], *,
                      key: str, cache: Path | None = None, use_cache: bool = True
                      ) -> PrecisionChoice:
@@ -282,7 +289,11 @@ def choose_precision(requested: str, device: torch.device, probe: Callable[[str]
             return PrecisionChoice(hit["precision"], "cache", rates, key)
     rates: dict[str, float] = {}
     ticks, own = cpu_ticks(), os.times()
-    for order in (options, options[::-1]):  # twice, in turn: a busy moment hurts both alike
+    # Twice, in turn (a busy moment hurts both alike), unless the first round is decisive: the
+    # probe's steps are work the run does not keep, several percent of a short run.
+    for order in (options, options[::-1]):
+        if rates and clear_lead(rates):
+            break
         for p in order:
             rates[p] = max(rates.get(p, 0.0), float(probe(p)))
     rates = {p: rates[p] for p in options}

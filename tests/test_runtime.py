@@ -36,7 +36,7 @@ def test_auto_picks_the_fastest_with_fp32_winning_near_ties(rates, expected):
 
 def test_auto_measures_each_candidate_twice_in_turn_and_caches(two_candidates, tmp_path):
     calls = []
-    rates = {"fp32": [10.0, 30.0], "bf16": [20.0, 25.0]}
+    rates = {"fp32": [20.0, 30.0], "bf16": [22.0, 25.0]}  # a first round within 15%
 
     def probe(p):
         calls.append(p)
@@ -54,6 +54,30 @@ def test_auto_measures_each_candidate_twice_in_turn_and_caches(two_candidates, t
                              cache=cache)
     assert other.precision == "bf16"
     assert set(json.loads(cache.read_text())["entries"]) == {"k", "k2"}
+
+
+@pytest.mark.parametrize("first, winner", [({"fp32": 10.0, "bf16": 11.6}, "bf16"),
+                                           ({"fp32": 18.2, "bf16": 13.9}, "fp32")])
+def test_a_decisive_first_round_is_not_measured_again(two_candidates, tmp_path, first, winner):
+    """More than 15% between the fastest and the next: one round, the probe's cost halved."""
+    calls = []
+
+    def probe(p):
+        calls.append(p)
+        return first[p]
+
+    choice = choose_precision("auto", CPU, probe, key="k", cache=tmp_path / "c.json")
+    assert calls == ["fp32", "bf16"]
+    assert (choice.precision, choice.rates) == (winner, first)
+
+
+@pytest.mark.parametrize("rates, clear", [({"fp32": 100.0, "bf16": 114.9}, False),
+                                          ({"fp32": 100.0, "bf16": 115.1}, True),
+                                          ({"fp32": 100.0, "bf16": 90.0, "fp16": 110.0}, False),
+                                          ({"fp32": 100.0, "bf16": 90.0, "fp16": 120.0}, True),
+                                          ({"fp32": 100.0}, False)])
+def test_a_clear_lead_is_more_than_15_percent_over_the_next(rates, clear):
+    assert runtime.clear_lead(rates) is clear
 
 
 def test_explicit_precision_is_never_second_guessed(two_candidates, tmp_path):
