@@ -64,7 +64,7 @@ class TorchSession(Session):
         # sent once (a blocking copy of them would wait for the forward pass queued before).
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(self.device_obj)
-        if not crops.is_pinned():
+        if crops.device.type == "cpu" and not (crops.is_pinned() and crops.is_contiguous()):
             # PyTorch's pinned-memory cache reuses this block only once the copy below is done
             crops = torch.empty(crops.shape, dtype=crops.dtype, pin_memory=True).copy_(crops)
         mean, std = self._device_stats(mean, std)
@@ -89,8 +89,10 @@ class TorchSession(Session):
         return result
 
     def _device_stats(self, mean: Any, std: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mean`` and ``std`` as float32 tensors on the device, made once per value."""
-        key = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        """``mean`` and ``std`` as float32 tensors on the device, made once per value: the same
+        values as a list, a float32 tensor or an array of any shape are one entry."""
+        key = tuple(tuple(torch.as_tensor(v, dtype=torch.float32).reshape(-1).tolist())
+                    for v in (mean, std))
         if key not in self._stats:
             self._stats[key] = tuple(torch.tensor(v, dtype=torch.float32, device=self.device_obj)
                                      for v in key)  # type: ignore[assignment]

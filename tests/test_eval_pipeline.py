@@ -80,6 +80,24 @@ def test_the_torch_session_submits_on_the_cpu_as_it_runs(tiny_run):
                        session.run(ev.normalize(crops, mean, std)))
 
 
+def test_the_cuda_path_keeps_one_device_copy_of_each_mean_and_std(tiny_run):
+    """``submit_crops`` on CUDA sends mean and std to the device once (a copy per batch would
+    wait for the forward pass queued before it): ImageNet's values as a list, a float32 tensor
+    and a (3, 1, 1) array are one entry, with the float32 values normalize would use."""
+    import numpy as np
+
+    run, _ = tiny_run
+    session = open_artifact(str(run), "torch", "cpu")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    first = session._device_stats(mean, std)
+    for m, s in ((torch.tensor(mean), torch.tensor(std)),
+                 (np.array(mean).reshape(3, 1, 1), tuple(std))):
+        assert session._device_stats(m, s) is first
+    assert len(session._stats) == 1
+    assert torch.equal(first[0], torch.tensor(mean)) and first[0].dtype == torch.float32
+    assert session._device_stats([0.5] * 3, std) is not first
+
+
 def test_eval_workers_make_many_crops_in_process_on_two_cpus(monkeypatch):
     from inceptionctl import data
 

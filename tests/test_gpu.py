@@ -101,12 +101,17 @@ def test_cuda_eval_sends_uint8_crops_and_matches_the_cpu(default_run, cli):
     pre = gpu.info.preprocessing
     crops = torch.randint(0, 256, (96, 3, int(pre["eval_size"]), int(pre["eval_size"])),
                           dtype=torch.uint8)
-    # three batches in flight: pageable slices (staged in pinned memory), a pinned one, and mean
-    # and std as lists and as host tensors (sent to the device once, for the same values)
+    # three batches in flight: a pageable slice (staged in pinned memory), a pinned one, and a
+    # strided view of pinned memory (staged too); mean and std as lists and as host tensors
+    # (sent to the device once, for the same values)
     mean, std = torch.tensor(pre["mean"]), torch.tensor(pre["std"])
+    wide = torch.zeros(96, 3, crops.shape[2], 2 * crops.shape[3], dtype=torch.uint8,
+                       pin_memory=True)
+    wide[..., ::2] = crops
+    assert wide.is_pinned() and not wide[64:96, ..., ::2].is_contiguous()
     handles = [gpu.submit_crops(crops[0:32], pre["mean"], pre["std"]),
-               gpu.submit_crops(crops[32:64].clone().pin_memory(), mean, std),
-               gpu.submit_crops(crops[64:96], mean, std)]
+               gpu.submit_crops(crops[32:64].pin_memory(), mean, std),
+               gpu.submit_crops(wide[64:96, ..., ::2], mean, std)]
     got = torch.cat([h() for h in handles])
     assert len(gpu._stats) == 1
     want = cpu.run(normalize(crops, pre["mean"], pre["std"]))

@@ -71,6 +71,21 @@ def test_a_decisive_first_round_is_not_measured_again(two_candidates, tmp_path, 
     assert (choice.precision, choice.rates) == (winner, first)
 
 
+def test_three_candidates_stop_early_only_on_a_clear_lead(monkeypatch, tmp_path):
+    """On CUDA (fp32, bf16, fp16) the leader is compared with the runner-up, whichever it is."""
+    monkeypatch.setattr(runtime, "candidates", lambda device: ["fp32", "bf16", "fp16"])
+    for first, rounds, winner in (({"fp32": 50.0, "bf16": 100.0, "fp16": 110.0}, 2, "fp16"),
+                                  ({"fp32": 50.0, "bf16": 100.0, "fp16": 130.0}, 1, "fp16")):
+        calls = []
+
+        def probe(p, first=first, calls=calls):
+            calls.append(p)
+            return first[p]
+
+        choice = choose_precision("auto", torch.device("cuda"), probe, key="k", use_cache=False)
+        assert len(calls) == 3 * rounds and choice.precision == winner
+
+
 @pytest.mark.parametrize("rates, clear", [({"fp32": 100.0, "bf16": 114.9}, False),
                                           ({"fp32": 100.0, "bf16": 115.1}, True),
                                           ({"fp32": 100.0, "bf16": 90.0, "fp16": 110.0}, False),
