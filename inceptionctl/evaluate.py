@@ -141,7 +141,10 @@ class EvalReport:
     def to_json(self) -> dict[str, Any]:
         return {"artifacts": self.artifacts, "backend": self.backend, "versions": self.versions,
                 "device": self.device, "precisions": self.precisions, "images": self.images, "skipped": self.skipped,
-                "crops": self.crops, "models": len(self.artifacts), "top1": self.main.top1,
+                "crops": self.crops, "models": len(self.artifacts),
+                # top1/top5, per_class and confusion: this row (every model, the most crops)
+                "main_row": {"models": self.main.models, "crops": self.main.crops},
+                "top1": self.main.top1,
                 "top5": self.main.top5, "top1_error": 100.0 - self.main.top1,
                 "top5_error": 100.0 - self.main.top5,
                 "table": [r.to_json() for r in self.rows], "per_class": self.per_class,

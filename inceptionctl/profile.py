@@ -585,7 +585,8 @@ def render_table1(profile: Profile, paper: bool = False) -> Table:
 
     ``paper=True`` shows the paper view (LRN dropped, conv2+conv3 merged) and adds five columns:
     our weights (K = 1024, no bias/BN), the paper's params and the difference, the paper's ops
-    and the difference (M = 10^6); paper rows we have no layer for (softmax) are listed too.
+    and the difference (M = 10^6); paper rows we have no layer for (softmax) are listed too,
+    marked ``paper only``, with our columns blank.
     """
     from rich.table import Table
 
@@ -623,11 +624,9 @@ def render_table1(profile: Profile, paper: bool = False) -> Table:
         for c in comparison[:-1]:
             if c["name"] is not None:
                 table.add_row(*cells(by_name[c["name"]]), *paper_cells(c))
-            else:
-                h, w, ch = c["paper_output"]
-                table.add_row(f"({c['paper']})", c["paper"], c["paper_patch"], f"{h}x{w}x{ch}",
-                              str(c["paper_depth"]), *blank, "", "", *paper_cells(c),
-                              style="dim")
+            else:  # a paper row this recipe has no layer for: only the paper's columns
+                table.add_row(f"({c['paper']})", "paper only", "", "", "", *blank, "", "",
+                              *paper_cells(c), style="dim")
         total += paper_cells(comparison[-1])
     else:
         for r in view.rows:

@@ -504,6 +504,9 @@ def render(report: SpeedReport) -> Any:
     peaks = ", ".join(f"{k} {v:,.0f} {'GOP/s' if k.endswith('/int8') else 'GFLOP/s'}"
                       for k, v in report.peaks.items() if v > 0)
     notes = [f"machine limit (GEMM): {peaks}"] if peaks else []
+    if any(r.available for r in report.rows):  # what GFLOP/s counts: Table 1's work, no more
+        notes.insert(0, f"GFLOP/s: 2 x {report.macs_per_image / 1e9:.3f} G multiply-adds per "
+                        f"image as Table 1 counts them (train x3)")
     busy = busy_note(m.get("busy_before"))
     notes += [f"warning: {busy}"] if busy else []
     notes += [f"({i}) {escape(reason)}" for i, reason in enumerate(reasons, 1)]

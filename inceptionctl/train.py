@@ -680,6 +680,7 @@ class _Epoch:
     started: float
     seen: int = 0  # images trained on, all ranks
     bad_images: list[tuple[str, str]] = field(default_factory=list)
+    lr: float | None = None  # the rate the epoch's last step ran at
 
     def images_per_s(self) -> float:
         return self.seen / max(1e-9, time.monotonic() - self.started)
@@ -796,10 +797,11 @@ def _train_epoch(run: _Run, trainer: Trainer, state: TrainState, loaders: _Loade
         if batch.images.numel() == 0:
             state.step_in_epoch += 1
             continue
+        epoch.lr = trainer.lr  # the rate this step runs at (the scheduler moves on after it)
         loss, bad = trainer.step(batch)
         state.step_in_epoch += 1
         state.global_step += 1
-        interval.add(loss, bad, state, len(batch.labels), trainer.lr)
+        interval.add(loss, bad, state, len(batch.labels), epoch.lr)
         at_max = max_steps is not None and state.global_step >= max_steps
         at_save = clock.at_step(state.global_step)
         # alone, a signal needs no one's agreement: act on it after this step
@@ -849,7 +851,8 @@ def _end_of_epoch(run: _Run, trainer: Trainer, state: TrainState, epoch: _Epoch,
     record = {"epoch": state.epoch + 1, "step": state.global_step,
               "train_loss": state.epoch_loss_sum / max(1, state.epoch_loss_steps),
               "val_top1": metrics["top1"],
-              "val_top5": metrics["top5"], "val_loss": metrics["loss"], "lr": trainer.lr,
+              "val_top5": metrics["top5"], "val_loss": metrics["loss"],
+              "lr": epoch.lr if epoch.lr is not None else trainer.last_step_lr,
               "img_per_s": epoch.seen / max(1e-9, seconds), "seconds": seconds,
               "weights": "ema" if trainer.ema is not None else "model",
               "val_unreadable": metrics["bad"]}

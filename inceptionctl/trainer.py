@@ -202,7 +202,15 @@ class Trainer:
 
     @property
     def lr(self) -> float:
+        """The learning rate the next step runs at."""
         return self.scheduler.get_last_lr()[0]
+
+    @property
+    def last_step_lr(self) -> float:
+        """The learning rate the last step ran at (the first step's before any), from the
+        schedule's position."""
+        s = self.scheduler
+        return s.base_lrs[0] * s.lr_lambdas[0](max(0, s.last_epoch - 1))
 
     def step(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Train on ``batch`` (``.images``, ``.labels``); return (loss, not finite) on the device.

@@ -200,6 +200,11 @@ def test_eval_table3_through_cli(tiny_run, cli):
     assert [(r["models"], r["crops"], r["cost"]) for r in data["table"]] == \
         [(1, 1, 1), (1, 10, 10), (2, 1, 2), (2, 10, 20)]
     assert data["images"] == 40
+    # the top-level accuracy, per-class figures and confusion are the main row's, named
+    assert data["main_row"] == {"models": 2, "crops": 10}
+    main = data["table"][-1]
+    assert (data["top1"], data["top5"]) == (main["top1"], main["top5"])
+    assert sum(row[i] for i, row in enumerate(data["confusion"])) == round(main["top1"] * 40 / 100)
 
 
 def test_confusion_plot(tiny_run, cli, tmp_path):

@@ -272,6 +272,10 @@ def test_render():
                    "6,998,552"):
         assert needle in paper, needle
     assert "lrn1" in text and "lrn1" not in paper
+    # a paper row the recipe has no layer for fills only the paper's columns, never ours
+    small = _text(render_table1(_profile("googlenet-small"), paper=True)).splitlines()
+    row = next(line for line in small if line.lstrip("│ ").startswith("(max pool)"))
+    assert "paper only" in row and "3x3/2" not in row and "56x56x64" not in row
 
 
 # ------------------------------------------------------------------------------ input size

@@ -163,7 +163,9 @@ def test_the_cpu_limit_is_the_faster_gemm_library(monkeypatch):
 
     from inceptionctl.speed import matmul_peak
 
-    n, stall = 256, 0.05
+    # the stall dwarfs a 256-cube product even when other processes hold the CPUs (there a
+    # two-thread GEMM waits a time slice at each barrier: about 2 GFLOP/s, 12x the stalled rate)
+    n, stall = 256, 0.2
     mm = torch.mm
 
     def slow_mm(a, b):  # a GEMM library at a fraction of the machine's rate
@@ -172,7 +174,7 @@ def test_the_cpu_limit_is_the_faster_gemm_library(monkeypatch):
 
     monkeypatch.setattr(torch, "mm", slow_mm)
     peak = matmul_peak(torch.device("cpu"), "fp32", n=n, iters=3)
-    assert peak > 10 * 2.0 * n ** 3 / stall / 1e9  # oneDNN's rate, not the stalled torch.mm's
+    assert peak > 3 * 2.0 * n ** 3 / stall / 1e9  # oneDNN's rate, not the stalled torch.mm's
 
 
 def test_the_int8_limit_is_an_int8_multiply(monkeypatch):
@@ -290,3 +292,19 @@ def test_a_backend_asked_for_none_of_its_precisions_says_so(tiny_recipe):
                                             iters=1))
         (row,) = report.rows
         assert not row.available and row.precision == precision and row.reason == reason
+
+
+def test_the_caption_says_what_gflops_counts():
+    from rich.console import Console
+
+    from inceptionctl.speed import SpeedReport, SpeedRow, render
+
+    machine = {"device": "cpu", "gpu": None, "cpu": "c", "threads": 2, "versions": {}}
+    row = SpeedRow("torch", "fp32", 4, "inference", True, "",
+                   {"p50": 10.0, "p90": 11.0, "p99": 12.0, "mean": 10.5}, 400.0,
+                   2 * 1_582_671_872 * 400 / 1e9, 0.5, 100.0, 20)
+    console = Console(width=200, record=True)
+    console.print(render(SpeedReport("googlenet", 224, 1_582_671_872, machine, {}, [row])))
+    text = console.export_text()
+    assert "GFLOP/s: 2 x 1.583 G multiply-adds per image as Table 1 counts them" in text
+    assert "1,266.1" in text  # the row's GFLOP/s is that count at its rate

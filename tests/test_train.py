@@ -14,6 +14,7 @@ import torch
 from inceptionctl import CheckFailed, InceptionError, load_recipe
 from inceptionctl.checkpoint import read_checkpoint
 from inceptionctl.train import TrainOptions, TrainState, train
+from inceptionctl.trainer import Schedule
 
 from .conftest import Child, cli_command, run_child
 from .test_data import _bad_files, make_folder
@@ -569,7 +570,11 @@ def test_tensorboard_event_files_hold_the_runs_scalars(tmp_path, tiny_recipe):
     assert [e.step for e in loss] == [e.step for e in lr] == list(range(1, 9))  # 64 / 8 steps
     record = result.history[0]
     assert sum(e.value for e in loss) / 8 == pytest.approx(record["train_loss"], rel=1e-6)
-    assert lr[0].value > 0 and lr[-1].value == pytest.approx(record["lr"], abs=1e-7)
+    # each step's rate is the one it ran at: the schedule's at the step's position, not the next
+    schedule = Schedule(recipe, 8)
+    assert [e.value for e in lr] == pytest.approx([recipe.train.lr * schedule(i)
+                                                   for i in range(8)], rel=1e-6)
+    assert lr[-1].value == pytest.approx(record["lr"], abs=1e-7)  # the epoch's last step's
     for tag, key in (("val/top1", "val_top1"), ("val/top5", "val_top5")):
         assert [(e.step, e.value) for e in events.Scalars(tag)] == \
             [(8, pytest.approx(record[key], rel=1e-6))]

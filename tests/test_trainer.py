@@ -330,3 +330,13 @@ def test_a_resume_with_the_same_settings_keeps_the_schedule_to_the_bit(tiny_reci
     assert b.scheduler.last_epoch == 7 and b.lr == a.lr
     a.step(data), b.step(data)
     assert b.lr == a.lr
+
+
+def test_last_step_lr_is_the_rate_the_last_step_ran_at(tiny_recipe):
+    trainer, data = _trainer(tiny_recipe)
+    ran_at = []
+    for _ in range(4):
+        ran_at.append(trainer.optimizer.param_groups[0]["lr"])  # what the step will use
+        trainer.step(data)
+        assert trainer.last_step_lr == pytest.approx(ran_at[-1], rel=1e-12)
+    assert len(set(ran_at)) == 4 and trainer.lr != ran_at[-1]  # the schedule moves every step
