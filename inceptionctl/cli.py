@@ -27,7 +27,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import InceptionError, one_line, say
-from .files import check_output_file, nearest_folder_above
+from .files import check_output_file, nearest_folder_above, strict_json
 from .plots import plot_format
 
 
@@ -246,7 +246,8 @@ TimedPrecisionsOpt = Annotated[str, typer.Option(
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    """``--json``: strict JSON on stdout (a NaN or an infinity is written as null)."""
+    sys.stdout.write(json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -150,9 +150,11 @@ def prove_parity(model: torch.nn.Module, session: Any, samples: Samples,
 
 def failing_elements(a: Tensor, b: Tensor, atol: float, rtol: float) -> Tensor:
     """Mask of the elements outside tolerance, A the reference: ``|a-b| > atol`` AND
-    ``|a-b| > rtol * |a|``."""
-    diff = (a.double() - b.double()).abs()
-    return (diff > atol) & (diff > rtol * a.double().abs())
+    ``|a-b| > rtol * |a|``, and every element that is not finite on either side (a NaN compares
+    false with anything, so it would otherwise pass every tolerance)."""
+    a64, b64 = a.double(), b.double()
+    diff = (a64 - b64).abs()
+    return ((diff > atol) & (diff > rtol * a64.abs())) | ~(a64.isfinite() & b64.isfinite())
 
 
 @dataclass

@@ -691,7 +691,13 @@ def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
     """Resolve ``--data`` to train and val sources (folders listed through ``lists``)."""
     if not 0 <= val_split < 1:  # nan too; 0: not asked for
         raise DataError(f"--val-split: expected a fraction in (0, 1), got {val_split}")
+    if spec != "synthetic" and recipe.model.in_channels != 3:
+        raise DataError(f"{spec}: images load as RGB (3 channels), but model.in_channels is "
+                        f"{recipe.model.in_channels}; set model.in_channels=3 (only --data "
+                        f"synthetic makes {recipe.model.in_channels}-channel images)")
     if spec == "digits":
+        if val_split:
+            raise DataError(f"--val-split {val_split}: digits has its own val split")
         train, val = digits(recipe.data.resize, "train"), digits(recipe.data.resize, "val")
         return Splits(train, val, train.classes, "digits (scikit-learn, 1437 train / 360 val)")
     if spec == "synthetic":
@@ -706,6 +712,9 @@ def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
             if val_split <= 0:
                 raise DataError(f"{root}: has train/ but no val/ (add val/ or pass --val-split)")
             return _split(train, val_split, f"{root}/train")
+        if val_split:
+            raise DataError(f"--val-split {val_split}: {root} has its own val/ (drop "
+                            f"--val-split, or point --data at one folder to split)")
         if class_folders(val_dir):
             val = image_folder(val_dir, train.classes, lists)
         else:

@@ -99,3 +99,16 @@ def _umask() -> int:
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def strict_json(value: object) -> object:
+    """``value`` with every float that is not finite (NaN, +-inf) replaced by None, so that
+    ``json.dumps`` writes ``null`` instead of ``NaN`` / ``Infinity``, which are not JSON (a
+    script's strict parser rejects them; a diverged model's logits bring them)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

@@ -616,6 +616,12 @@ def _name_hint(name: str, names: list[str]) -> str:
 
 def _check_rules(recipe: Recipe, ctx: _Context) -> None:
     """Check the rules of the architecture, section by section, in the order they are read."""
+    # the name starts a new run's folder under runs/: one plain path component
+    if not recipe.name.strip() or recipe.name.startswith(".") \
+            or any(c in recipe.name for c in "/\\\0"):
+        raise ctx.error(("name",), f"expected a plain name (it starts a run folder's name: no "
+                                   f"slash, not empty, not starting with a dot), got "
+                                   f"{recipe.name!r}")
     _check_model(recipe.model, ctx)
     _check_data(recipe.data, recipe.model, ctx)
     _check_train(recipe.train, ctx)
@@ -746,6 +752,8 @@ def _check_train(t: TrainSpec, ctx: _Context) -> None:
     for key in ("epochs", "batch_size", "step_epochs"):
         _positive(getattr(t, key), T + (key,), ctx)
     _positive(t.lr, T + ("lr",), ctx, "a positive number")
+    if not 0 <= t.seed < 2**32:  # numpy's and torch's seeding take 32 bits
+        raise ctx.error(T + ("seed",), f"expected an integer in [0, 2^32), got {t.seed}")
     if not 0.0 <= t.label_smoothing < 1.0:
         raise ctx.error(T + ("label_smoothing",), f"expected a value in [0, 1), got {t.label_smoothing}")
     if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:

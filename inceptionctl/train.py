@@ -40,7 +40,7 @@ from .data import (Batch, DataError, KeyedSampler, Transformed, default_workers,
                    steps_per_epoch, train_transform)
 from .errors import CheckFailed, InceptionError, OutputError, say
 from .filelist import FileLists
-from .files import write_text_atomic
+from .files import strict_json, write_text_atomic
 from .model import GoogLeNet, build_model
 from .recipe import Recipe, parse_overrides, recipe_from_data  # noqa: F401
 from .runtime import (PrecisionChoice, autocast, candidates, choose_precision, probe_key,
@@ -261,6 +261,11 @@ def _new_run_folder(opts: TrainOptions, recipe: Recipe) -> Path:
         if (out / "last.pt").exists():
             raise InceptionError(f"{out}: already holds a run (last.pt); continue it with "
                                  f"--resume {out}, or choose another --out")
+        # a run's other files, without its last.pt: a new run would replace them
+        theirs = [name for name in ("best.pt", "metrics.jsonl") if (out / name).exists()]
+        if theirs:
+            raise InceptionError(f"--out {out}: holds {' and '.join(theirs)}, which a new run "
+                                 f"would replace; choose another --out")
         return out
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = opts.runs_dir / f"{recipe.name}-{stamp}"
@@ -449,6 +454,16 @@ class _Loaders:
     # what the device does to each training batch: --decode gpu's decode and augmentation, or
     # the colour steps of uint8 crops
     finish: Callable[[Any], Batch] | None = None
+
+    def close(self) -> None:
+        """Stop the persistent workers now. A run that ends in an error keeps its iterators
+        alive in the traceback, and the workers ignore SIGTERM (the main process acts on it),
+        so without this the interpreter's exit would wait for them forever."""
+        for dl in (self.train, self.val):
+            it = getattr(dl, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            dl._iterator = None
 
 
 def _open_resume(opts: TrainOptions, log: Callable[[str], None]
@@ -875,7 +890,8 @@ def _end_of_epoch(run: _Run, trainer: Trainer, state: TrainState, epoch: _Epoch,
             run.writer.add_scalar("val/top1", metrics["top1"], state.global_step)
             run.writer.add_scalar("val/top5", metrics["top5"], state.global_step)
         write_text_atomic(run.out / "metrics.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in state.history))
+                          "".join(json.dumps(strict_json(r), allow_nan=False) + "\n"
+                                  for r in state.history))
         if improved:
             _save(run, "best", trainer, state)
     _save(run, "last", trainer, state)
@@ -1007,23 +1023,26 @@ def _train(opts: TrainOptions, ctx: dist_utils.Context) -> TrainResult:
     started, skipped_images, first_step = time.monotonic(), 0, state.global_step
     stop_reason = "max_steps" if max_steps is not None and state.global_step >= max_steps else None
     clock = _SaveClock(opts.save_every)
-    with StopFlag() as stop:
-        while state.epoch < t.epochs and stop_reason is None:
-            stop_reason, epoch = _train_epoch(run, trainer, state, loaders, interval, stop,
-                                              progress, clock)
-            bad = _report_bad_images(run, state.epoch, epoch.bad_images)
-            skipped_images += bad
-            if bad and epoch.seen == 0 and stop_reason is None:
-                raise DataError(f"{opts.data}: none of the training images could be read in "
-                                f"epoch {state.epoch + 1} ({bad} unreadable; the first: "
-                                f"{epoch.bad_images[0][0] if epoch.bad_images else '?'})")
-            if stop_reason is not None and state.step_in_epoch < run.per_epoch:
-                break  # mid-epoch stop: save the position, no validation
-            _end_of_epoch(run, trainer, state, epoch, loaders.val)
-            clock.saved()
-        if stop_reason is not None and state.step_in_epoch:
-            _save(run, "last", trainer, state)
-        ctx.barrier()
+    try:
+        with StopFlag() as stop:
+            while state.epoch < t.epochs and stop_reason is None:
+                stop_reason, epoch = _train_epoch(run, trainer, state, loaders, interval, stop,
+                                                  progress, clock)
+                bad = _report_bad_images(run, state.epoch, epoch.bad_images)
+                skipped_images += bad
+                if bad and epoch.seen == 0 and stop_reason is None:
+                    raise DataError(f"{opts.data}: none of the training images could be read in "
+                                    f"epoch {state.epoch + 1} ({bad} unreadable; the first: "
+                                    f"{epoch.bad_images[0][0] if epoch.bad_images else '?'})")
+                if stop_reason is not None and state.step_in_epoch < run.per_epoch:
+                    break  # mid-epoch stop: save the position, no validation
+                _end_of_epoch(run, trainer, state, epoch, loaders.val)
+                clock.saved()
+            if stop_reason is not None and state.step_in_epoch:
+                _save(run, "last", trainer, state)
+            ctx.barrier()
+    finally:
+        loaders.close()
     if run.writer is not None:
         run.writer.close()
     return _summary(run, state, stop_reason, stop.signum, time.monotonic() - started,

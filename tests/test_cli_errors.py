@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from .conftest import TINY_TRAIN
+from .conftest import TINY_TRAIN, cli_command, run_child
 
 
 
@@ -388,3 +388,47 @@ def test_train_says_an_out_under_a_file_before_the_probe(cli, tmp_path, monkeypa
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: --out {afile / 'sub'}: {afile} is "
                                                   f"not a folder"]
+
+
+def test_train_strict_data_with_workers_exits_at_once(tmp_path):
+    """The loader's workers ignore SIGTERM (the main process acts on it): an error with their
+    iterator alive must still end the process, not leave its exit waiting on them."""
+    for split, n in (("train", 8), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), (i * 20, 0, 0)).save(
+                    tmp_path / "d" / split / c / f"{i}.png")
+    (tmp_path / "d" / "train" / "a" / "bad.png").write_bytes(b"not an image")
+    done = run_child(cli_command("train", "--data", tmp_path / "d", "--strict-data",
+                                 "--workers", "1", "--out", tmp_path / "r",
+                                 "--precision", "fp32", "--set", "train.batch_size=4"),
+                     timeout=120)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad.png: cannot read image" in last
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--set", "model.in_channels=1", "--set", "data.mean=[0.5]", "--set", "data.std=[0.5]"],
+     "digits: images load as RGB (3 channels), but model.in_channels is 1; set "
+     "model.in_channels=3 (only --data synthetic makes 1-channel images)"),
+    (["--val-split", "0.2"], "--val-split 0.2: digits has its own val split"),
+])
+def test_train_refuses_data_the_recipe_cannot_take(cli, tmp_path, args, text):
+    _one_error_line(cli("train", "--workers", "0", "--out", tmp_path / "r", *args), text)
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_val_split_beside_a_val_folder_is_refused(tmp_path):
+    from inceptionctl import load_recipe
+    from inceptionctl.data import DataError, open_data
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / c / "0.png")
+    recipe = load_recipe("googlenet-small")
+    assert len(open_data(str(tmp_path), recipe).val) == 2
+    with pytest.raises(DataError, match=r"--val-split 0.2: .* has its own val/"):
+        open_data(str(tmp_path), recipe, val_split=0.2)

@@ -51,6 +51,13 @@ def test_an_element_fails_only_if_it_exceeds_both_atol_and_rtol_of_a():
         [[False, False, True, False, False]]
 
 
+def test_an_element_that_is_not_finite_always_fails():
+    a = torch.tensor([[1.0, 2.0, float("nan"), float("inf"), 3.0]])
+    b = torch.tensor([[float("nan"), float("inf"), float("nan"), float("inf"), 3.0]])
+    # a NaN compares false with every tolerance: without the finiteness rule all would pass
+    assert failing_elements(a, b, atol=1e9, rtol=1e9).tolist() == [[True] * 4 + [False]]
+
+
 def test_diff_stats_on_hand_made_logits():
     a = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0],
                       [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
@@ -174,6 +181,20 @@ def test_the_cli_exits_1_on_a_failed_comparison_and_0_on_a_passed_one(artifacts,
     loose = cli("compare", artifacts["perturbed"], artifacts["onnx"], "--samples", "16",
                 "--atol", "10")
     assert loose.exit_code == 0, loose.output
+
+
+def test_a_model_that_outputs_nan_fails_and_its_json_stays_json(artifacts, cli):
+    broken = torch.load(artifacts["ckpt"], weights_only=True)
+    for key in ("state_dict", "ema_state_dict"):
+        if broken.get(key) is not None:
+            broken[key]["fc.weight"].fill_(float("nan"))
+    path = artifacts["dir"] / "nan.pt"
+    torch.save(broken, path)
+    out = cli("compare", artifacts["ckpt"], path, "--samples", "8", "--json")
+    assert out.exit_code == 1, out.output
+    data = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert data["passed"] is False and data["failing"] == data["elements"]
+    assert data["max_abs_diff"] is None  # NaN, written as null
 
 
 # ------------------------------------------------------------------- through the command line

@@ -177,6 +177,14 @@ MISTAKES = [
      "train.eps: expected a positive number or null, got 0"),
     ("bad rmsprop decay", TINY.replace("eval:", "train: {rmsprop_decay: 1.0}\neval:"), 21,
      "train.rmsprop_decay: expected a value in (0, 1), got 1.0"),
+    ("negative seed", TINY.replace("eval:", "train: {seed: -1}\neval:"), 21,
+     "train.seed: expected an integer in [0, 2^32), got -1"),
+    ("seed past 32 bits", TINY.replace("eval:", "train: {seed: 4294967296}\neval:"), 21,
+     "train.seed: expected an integer in [0, 2^32), got 4294967296"),
+    ("name with a path", TINY.replace("name: tiny", "name: ../../etc"), 1,
+     "name: expected a plain name (it starts a run folder's name: no slash, not empty, not "
+     "starting with a dot), got '../../etc'"),
+    ("empty name", TINY.replace("name: tiny", "name: ''"), 1, "name: expected a plain name"),
     ("alias cycle", TINY.replace("name: tiny", "name: tiny\nloop: &loop [*loop]"), 2,
      "invalid YAML: an alias refers to the node that contains it"),
     ("nested too deeply", TINY.replace("name: tiny", "name: tiny\ndeep: " + "[" * 5000

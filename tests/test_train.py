@@ -614,6 +614,21 @@ def test_no_channels_last_trains_the_same_steps(tmp_path, tiny_recipe, monkeypat
         assert torch.allclose(v.float(), runs["nchw"][k].float(), atol=1e-4, rtol=1e-4), k
 
 
+@pytest.mark.parametrize("names", [("best.pt",), ("metrics.jsonl",), ("best.pt", "metrics.jsonl")])
+def test_a_runs_files_in_out_are_never_replaced_by_a_new_run(tiny_recipe, tmp_path, names):
+    """best.pt or metrics.jsonl without last.pt (a finished run whose last.pt was removed, or
+    the user's own files): a new run there would write over them."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    for name in names:
+        (out / name).write_bytes(b"mine")
+    with pytest.raises(InceptionError, match=rf"--out .*exp: holds {' and '.join(names)}, which "
+                                             r"a new run would replace"):
+        train(_opts(load_recipe(tiny_recipe), tmp_path, name="exp", max_steps=1))
+    assert all((out / name).read_bytes() == b"mine" for name in names)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+
+
 def test_a_recipe_file_in_out_is_never_replaced(tiny_recipe, tmp_path):
     """The user's own recipe.yaml in --out (say, the one they train from) is left as it was;
     the recipe.yaml of this command's earlier try, which stopped before its first checkpoint,
