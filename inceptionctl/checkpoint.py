@@ -74,7 +74,10 @@ def read_weights_file(path: str | os.PathLike) -> Any:
     with open(path, "rb") as fh:
         head = fh.read(512)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle
-        raise InceptionError(f"{path}: not a PyTorch weights file ({_looks_like(head)})")
+        what = _looks_like(head)
+        if path.suffix.lower() == ".onnx" and "ONNX" in what:  # named right, asked for wrong
+            what = "it is an ONNX model: this option takes a checkpoint or a state dict (.pt)"
+        raise InceptionError(f"{path}: not a PyTorch weights file ({what})")
     damaged = _damaged_member(path) if head.startswith(b"PK\x03\x04") else None
     if damaged is not None:
         raise InceptionError(f"{path}: damaged (its entry {damaged.split('/', 1)[-1]} fails "
@@ -144,8 +147,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InceptionError(f"{path}: not an inceptionctl checkpoint (for foreign weights "
                              f"such as a torchvision state dict, name the architecture with "
                              f"--recipe)")
-    check_format_version(obj.get("format_version", 0), FORMAT_VERSION, path, "checkpoint")
+    check_checkpoint(obj, path)
     return obj
+
+
+def check_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint of a newer format, or one missing what every checkpoint holds (its
+    recipe, its weights, its class names as a list), with one line instead of a KeyError."""
+    check_format_version(obj.get("format_version", 0), FORMAT_VERSION, path, "checkpoint")
+    weights = obj.get("ema_state_dict") or obj.get("state_dict")
+    classes = obj.get("classes")
+    problem = ("it has no recipe" if not isinstance(obj.get("recipe"), dict)
+               else "it has no weights (state_dict)" if not isinstance(weights, dict)
+               else "its classes are not a list of names"
+               if classes is not None and not (isinstance(classes, list)
+                                               and all(isinstance(c, str) for c in classes))
+               else None)
+    if problem is not None:
+        raise InceptionError(f"{path}: a damaged inceptionctl checkpoint ({problem}); use "
+                             f"another copy")
 
 
 def checkpoint_recipe(ckpt: dict[str, Any], source: str, overrides: Any = None) -> Recipe:
@@ -156,6 +176,7 @@ def checkpoint_recipe(ckpt: dict[str, Any], source: str, overrides: Any = None) 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file: our checkpoint (EMA copy first) or a bare state dict."""
     if is_checkpoint(obj):
+        check_checkpoint(obj, path)
         sd = obj.get("ema_state_dict") or obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
@@ -302,6 +323,7 @@ def load_model(path: str | os.PathLike, recipe: Recipe | None = None,
     obj = read_weights_file(path)
     info: dict[str, Any] = {"path": str(path)}
     if is_checkpoint(obj):  # ours speak for themselves, as our ONNX files and engines do
+        check_checkpoint(obj, path)
         recipe = checkpoint_recipe(obj, str(path), overrides)
         info.update(meta=obj.get("meta", {}), classes=obj.get("classes"),
                     ema=obj.get("ema_state_dict") is not None)

@@ -252,9 +252,10 @@ def emit_json(data: Any) -> None:
 
 
 def _show(*parts: Any) -> None:
-    """Print a renderer's output (a table, a line, or several) to stdout."""
+    """Print a renderer's output (a table, a line, or several) to stdout. A line is printed as
+    it is: it names the user's paths, where ``[...]`` is text, not rich markup."""
     for part in parts:
-        console.print(part)
+        console.print(part, markup=not isinstance(part, str))
 
 
 def _version(value: bool) -> None:

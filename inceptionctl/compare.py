@@ -328,6 +328,7 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike 
 
 def render(report: CompareReport) -> Any:
     """The comparison as a rich Table: A and B, the differences, agreement and the verdict."""
+    from rich.markup import escape
     from rich.table import Table
 
     s = report.stats
@@ -335,9 +336,9 @@ def render(report: CompareReport) -> Any:
     table = Table(title=f"compare ({ok})", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("A (reference)", f"{report.a}  ({report.backend_a}, {report.precision_a})")
-    table.add_row("B", f"{report.b}  ({report.backend_b}, {report.precision_b})")
-    table.add_row("inputs", report.data)
+    table.add_row("A (reference)", f"{escape(report.a)}  ({report.backend_a}, {report.precision_a})")
+    table.add_row("B", f"{escape(report.b)}  ({report.backend_b}, {report.precision_b})")
+    table.add_row("inputs", escape(report.data))
     table.add_row("max / mean |A-B|", f"{s.max_abs_diff:.3g} / {s.mean_abs_diff:.3g}  (worst: "
                                       f"sample {s.worst[0]}, class {s.worst[1]})")
     table.add_row("relative to A's range", f"{s.max_rel_diff:.3g} / {s.mean_rel_diff:.3g}  "
@@ -346,8 +347,8 @@ def render(report: CompareReport) -> Any:
     table.add_row("top-5 overlap", f"{s.top5_overlap:.2f}%")
     if report.top1_a is not None:
         table.add_row("top-1 accuracy", f"A {report.top1_a:.2f}%, B {report.top1_b:.2f}%")
-    table.add_row("verdict", f"{report.criterion}: {ok}")
+    table.add_row("verdict", f"{escape(report.criterion)}: {ok}")
     table.add_row("time", f"{report.seconds:.1f} s")
     for note in report.notes:
-        table.add_row("note", note)
+        table.add_row("note", escape(note))
     return table

@@ -120,6 +120,7 @@ def _size(n: int) -> str:
 
 def render(report: ExportReport) -> Any:
     """The export summary as a rich Table: file, size, precision, batch range, parity, time."""
+    from rich.markup import escape
     from rich.table import Table
 
     p = report.parity
@@ -127,13 +128,13 @@ def render(report: ExportReport) -> Any:
     table = Table(title=f"export -> {report.format} ({ok})", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("file", report.file)
+    table.add_row("file", escape(report.file))
     table.add_row("size", _size(report.size_bytes))
     table.add_row("precision", report.precision + (
         f" ({report.int8['flavour']} flavour, {report.int8['calibration_method']}, "
         f"{report.int8['calibration_samples']} calibration images)" if report.int8 else ""))
     table.add_row("batch range", "{}:{}:{}".format(*report.batch) + f"  (opset {report.opset})")
-    table.add_row("parity data", f"{p.data}; batch sizes {', '.join(map(str, p.batch_sizes))}")
+    table.add_row("parity data", f"{escape(p.data)}; batch sizes {', '.join(map(str, p.batch_sizes))}")
     table.add_row("max |diff|", f"{p.max_abs_diff:#.3g}  ({p.relative_diff:.2e} of logit range "
                                 f"{p.logit_range:.3g}; mean {p.mean_abs_diff:.3g})")
     table.add_row("top-1 agreement", f"{p.top1_agreement:.2f}%")
@@ -143,7 +144,7 @@ def render(report: ExportReport) -> Any:
     table.add_row("check", f"{p.criterion}: {ok}")
     table.add_row("time", f"{report.seconds:.1f} s")
     for note in report.notes:
-        table.add_row("note", note)
+        table.add_row("note", escape(note))
     return table
 
 

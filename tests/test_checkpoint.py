@@ -153,6 +153,31 @@ def test_unreadable_files(tmp_path, small, content, message):
         load_weights(small[1], path)
 
 
+def test_an_onnx_file_given_as_weights_is_named_so(tmp_path, small):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(16))
+    with pytest.raises(InceptionError, match=r"m.onnx: not a PyTorch weights file \(it is an "
+                                             r"ONNX model: this option takes a checkpoint"):
+        load_weights(small[1], path)
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda c: c.pop("recipe"), "it has no recipe"),
+    (lambda c: (c.pop("state_dict"), c.pop("ema_state_dict", None)), r"it has no weights"),
+    (lambda c: c.update(classes=5), "its classes are not a list of names"),
+    (lambda c: c.update(format_version=99), "checkpoint format 99 is newer than this"),
+])
+def test_a_damaged_checkpoint_is_one_line_wherever_it_is_read(tmp_path, small, edit, problem):
+    recipe, model = small
+    raw = torch.load(save_checkpoint(tmp_path / "c.pt", model, recipe), weights_only=True)
+    edit(raw)
+    path = tmp_path / "edited.pt"
+    torch.save(raw, path)
+    for read in (read_checkpoint, load_model, lambda p: load_weights(model, p)):
+        with pytest.raises(InceptionError, match=rf"edited.pt: .*{problem}"):
+            read(path)
+
+
 def test_truncated_checkpoint(tmp_path, small):
     recipe, model = small
     path = save_checkpoint(tmp_path / "c.pt", model, recipe)

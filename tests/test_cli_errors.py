@@ -48,7 +48,7 @@ def test_one_line_errors(cli, args, text):
 
 def test_output_paths(cli, run, tmp_path):
     folder = tmp_path / "adir.png"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     _one_error_line(cli("eval", run, "--limit", "5", "--workers", "0", "--plot", folder),
                     "is a folder; give a file name")
     plain = tmp_path / "plain.txt"
@@ -432,3 +432,21 @@ def test_val_split_beside_a_val_folder_is_refused(tmp_path):
     assert len(open_data(str(tmp_path), recipe).val) == 2
     with pytest.raises(DataError, match=r"--val-split 0.2: .* has its own val/"):
         open_data(str(tmp_path), recipe, val_split=0.2)
+
+
+def test_paths_with_square_brackets_are_printed_as_given(cli, run, tmp_path):
+    """A path is text: rich would read "[x]" as a style (dropping it) and "[/red]" as a closing
+    tag (a MarkupError after the work was done)."""
+    folder = tmp_path / "[/red]"
+    folder.mkdir(parents=True)
+    onnx = folder / "m [x].onnx"
+    out = cli("export", run, "--out", onnx)
+    assert out.exit_code == 0, out.output
+    assert str(onnx) in out.stdout.replace("\n", "")
+    out = cli("compare", run, onnx, "--samples", "4")
+    assert out.exit_code == 0, out.output
+    assert str(onnx) in out.stdout
+    out = cli("eval", run, "--limit", "4", "--workers", "0", "--precision", "fp32", "--plot",
+              folder / "cm [x].png")
+    assert out.exit_code == 0, out.output
+    assert str(folder / "cm [x].png") in out.stdout.replace("\n", "")
