@@ -263,8 +263,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, reset_head: bool = F
     return _load_into(model, read_weights_file(path), path, reset_head, strict)
 
 
-def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict: bool
-               ) -> LoadReport:
+def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict: bool,
+               for_training: bool = True) -> LoadReport:
     sd = to_model_keys(model, _unwrap_state_dict(obj, path))
     own = model.state_dict()
     report = LoadReport(str(path))
@@ -296,9 +296,13 @@ def _load_into(model: nn.Module, obj: Any, path: Path, reset_head: bool, strict:
             shapes = [f"{k} {list(sd[k].shape)} vs model {list(own[k].shape)}" for k in mismatched]
             parts.append(f"{len(mismatched)} of another shape ({_short(shapes, 2)})")
         hint = ""
-        if mismatched and all(is_head(k) for k in mismatched):
+        if mismatched and all(is_head(k) for k in mismatched) and for_training:
             hint = ("; only the classifier differs: train without --strict-head "
                     "(reset_head=True) to fine-tune to another class count")
+        elif mismatched and all(is_head(k) for k in mismatched) and "fc.weight" in sd:
+            n = sd["fc.weight"].shape[0]  # run as they are: the recipe must have their classes
+            hint = (f"; only the classifier differs: the weights have {n} classes (add --set "
+                    f"model.num_classes={n} --set data.classes=null, or a recipe naming them)")
         raise InceptionError(f"{path}: weights do not fit this model: {'; '.join(parts)}{hint}")
 
     usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
@@ -331,7 +335,8 @@ def load_model(path: str | os.PathLike, recipe: Recipe | None = None,
         raise InceptionError(f"{path}: foreign weights carry no architecture; name it with "
                              f"--recipe (e.g. --recipe googlenet-bn for torchvision's googlenet)")
     model = build_model(recipe)
-    info["load"] = _load_into(model, obj, path, reset_head=False, strict=True)
+    info["load"] = _load_into(model, obj, path, reset_head=False, strict=True,
+                              for_training=False)
     model.eval()
     return model, recipe, info
 

@@ -499,6 +499,11 @@ def _open_resume(opts: TrainOptions, log: Callable[[str], None]
                                  f"recipe; only train.epochs can change (not {override}: the "
                                  f"run has {key}={value})")
     recipe = checkpoint_recipe(ckpt, str(resume_path), opts.overrides or None)
+    done = int(ckpt["train_state"].get("epoch", 0))
+    if recipe.train.epochs < done:
+        raise InceptionError(f"--resume {resume_path.parent}: the run has trained {done} "
+                             f"epochs; train.epochs={recipe.train.epochs} would end it before "
+                             f"where it is (give {done} or more)")
     if opts.recipe_given and opts.recipe.name != recipe.name:
         raise InceptionError(f"--resume {resume_path.parent}: the run trains recipe "
                              f"'{recipe.name}', not --recipe {opts.recipe.name} (a resumed run "

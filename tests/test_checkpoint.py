@@ -392,3 +392,18 @@ def test_a_download_leaves_stdout_to_the_json(offline_hub, monkeypatch, cli, tmp
     assert out.exit_code == 0, out.stderr
     assert len(json.loads(out.stdout)["predictions"]) == 1
     assert f'Downloading: "{TV_URL}"' in out.stderr
+
+
+def test_running_weights_of_another_class_count_names_the_count_not_training(tmp_path):
+    five = build_model(load_recipe("googlenet-small", ["model.num_classes=5", "data.classes=null"]))
+    path = tmp_path / "sd5.pt"
+    torch.save(five.state_dict(), path)
+    hint = (r"only the classifier differs: the weights have 5 classes \(add --set "
+            r"model.num_classes=5 --set data.classes=null, or a recipe naming them\)$")
+    with pytest.raises(InceptionError, match=hint):
+        load_model(path, recipe=load_recipe("googlenet-small"))
+    # the hint's options make the recipe that runs them
+    load_model(path, recipe=load_recipe("googlenet-small", ["model.num_classes=5",
+                                                            "data.classes=null"]))
+    with pytest.raises(InceptionError, match="train without --strict-head"):  # training's hint
+        load_weights(build_model(load_recipe("googlenet-small")), path)

@@ -708,3 +708,19 @@ def test_a_resume_writes_only_in_a_run_folder_and_says_a_read_only_one_at_once(
     assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == (
         f"error: --resume {run}: cannot write in the run folder (read-only)")
     assert "epoch 1/" not in result.stderr  # said before any training
+
+
+def test_a_resume_cannot_end_the_run_before_where_it_is(tiny_recipe, tmp_path):
+    recipe = load_recipe(tiny_recipe, ["train.epochs=2", "train.batch_size=8"])
+    train(_opts(recipe, tmp_path, data="synthetic", synthetic_count=16))
+    before = (tmp_path / "run" / "recipe.yaml").read_text()
+    with pytest.raises(InceptionError, match=r"the run has trained 2 epochs; train.epochs=1 "
+                                             r"would end it before where it is \(give 2 or "
+                                             r"more\)"):
+        train(_opts(recipe, tmp_path, data="synthetic", synthetic_count=16,
+                    resume=str(tmp_path / "run"), overrides=["train.epochs=1"]))
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == before
+    # the same epochs (a restarted command line) or more still resume
+    again = train(_opts(recipe, tmp_path, data="synthetic", synthetic_count=16,
+                        resume=str(tmp_path / "run"), overrides=["train.epochs=3"]))
+    assert again.epochs == 3
