@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -106,7 +107,7 @@ def strict_json(value: object) -> object:
     ``json.dumps`` writes ``null`` instead of ``NaN`` / ``Infinity``, which are not JSON (a
     script's strict parser rejects them; a diverged model's logits bring them)."""
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
