@@ -20,7 +20,8 @@ class TorchSession(Session):
     switchable = ("fp32", "bf16", "fp16")
 
     def __init__(self, path: Path, device: str, recipe: Any = None, precision: str = "fp32",
-                 compile: bool = False, channels_last: bool = True, **_: Any):
+                 compile: bool = False, channels_last: bool = True, cuda_graphs: bool = True,
+                 **_: Any):
         self.device_obj = resolve_device(device)
         if precision not in ("fp32", "bf16", "fp16"):
             raise InceptionError(f"torch backend: precision {precision} (expected fp32, bf16 "
@@ -34,6 +35,11 @@ class TorchSession(Session):
         self.forward = torch.compile(self.model) if compile else self.model
         self._copy_stream: Any = None
         self._stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # On CUDA each forward pass is replayed from a graph captured for its input: at eval's
+        # batch sizes the eager pass is bound by the host launching some 200 kernels (and
+        # autocast's casts), not by the GPU. torch.compile brings its own.
+        self.graphs = (_Graphs(self.device_obj) if cuda_graphs and not compile
+                       and self.device_obj.type == "cuda" else None)
         self.device = str(self.device_obj)
         self.info = ArtifactInfo(
             path=str(path), kind=(Kind.CHECKPOINT if "meta" in info else Kind.FOREIGN).value,
@@ -74,9 +80,8 @@ class TorchSession(Session):
         compute.wait_stream(self._copy_stream)
         sent.record_stream(compute)
         with torch.inference_mode():
-            x = normalize(sent, mean, std)
-            self.check_input(x, None)
-            logits = self._forward_device(x)
+            self.check_input(sent, None, dtype=torch.uint8)
+            logits = self._forward_device(sent, (mean, std))
             host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(logits, non_blocking=True)
         done = torch.cuda.Event()
@@ -101,16 +106,29 @@ class TorchSession(Session):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_device(x).cpu()
 
-    def _forward_device(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp32":
-            logits = self.forward(x)
-        else:
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            with torch.autocast(self.device_obj.type, dtype=dtype):
-                logits = self.forward(x)
-        return logits.float()
+    def _forward_device(self, x: torch.Tensor,
+                        stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (float32, on the device) of ``x``: a float batch, or uint8 crops normalised
+        by ``stats`` (mean and std on the device) first."""
+        precision = self.precision
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if stats is not None:
+                x = normalize(x, *stats)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if precision == "fp32":
+                return self.forward(x).float()
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            # no cast cache: each weight is used once a pass, and a graph may not keep one
+            with torch.autocast(self.device_obj.type, dtype=dtype, cache_enabled=False):
+                return self.forward(x).float()
+
+        if self.graphs is None:
+            return forward(x)
+        key = (tuple(x.shape), x.dtype, precision,
+               None if stats is None else tuple(t.data_ptr() for t in stats))
+        return self.graphs(key, x, forward)
 
     def set_precision(self, precision: str) -> None:
         super().set_precision(precision)
@@ -119,6 +137,56 @@ class TorchSession(Session):
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
         self.forward = None
+        self.graphs = None
+
+
+class _Graphs:
+    """Forward passes replayed from CUDA graphs (``torch.cuda.CUDAGraph``), one captured per
+    key (input shape, dtype, precision, normalisation), at most ``limit`` of them; other inputs,
+    and every input once a capture has failed, run eagerly. A replay reads its input from a
+    static buffer and writes its output to another, so each call copies the input in and
+    returns a copy of the output: what it returns is never overwritten by a later call."""
+
+    def __init__(self, device: torch.device, limit: int = 8):
+        self.device, self.limit = device, limit
+        self.captured: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self.failed: str | None = None  # why capturing failed, once it has
+
+    def __call__(self, key: tuple, x: torch.Tensor,
+                 fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        entry = self.captured.get(key)
+        if entry is None:
+            if self.failed is not None or len(self.captured) >= self.limit:
+                return fn(x)
+            try:
+                entry = self._capture(x, fn)
+            except RuntimeError as e:  # an op that cannot be captured: eager from now on
+                self.failed = str(e).splitlines()[0] if str(e) else type(e).__name__
+                torch.cuda.synchronize(self.device)
+                return fn(x)
+            self.captured[key] = entry
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+                 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        static_in = torch.empty_like(x)
+        static_in.copy_(x)
+        # a few eager passes on a side stream first (cuDNN's algorithm choice, lazy setup),
+        # as PyTorch's CUDA graph notes do
+        compute = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(compute)
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn(static_in)
+        compute.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = fn(static_in)
+        return graph, static_in, static_out
 
 
 class TorchBackend(Backend):

@@ -95,7 +95,10 @@ def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> 
                              "raw_img_s": round(raw_ips, 1), "session_img_s": round(eval_ips, 1),
                              "session_vs_raw": round(eval_ips / raw_ips, 3),
                              "run_float_img_s": round(run_ips, 1),
-                             "run_float_vs_raw": round(run_ips / raw_ips, 3)})
+                             "run_float_vs_raw": round(run_ips / raw_ips, 3),
+                             "cuda_graphs": (None if session.graphs is None else
+                                             session.graphs.failed or
+                                             len(session.graphs.captured))})
             session.close()
     return rows
 

@@ -103,16 +103,19 @@ class Session(ABC):
                                  f"for {precision})")
         self.info.precision = precision
 
-    def check_input(self, batch: torch.Tensor, spatial: int | None) -> None:
-        """Raise InceptionError naming what is wrong with ``batch`` for this artifact."""
+    def check_input(self, batch: torch.Tensor, spatial: int | None,
+                    dtype: torch.dtype | None = None) -> None:
+        """Raise InceptionError naming what is wrong with ``batch`` for this artifact (of
+        ``dtype``: the artifact's input dtype unless named)."""
         where = f"{self.info.path}"
         if not isinstance(batch, torch.Tensor):
             raise InceptionError(f"{where}: input must be a tensor, got {type(batch).__name__}")
         if batch.ndim != 4:
             raise InceptionError(f"{where}: input must be [N, C, H, W], got shape "
                                  f"{list(batch.shape)}")
-        if batch.dtype != self.info.input_dtype:
-            raise InceptionError(f"{where}: input dtype must be {self.info.input_dtype}, got "
+        dtype = self.info.input_dtype if dtype is None else dtype
+        if batch.dtype != dtype:
+            raise InceptionError(f"{where}: input dtype must be {dtype}, got "
                                  f"{batch.dtype}")
         if batch.shape[1] != self.info.channels:
             raise InceptionError(f"{where}: input must have {self.info.channels} channels, got "
