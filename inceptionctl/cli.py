@@ -57,7 +57,9 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
             _interrupted()
             raise typer.Exit(INTERRUPTED) from None
         except (MemoryError, RuntimeError) as exc:
-            line = out_of_memory(exc)
+            from .distributed import peer_lost
+
+            line = out_of_memory(exc) or peer_lost(exc)
             if line is None:
                 raise
             say(f"error: {line}")

@@ -139,3 +139,22 @@ def init(timeout_s: float = 600.0) -> Context:
         dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                                 timeout=timeout)
     return Context(rank, world, local_rank, initialised_here=True, note=note)
+
+
+# What a collective raises on a rank whose peer has died: gloo's closed or reset connection,
+# NCCL's aborted communicator (torch.distributed's own errors are DistError).
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "communicator was aborted", "NCCL error", "Gloo connectFullMesh failed")
+
+
+def peer_lost(exc: BaseException) -> str | None:
+    """One line for an error a collective raised because another process of the group stopped
+    (it said why itself), or None: under ``torchrun``, a user error that one rank finds ends
+    the others in gloo's or NCCL's error, which would read as a crash of their own."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not (isinstance(exc, dist.DistError) or any(s in str(exc) for s in _PEER_LOST)):
+        return None
+    return (f"rank {os.environ.get('RANK', '?')}: stopped because another process of the group "
+            f"did (its message is above)")
+

@@ -23,6 +23,20 @@ def exit_code(code: int) -> int:
     return 128 - code if code < 0 else (code or 1)
 
 
+def first_failure(failures: dict) -> tuple[int, object]:
+    """The rank to report. Once one process fails, the others stop too: their collectives
+    break (they exit 1, saying so) or torchrun's agent sends them SIGTERM, often within the same
+    second (torchrun's timestamps), so the one that says most is chosen: an exit code other
+    than 1 (2: a user error), then a signal other than SIGTERM (the OOM killer's SIGKILL), then
+    1 (a crash), then SIGTERM; the earliest and the lowest rank break ties."""
+    def said(code: int) -> int:
+        return 0 if code > 1 else 1 if code != -signal.SIGTERM and code < 0 else \
+            2 if code == 1 else 3
+
+    rank = min(failures, key=lambda r: (said(failures[r].exitcode), failures[r].timestamp, r))
+    return rank, failures[rank]
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -34,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except ChildFailedError as failed:
-        rank, failure = failed.get_first_failure()
+        rank, failure = first_failure(failed.failures)
         code = exit_code(failure.exitcode)
         killed = failure.exitcode < 0
         how = (f"was killed by {signal.Signals(-failure.exitcode).name}"

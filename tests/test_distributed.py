@@ -280,6 +280,66 @@ def test_a_failed_process_under_torchrun_is_one_line_with_its_exit_code(tmp_path
                            "above)")
 
 
+def test_a_user_error_on_one_rank_ends_the_others_in_one_line_not_a_traceback(tmp_path):
+    """--strict-data meeting an unreadable image in one rank's shard: that rank says what, the
+    other (its collective broken under it) says it stopped because of it, the launcher names the
+    failed rank; exit 2 and no traceback of gloo's."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", (40, 40), (30 * i, 90, 200)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    (tmp_path / "data" / "train" / "a" / "3.png").write_bytes(b"not an image")
+    done = subprocess.run([sys.executable, "-m", "inceptionctl", "train", "--nproc", "2",
+                           "--recipe", "googlenet-small", "--data", str(tmp_path / "data"),
+                           "--strict-data", "--precision", "fp32", "--set", "train.epochs=1",
+                           "--set", "train.batch_size=4", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "gloo" not in done.stderr, done.stderr[-3000:]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors[0].startswith(f"error: {tmp_path / 'data' / 'train' / 'a' / '3.png'}: "
+                                f"cannot read image")
+    assert errors[-1].startswith("error: train --nproc 2: rank ") and \
+        " exited with code 2 " in errors[-1]
+    # the other rank says why it stopped, unless torchrun's SIGTERM reached it first
+    assert len(errors) in (2, 3), done.stderr[-3000:]
+    if len(errors) == 3:
+        assert errors[1].startswith("error: rank ") and errors[1].endswith(
+            ": stopped because another process of the group did (its message is above)")
+        assert f"rank {errors[1].split()[2].rstrip(':')} " not in errors[-1]  # the other one
+
+
+def test_the_launcher_names_the_rank_that_failed_first_and_said_why():
+    from types import SimpleNamespace as F
+
+    from inceptionctl.distributed import peer_lost
+    from inceptionctl.launch import first_failure
+
+    # a rank that stopped because another did exits 1 at the same second: not the one named
+    assert first_failure({0: F(exitcode=1, timestamp=5), 1: F(exitcode=2, timestamp=5)})[0] == 1
+    assert first_failure({0: F(exitcode=1, timestamp=5), 1: F(exitcode=1, timestamp=4)})[0] == 1
+    assert first_failure({0: F(exitcode=-9, timestamp=6), 1: F(exitcode=1, timestamp=5)})[0] == 0
+    # the others, sent SIGTERM by torchrun's agent once one failed
+    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=2, timestamp=6)})[0] == 1
+    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=1, timestamp=6)})[0] == 1
+    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=-9, timestamp=6)})[0] == 1
+    assert first_failure({3: F(exitcode=2, timestamp=5), 1: F(exitcode=2, timestamp=5)})[0] == 1
+    lost = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:1")
+    env = {"WORLD_SIZE": "2", "RANK": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert peer_lost(lost) == ("rank 1: stopped because another process of the group did "
+                                   "(its message is above)")
+        assert peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+        mp.setenv("WORLD_SIZE", "1")
+        assert peer_lost(lost) is None  # alone, a broken connection is this process's own
+
+
 def test_the_launcher_reports_a_signal_as_a_shell_does():
     from inceptionctl.launch import exit_code
 
