@@ -394,6 +394,37 @@ def quantizer(flavour: str | None = None) -> Backend:
                             " (none of the installed backends quantizes ONNX)"))
 
 
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with its last row repeated until it has ``rows`` rows (at least its own)."""
+    if rows <= len(x):
+        return x
+    return torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])])
+
+
+def submit_in_range(session: Session, crops: torch.Tensor, mean: Any, std: Any
+                    ) -> Callable[[], torch.Tensor]:
+    """:meth:`Session.submit_crops` for a batch smaller than the artifact's smallest (the last
+    of an eval, on an ONNX file or engine exported for one batch size): padded with copies of
+    its last crop, the padding's logits dropped."""
+    lo = session.info.batch_range[0] if session.info.batch_range else 1
+    n = len(crops)
+    if n >= lo:
+        return session.submit_crops(crops, mean, std)
+    handle = session.submit_crops(pad_rows(crops, lo).contiguous(), mean, std)
+    return lambda: handle()[:n]
+
+
+def run_in_range(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``x`` (any number of rows) through ``session``: in chunks of at most the
+    artifact's largest batch, a short last one padded to its smallest."""
+    lo, hi = session.info.batch_range or (1, max(1, len(x)))
+    outs = []
+    for part in torch.split(x, max(1, hi)):
+        n = len(part)
+        outs.append(session.run(pad_rows(part, lo).contiguous())[:n])
+    return torch.cat(outs)
+
+
 def open_artifact(path: str | Path, backend: str | None = None, device: str = "cpu",
                   **options: Any) -> Session:
     """Open an artifact (run folder, checkpoint, .onnx, engine, torchvision:NAME) with the

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .backend import Session, check_recipe_used, open_artifact
+from .backend import Session, check_recipe_used, open_artifact, pad_rows
 from .data import Samples, load_samples
 from .errors import InceptionError
 from .recipe import Recipe
@@ -64,9 +64,7 @@ def run_batches(session: Any, x: Tensor, plan: list[tuple[int, int]]) -> Tensor:
     """Logits of ``x`` run through ``session`` chunk by chunk as ``plan`` says."""
     outs, start = [], 0
     for size, pad in plan:
-        chunk = x[start:start + size]
-        if pad:
-            chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
+        chunk = pad_rows(x[start:start + size], size + pad)
         outs.append(session.run(chunk.contiguous())[:size].float())
         start += size
     return torch.cat(outs)

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from . import distributed as dist_utils
-from .backend import Session, check_recipe_used, open_artifact
+from .backend import (Session, check_recipe_used, open_artifact, run_in_range,
+                      submit_in_range)
 from .crops import normalize, take_crops
 from .data import (Collate, DataError, ImageSource, KeyedSampler, collect_images, decode_rgb,
                    default_workers, eval_source, usable_cpus)
@@ -353,7 +354,7 @@ def _run(opts: EvalOptions, sessions: list[Session], loader: DataLoader, counts:
     # batch i+1 is regrouped and sent; the sums see every batch in the same order either way.
     pending: list[tuple[int, Callable[[], torch.Tensor], torch.Tensor]] = []
     for chunk, tags in stream_batches(pieces(), batch):
-        submitted = [(m, session.submit_crops(chunk, means[m], stds[m]), tags)
+        submitted = [(m, submit_in_range(session, chunk, means[m], stds[m]), tags)
                      for m, session in enumerate(sessions)]
         collect(pending)
         pending = submitted
@@ -460,17 +461,11 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
                 bad.append((str(path), reason))
                 continue
             x = normalize(take_crops(image, crops, size, scales, interpolation), mean, std)
-            probs = torch.cat([torch.softmax(session.run(part), 1)
-                               for part in _split_batches(x, session)]).mean(0)
+            probs = torch.softmax(run_in_range(session, x), 1).mean(0)
             p, idx = probs.topk(k)
             results.append(Prediction(str(path), [(session.info.classes[i], int(i), float(v))
                                                   for v, i in zip(p.tolist(), idx.tolist())]))
         return results, bad, session
-
-
-def _split_batches(x: torch.Tensor, session: Session) -> list[torch.Tensor]:
-    hi = session.info.batch_range[1] if session.info.batch_range else len(x)
-    return list(torch.split(x, max(1, hi)))
 
 
 # ----------------------------------------------------------------------------------- rendering

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from .conftest import TINY_TRAIN, cli_command, run_child
@@ -158,6 +159,32 @@ def test_ensemble_of_different_batch_ranges(cli, run, tmp_path):
     assert out.exit_code == 0, out.stderr
     assert json.loads(out.stdout)["images"] == 30
     assert json.loads(out.stdout)["backend"] == "torch/onnxruntime"  # each of its backends
+
+
+def test_a_file_exported_for_one_batch_size_runs_every_eval_and_predict(cli, run, tmp_path):
+    """export --batch 3:3:3 fixes the batch: eval's short last batch (10 images x 10 crops in
+    batches of 3) and predict's 1 and 10 crops are padded to 3, the padding's logits dropped, so
+    the results equal the checkpoint's."""
+    onnx = tmp_path / "fixed.onnx"
+    assert cli("export", run, "--out", onnx, "--batch", "3:3:3").exit_code == 0
+    reports = [cli("eval", a, "--limit", "10", "--crops", "1,10", "--workers", "0", "--precision",
+                   "fp32", "--json") for a in (run, onnx)]
+    for r in reports:
+        assert r.exit_code == 0, r.stderr
+    ours, fixed = (json.loads(r.stdout) for r in reports)
+    assert fixed["batch_size"] == 3 and fixed["images"] == 10
+    assert [row["top1"] for row in fixed["table"]] == [row["top1"] for row in ours["table"]]
+    image = tmp_path / "one.png"
+    pixels = torch.Generator().manual_seed(0)  # crops that differ, so their mean tells
+    Image.fromarray(torch.randint(0, 256, (40, 56, 3), generator=pixels, dtype=torch.uint8)
+                    .numpy()).save(image)
+    for crops in ("1", "10"):
+        got = [json.loads(cli("predict", image, "--weights", a, "--crops", crops, "--precision",
+                              "fp32", "--json").stdout) for a in (run, onnx)]
+        (a,), (b,) = (g["predictions"] for g in got)
+        assert [t["class"] for t in a["topk"]] == [t["class"] for t in b["topk"]]
+        for x, y in zip(a["topk"], b["topk"]):
+            assert abs(x["probability"] - y["probability"]) < 2e-5, (a, b)
 
 
 def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
