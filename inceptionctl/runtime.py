@@ -250,8 +250,8 @@ def _write_cache(path: Path, key: str, choice: PrecisionChoice) -> None:
     try:
         write_text_atomic(path, json.dumps({"format": PROBE_FORMAT, "entries": entries},
                                            indent=1, sort_keys=True))
-    except OSError:  # a read-only home only costs a new measurement next time
-        pass
+    except (OSError, InceptionError):  # a read-only home, or a folder at its path: the cache
+        pass                             # is optional, and costs a new measurement next time
 
 
 def pick_fastest(rates: dict[str, float]) -> str:

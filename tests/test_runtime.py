@@ -292,6 +292,21 @@ def test_inference_auto_measures_the_session_at_the_batch_and_caches(two_candida
     assert (again.precision, again.source, other.info.precision) == ("bf16", "cache", "bf16")
 
 
+def test_a_cache_that_cannot_be_written_costs_a_measurement_not_the_command(
+        two_candidates, monkeypatch, tmp_path):
+    """A folder where the cache file goes (or a read-only home): the choice is made and used,
+    and the next run measures again."""
+    path = tmp_path / "precision.json"
+    path.mkdir()
+    monkeypatch.setattr(runtime, "cache_path", lambda: path)
+    for _ in range(2):
+        session = _Switchable({"fp32": 40.0, "bf16": 90.0})
+        _fake_rates(monkeypatch, session)
+        choice = runtime.choose_session_precision(session, "auto", 64, None)
+        assert (choice.precision, choice.source) == ("bf16", "probe")
+    assert path.is_dir() and not any(path.iterdir())
+
+
 def test_inference_explicit_precision_skips_the_probe(two_candidates):
     session = _Switchable({})
     session.run = _never
