@@ -663,7 +663,10 @@ def _read_ground_truth(gt: Path, index: dict[str, int]) -> dict[str, int]:
                 if len(parts) != 2:
                     raise DataError(f"{gt}:{n}: expected 'FILE LABEL', got {line.strip()!r}")
                 name, label = parts
-                labels[Path(name).stem] = (int(label) if label.isdigit() and label not in index
+                # an index written in 0-9, else a class name ("²" is a digit to str.isdigit,
+                # and no number to int)
+                numeric = label.isascii() and label.isdigit()
+                labels[Path(name).stem] = (int(label) if numeric and label not in index
                                            else index.get(label, -1))
     return labels
 

@@ -100,6 +100,9 @@ def test_ilsvrc_layout(tmp_path):
      r"LOC_val_solution.csv:2: expected 'ImageId,SYNSET ...', got an empty field"),
     ("LOC_val_solution.csv", b"\xff\xfe\x00\x81binary", r"LOC_val_solution.csv: not a text file"),
     ("val.txt", b"\x89PNG\r\n\x1a\n\x00\x00\xff", r"val.txt: not a text file"),
+    # a digit to str.isdigit that int cannot read: no label, not a ValueError
+    ("val.txt", "ILSVRC2012_val_00000001.JPEG \u00b2\n",
+     r"val.txt: the label of ILSVRC2012_val_00000001.JPEG is not one of the training classes"),
     # a spreadsheet's byte-order mark is not part of the first column's name
     ("LOC_val_solution.csv", "\ufeffImageId,PredictionString\nILSVRC2012_val_00000001,\n",
      r"LOC_val_solution.csv:2: expected 'ImageId,SYNSET ...', got an empty field"),
