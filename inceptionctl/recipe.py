@@ -268,8 +268,18 @@ class _Context:
                 return f"{self.source}:{self.lines[path[:cut]]}"
         return self.source
 
-    def error(self, path: Path_, message: str) -> RecipeError:
-        return RecipeError(f"{self.where(path)}: {_fmt_path(path)}: {message}")
+    def error(self, path: Path_, message: str, depends: tuple[Path_, ...] = ()) -> RecipeError:
+        """The error at ``path``. A check against other keys (``depends``) that a ``--set``
+        changed names that ``--set`` first, and ``path``'s own place beside the key: the value
+        at ``path`` did not change, the override made it wrong."""
+        where = self.where(path)
+        if not where.startswith("--set "):
+            for dep in depends:
+                for opath, text in self.overrides.items():
+                    if opath[: len(dep)] == dep or dep[: len(opath)] == opath:
+                        return RecipeError(f"--set {text}: {_fmt_path(path)} ({where}): "
+                                           f"{message}")
+        return RecipeError(f"{where}: {_fmt_path(path)}: {message}")
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> RecipeError:
@@ -692,7 +702,8 @@ def _check_stages(m: ModelSpec, stem_names: list[str], ctx: _Context) -> list[st
 def _check_lrn(m: ModelSpec, stem_names: list[str], ctx: _Context) -> None:
     P: Path_ = ("model", "lrn")
     if m.norm != "lrn" and m.lrn.after:
-        raise ctx.error(P + ("after",), f"LRN layers need model.norm: lrn (it is '{m.norm}')")
+        raise ctx.error(P + ("after",), f"LRN layers need model.norm: lrn (it is '{m.norm}')",
+                        depends=(("model", "norm"),))
     _positive(m.lrn.size, P + ("size",), ctx)
     for i, name in enumerate(m.lrn.after):
         if name not in stem_names:
@@ -729,14 +740,16 @@ def _check_data(d: DataSpec, m: ModelSpec, ctx: _Context) -> None:
     for key, values in (("mean", d.mean), ("std", d.std)):
         if len(values) != m.in_channels:
             raise ctx.error(D + (key,), f"expected {m.in_channels} values (model.in_channels), "
-                                        f"got {len(values)}")
+                                        f"got {len(values)}",
+                            depends=(("model", "in_channels"),))
     for i, s in enumerate(d.std):
         _positive(s, D + ("std", i), ctx, "a positive number")
     if d.classes is not None:
         if len(d.classes) != m.num_classes:
             raise ctx.error(D + ("classes",), f"expected {m.num_classes} names "
                                               f"(model.num_classes), got {len(d.classes)}; set data.classes "
-                                              f"to match, or to null for '0'..'N-1'")
+                                              f"to match, or to null for '0'..'N-1'",
+                            depends=(("model", "num_classes"),))
         if len(set(d.classes)) != len(d.classes):
             raise ctx.error(D + ("classes",), "class names must be unique")
     problem = geometry_problem(m, d.input_size)
@@ -744,7 +757,7 @@ def _check_data(d: DataSpec, m: ModelSpec, ctx: _Context) -> None:
         smallest = smallest_input_size(m)
         hint = f"; the smallest valid input is {smallest}" if smallest else ""
         raise ctx.error(D + ("input_size",), f"{d.input_size} is too small for this model: "
-                                             f"{problem}{hint}")
+                                             f"{problem}{hint}", depends=(("model",),))
 
 
 def _check_train(t: TrainSpec, ctx: _Context) -> None:
@@ -776,9 +789,10 @@ def _check_optimizer(t: TrainSpec, ctx: _Context) -> None:
     T: Path_ = ("train",)
     if t.nesterov and t.optimizer != "sgd":
         raise ctx.error(T + ("nesterov",), f"only sgd has Nesterov momentum, the optimizer is "
-                                           f"{t.optimizer}")
+                                           f"{t.optimizer}", depends=(T + ("optimizer",),))
     if t.nesterov and t.momentum <= 0:
-        raise ctx.error(T + ("nesterov",), "Nesterov momentum needs train.momentum > 0")
+        raise ctx.error(T + ("nesterov",), "Nesterov momentum needs train.momentum > 0",
+                        depends=(T + ("momentum",),))
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
         raise ctx.error(T + ("betas",), f"expected [beta1, beta2], each in [0, 1), got "
                                         f"{list(t.betas)}")
@@ -797,7 +811,8 @@ def _check_eval(e: EvalSpec, d: DataSpec, ctx: _Context) -> None:
     if e.size != d.input_size:
         raise ctx.error(E + ("size",), f"{e.size} differs from data.input_size ({d.input_size}); "
                                        f"eval reproduces training only when they agree: set both "
-                                       f"(--set data.input_size=N --set eval.size=N)")
+                                       f"(--set data.input_size=N --set eval.size=N)",
+                        depends=(("data", "input_size"),))
     _positive(e.batch_size, E + ("batch_size",), ctx)
     if e.crops not in (1, 10, 144):
         raise ctx.error(E + ("crops",), f"expected 1, 10 or 144, got {e.crops}")
@@ -805,12 +820,14 @@ def _check_eval(e: EvalSpec, d: DataSpec, ctx: _Context) -> None:
         raise ctx.error(E + ("scales",), "expected at least one scale")
     for i, scale in enumerate(e.scales):
         if scale < e.size:
-            raise ctx.error(E + ("scales", i), f"a scale ({scale}) must be >= eval.size ({e.size})")
+            raise ctx.error(E + ("scales", i), f"a scale ({scale}) must be >= eval.size ({e.size})",
+                            depends=(E + ("size",),))
     if e.scales[0] != d.resize:
         raise ctx.error(E + ("scales", 0), f"{e.scales[0]} differs from data.resize ({d.resize}); "
                                            f"eval's first scale is training's validation resize: "
                                            f"set both (--set data.resize=S --set "
-                                           f"eval.scales=[S,...])")
+                                           f"eval.scales=[S,...])",
+                        depends=(("data", "resize"),))
 
 
 def _check_export(x: ExportSpec, ctx: _Context) -> None:

@@ -1,6 +1,7 @@
 """Recipes: loading by name or path, overrides, and one located line for every mistake."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -232,6 +233,35 @@ def test_override_mistakes(cli, override, message):
     assert message in str(info.value)
     result = cli("recipes", "show", "googlenet-bn", "--set", override)
     assert result.exit_code == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize("name,overrides,pattern", [
+    ("googlenet-bn", ["model.in_channels=1"],
+     r"--set model.in_channels=1: data.mean \(\S+googlenet-bn.yaml:\d+\): expected 1 values "
+     r"\(model.in_channels\), got 3"),
+    ("googlenet-small", ["model.num_classes=5"],
+     r"--set model.num_classes=5: data.classes \(\S+googlenet-small.yaml:\d+\): expected 5 "),
+    ("googlenet-bn", ["data.input_size=200"],
+     r"--set data.input_size=200: eval.size \(\S+:\d+\): 224 differs "),
+    ("googlenet-bn", ["data.resize=300"],
+     r"--set data.resize=300: eval.scales\[0\] \(\S+:\d+\): 256 differs "),
+    ("googlenet-bn", ["eval.size=300", "data.input_size=300"],
+     r"--set eval.size=300: eval.scales\[0\] \(\S+:\d+\): a scale \(256\) must be >= "
+     r"eval.size"),
+    # the key itself was set: that --set, as before
+    ("googlenet-small", ["data.classes=[a, b]", "model.num_classes=5"],
+     r"--set data.classes=\[a, b\]: data.classes: expected 5 "),
+    ("googlenet-bn", ["train.optimizer=adamw", "train.nesterov=true"],
+     r"--set train.nesterov=true: train.nesterov: only sgd"),
+    ("googlenet-bn", ["model.stem.0.stride=32"],
+     r"--set model.stem.0.stride=32: data.input_size \(\S+:\d+\): 224 is too small"),
+])
+def test_a_check_that_a_set_broke_names_the_set_and_the_key_it_failed(name, overrides, pattern):
+    """A key the --set did not touch fails a check against one it did (data.mean against
+    model.in_channels): the error names that --set, then the key and its place in the file."""
+    with pytest.raises(RecipeError) as info:
+        load_recipe(name, overrides)
+    assert re.fullmatch(pattern + ".*", str(info.value)), str(info.value)
 
 
 def test_unknown_recipe_name_and_missing_file(cli, tmp_path):
