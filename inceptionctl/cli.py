@@ -623,6 +623,28 @@ def backends_(as_json: JsonOpt = False) -> None:
         _show(render_backends(rows))
 
 
+def _check_export_options(to: str, precision: str, **given: Any) -> None:
+    """An option this export would ignore is a mistake worth one line: the engine options on
+    an ONNX export, calibration on one that does not calibrate, the ONNX INT8 flavour on an
+    engine (its builder quantizes in its own)."""
+    named = {k: v for k, v in given.items() if v not in (None, False)}
+    flag = {k: "--" + k.replace("_", "-") for k in named}
+    if to == "onnx":
+        for key in ("timing_cache", "tf32", "verbose"):
+            if key in named:
+                raise InceptionError(f"{flag[key]}: an engine option (--to tensorrt); this "
+                                     f"export writes an ONNX file")
+    elif "int8_flavour" in named:
+        raise InceptionError(f"--int8-flavour: the INT8 ONNX's flavour (--to onnx); the {to} "
+                             f"builder quantizes in its own")
+    if precision != "int8":
+        for key in ("calib_samples", "calib_method", "int8_flavour"):
+            if key in named:
+                raise InceptionError(f"{flag[key]}: only an INT8 export calibrates (add "
+                                     f"--precision int8); --calib-data also picks the parity "
+                                     f"images of any export")
+
+
 @app.command(cls=_Command)
 def export(
     artifact: Annotated[str, typer.Argument(help="Run folder, checkpoint, foreign weights "
@@ -637,16 +659,18 @@ def export(
     calib_data: Annotated[Optional[str], typer.Option(metavar="PATH|digits",
                                                       help="Calibration / parity images: "
                                                            "'digits' or a folder.")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration images for INT8.")] = 256,
+    calib_samples: Annotated[Optional[int], typer.Option(
+        help="Calibration images for INT8 (default 256).")] = None,
     check_samples: Annotated[Optional[int], typer.Option(
         help="Parity images (default: 512 of --calib-data, or random ones covering every "
              "batch size).")] = None,
-    calib_method: Annotated[CalibMethod, typer.Option(
+    calib_method: Annotated[Optional[CalibMethod], typer.Option(
         parser=_one_of("--calib-method", CalibMethod),
-        help="How INT8 calibration sets each range.")] = CalibMethod.minmax,
-    int8_flavour: Annotated[Int8Flavour, typer.Option(
+        help="How INT8 calibration sets each range (default minmax).")] = None,
+    int8_flavour: Annotated[Optional[Int8Flavour], typer.Option(
         parser=_one_of("--int8-flavour", Int8Flavour),
-        help="cpu (fastest on ONNX Runtime CPU) or tensorrt (symmetric).")] = Int8Flavour.cpu,
+        help="INT8 ONNX: cpu (fastest on ONNX Runtime CPU, the default) or tensorrt "
+             "(symmetric).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the recipe's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output file (default: beside the "
                                                      "checkpoint).")] = None,
@@ -662,10 +686,16 @@ def export(
     """Export to ONNX (fp32 / fp16 / INT8) or an engine, with parity proven on every export."""
     from .export import ExportCheckFailed, export as run_export, render
 
+    _check_export_options(to, precision.value, calib_samples=calib_samples,
+                          calib_method=calib_method, int8_flavour=int8_flavour,
+                          timing_cache=timing_cache, tf32=tf32, verbose=verbose)
     options: dict[str, Any] = dict(out=out, precision=precision.value, batch=batch,
-                                   calib_data=calib_data, calib_samples=calib_samples,
-                                   calib_method=calib_method.value, check_samples=check_samples,
-                                   int8_flavour=int8_flavour.value, opset=opset, device=device,
+                                   calib_data=calib_data,
+                                   calib_samples=256 if calib_samples is None else calib_samples,
+                                   calib_method=(calib_method or CalibMethod.minmax).value,
+                                   check_samples=check_samples,
+                                   int8_flavour=(int8_flavour or Int8Flavour.cpu).value,
+                                   opset=opset, device=device,
                                    recipe=_foreign_recipe(recipe, set_),
                                    engine_options={"timing_cache": timing_cache, "tf32": tf32,
                                                    "verbose": verbose})

@@ -217,6 +217,39 @@ def test_choice_typos_are_caught_by_the_parser(cli, args, text):
     _one_error_line(cli(*args), text)
 
 
+@pytest.mark.parametrize("args,text", [
+    (["--tf32"], "--tf32: an engine option (--to tensorrt); this export writes an ONNX file"),
+    (["--timing-cache", "t.cache"], "--timing-cache: an engine option (--to tensorrt)"),
+    (["--verbose", "--precision", "int8", "--calib-data", "digits"], "--verbose: an engine "),
+    (["--calib-method", "entropy"], "--calib-method: only an INT8 export calibrates (add "
+                                    "--precision int8)"),
+    (["--calib-samples", "64", "--precision", "fp16"], "--calib-samples: only an INT8 export"),
+    (["--int8-flavour", "tensorrt"], "--int8-flavour: only an INT8 export calibrates"),
+    (["--to", "tensorrt", "--precision", "int8", "--calib-data", "digits", "--int8-flavour",
+      "cpu"], "--int8-flavour: the INT8 ONNX's flavour (--to onnx); the tensorrt builder "
+              "quantizes in its own"),
+])
+def test_an_export_option_the_export_would_ignore_is_refused(cli, run, tmp_path, args, text):
+    """Engine options on an ONNX export, calibration options without INT8: refused before any
+    work, and nothing written."""
+    out = tmp_path / "m.onnx"
+    _one_error_line(cli("export", run, "--out", out, *args), text)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_options_of_an_int8_onnx_export_are_taken(cli, run, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    done = cli("export", run, "--out", out, "--precision", "int8", "--calib-data", "digits",
+               "--calib-samples", "32", "--calib-method", "entropy", "--int8-flavour", "cpu",
+               "--json")
+    assert done.exit_code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert out.is_file() and report["precision"] == "int8"
+    int8 = report["int8"]
+    assert (int8["flavour"], int8["calibration_method"], int8["calibration_samples"]) == \
+        ("cpu", "entropy", 32)
+
+
 # ---------------------------------------------------------------- hints name commands that parse
 
 def _message_strings():
