@@ -122,33 +122,47 @@ def test_cuda_eval_sends_uint8_crops_and_matches_the_cpu(default_run, cli):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graphs_replay_the_eager_forward(default_run, precision):
     """On cuda the torch session replays a graph captured per input: the eager pass's logits
-    for each new input (not the captured one's), results that later calls leave alone, one more
-    graph for a smaller last batch and for uint8 crops, and eager passes beyond the limit."""
+    for each new input (not the captured one's), device results that later calls leave alone,
+    one more graph for a smaller last batch and for uint8 crops, and eager passes beyond the
+    limit. The eager reference is the same session with its graphs set aside (the same
+    weights, autocast and kernels)."""
     from inceptionctl.backend import open_artifact
 
     run, _, _ = default_run
-    graphed = open_artifact(str(run), "torch", "cuda", precision=precision)
-    eager = open_artifact(str(run), "torch", "cuda", precision=precision, cuda_graphs=False)
-    assert graphed.graphs is not None and eager.graphs is None
-    pre = graphed.info.preprocessing
+    session = open_artifact(str(run), "torch", "cuda", precision=precision)
+    assert open_artifact(str(run), "torch", "cuda", cuda_graphs=False).graphs is None
+    graphs = session.graphs
+    assert graphs is not None
+
+    def eager(fn, *args):
+        session.graphs = None
+        try:
+            return fn(*args)
+        finally:
+            session.graphs = graphs
+
+    pre = session.info.preprocessing
     size = int(pre["eval_size"])
     torch.manual_seed(0)
     crops = torch.randint(0, 256, (3, 16, 3, size, size), dtype=torch.uint8)
-    floats = crops.float() / 64 - 2
-    tol = 1e-4 if precision == "fp32" else 3e-2
-    kept = [graphed.run(floats[i]) for i in range(3)]  # the first call captures
-    for i in range(3):
-        want = eager.run(floats[i])
-        assert torch.allclose(kept[i], want, atol=tol * float(want.abs().max()), rtol=0), i
-    assert not torch.equal(kept[0], kept[1])
-    last = graphed.run(floats[0][:5])
-    assert torch.allclose(last, kept[0][:5], atol=tol * float(kept[0].abs().max()), rtol=0)
-    got = graphed.submit_crops(crops[1], pre["mean"], pre["std"])()
-    want = eager.submit_crops(crops[1], pre["mean"], pre["std"])()
+    floats = (crops.float() / 64 - 2).cuda()
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    with torch.inference_mode():
+        kept = [session._forward_device(floats[i]) for i in range(3)]  # the first captures
+        assert all(k.device.type == "cuda" for k in kept)
+        for i in range(3):
+            want = eager(session._forward_device, floats[i])
+            assert torch.allclose(kept[i], want, atol=tol * float(want.abs().max()), rtol=0), i
+        assert not torch.equal(kept[0], kept[1])
+    last = session.run(floats[0][:5].cpu())
+    assert torch.allclose(last, kept[0][:5].cpu(), atol=tol * float(kept[0].abs().max()), rtol=0)
+    got = session.submit_crops(crops[1], pre["mean"], pre["std"])()
+    want = eager(lambda: session.submit_crops(crops[1], pre["mean"], pre["std"])())
     assert torch.allclose(got, want, atol=tol * float(want.abs().max()), rtol=0)
-    assert len(graphed.graphs.captured) == 3 and graphed.graphs.failed is None
-    graphed.graphs.limit = 4
+    assert len(graphs.captured) == 3 and graphs.failed is None
+    graphs.limit = 4
     for n in (1, 2, 3):  # past a limit of 4: eager, and still right
-        out = graphed.run(floats[2][:n])
-        assert torch.allclose(out, kept[2][:n], atol=tol * float(kept[2].abs().max()), rtol=0)
-    assert len(graphed.graphs.captured) == graphed.graphs.limit
+        out = session.run(floats[2][:n].cpu())
+        want = kept[2][:n].cpu()
+        assert torch.allclose(out, want, atol=tol * float(want.abs().max()), rtol=0)
+    assert len(graphs.captured) == graphs.limit
