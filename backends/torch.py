@@ -12,7 +12,7 @@ from inceptionctl.artifact import CHECKPOINT_SUFFIXES, Kind, class_names, prepro
 from inceptionctl.backend import ArtifactInfo, Availability, Backend, Session
 from inceptionctl.checkpoint import load_model
 from inceptionctl.crops import normalize
-from inceptionctl.errors import InceptionError
+from inceptionctl.errors import InceptionError, one_line
 from inceptionctl.runtime import resolve_device
 
 
@@ -130,6 +130,13 @@ class TorchSession(Session):
                None if stats is None else tuple(t.data_ptr() for t in stats))
         return self.graphs(key, x, forward)
 
+    def release_graphs(self) -> None:
+        """Drop the captured CUDA graphs and their memory: the next pass of each shape captures
+        again. ``profile`` calls it before a row, so that the row's peak memory counts what the
+        graph holds (a replay allocates nothing)."""
+        if self.graphs is not None:
+            self.graphs = _Graphs(self.device_obj, self.graphs.limit)
+
     def set_precision(self, precision: str) -> None:
         super().set_precision(precision)
         self.precision = precision
@@ -145,12 +152,16 @@ class _Graphs:
     key (input shape, dtype, precision, normalisation), at most ``limit`` of them; other inputs,
     and every input once a capture has failed, run eagerly. A replay reads its input from a
     static buffer and writes its output to another, so each call copies the input in and
-    returns a copy of the output: what it returns is never overwritten by a later call."""
+    returns a copy of the output: what it returns is never overwritten by a later call. The
+    graphs share one memory pool: their replays run one at a time, on the caller's stream, so
+    one graph's temporaries are dead whenever another runs, and the session holds about one
+    eager pass's memory, not one per batch size."""
 
     def __init__(self, device: torch.device, limit: int = 8):
         self.device, self.limit = device, limit
         self.captured: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self.failed: str | None = None  # why capturing failed, once it has
+        self.pool: Any = None
 
     def __call__(self, key: tuple, x: torch.Tensor,
                  fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -158,34 +169,45 @@ class _Graphs:
         if entry is None:
             if self.failed is not None or len(self.captured) >= self.limit:
                 return fn(x)
-            try:
-                entry = self._capture(x, fn)
-            except RuntimeError as e:  # an op that cannot be captured: eager from now on
-                self.failed = str(e).splitlines()[0] if str(e) else type(e).__name__
-                torch.cuda.synchronize(self.device)
+            entry = self._capture(x, fn)
+            if entry is None:
                 return fn(x)
             self.captured[key] = entry
         graph, static_in, static_out = entry
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()
+        with torch.cuda.device(self.device):  # replay() runs on the current device's stream
+            static_in.copy_(x)
+            graph.replay()
+            return static_out.clone()
 
     def _capture(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
-                 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        static_in = torch.empty_like(x)
-        static_in.copy_(x)
-        # a few eager passes on a side stream first (cuDNN's algorithm choice, lazy setup),
-        # as PyTorch's CUDA graph notes do
-        compute = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(compute)
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn(static_in)
-        compute.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn(static_in)
+                 ) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+        """A graph of ``fn`` on a static copy of ``x``, or None (and :attr:`failed` says why)
+        when ``fn`` cannot be captured."""
+        with torch.cuda.device(self.device):  # the session's device, not the process's current
+            static_in = torch.empty_like(x)
+            static_in.copy_(x)
+            # a few eager passes on a side stream first (cuDNN's algorithm choice, lazy setup),
+            # as PyTorch's CUDA graph notes do; an error here is the input's or the memory's
+            compute = torch.cuda.current_stream()
+            side = torch.cuda.Stream()
+            side.wait_stream(compute)
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn(static_in)
+            compute.wait_stream(side)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                # the outer context puts the caller's stream back even when ending a failed
+                # capture raises before the inner one can
+                with torch.cuda.stream(side), torch.cuda.graph(graph, pool=self.pool,
+                                                               stream=side):
+                    static_out = fn(static_in)
+            except RuntimeError as e:  # an op that cannot be captured: eager from now on
+                self.failed = one_line(e)
+                torch.cuda.synchronize()
+                return None
         return graph, static_in, static_out
 
 

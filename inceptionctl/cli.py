@@ -627,7 +627,7 @@ def _check_export_options(to: str, precision: str, **given: Any) -> None:
     """An option this export would ignore is a mistake worth one line: the engine options on
     an ONNX export, calibration on one that does not calibrate, the ONNX INT8 flavour on an
     engine (its builder quantizes in its own)."""
-    named = {k: v for k, v in given.items() if v not in (None, False)}
+    named = {k: v for k, v in given.items() if v is not None and v is not False}
     flag = {k: "--" + k.replace("_", "-") for k in named}
     if to == "onnx":
         for key in ("timing_cache", "tf32", "verbose"):

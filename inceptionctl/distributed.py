@@ -142,19 +142,21 @@ def init(timeout_s: float = 600.0) -> Context:
 
 
 # What a collective raises on a rank whose peer has died: gloo's closed or reset connection,
-# NCCL's aborted communicator (torch.distributed's own errors are DistError).
+# NCCL's communicator aborted once a peer is gone.
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-              "communicator was aborted", "NCCL error", "Gloo connectFullMesh failed")
+              "communicator was aborted")
 
 
 def peer_lost(exc: BaseException) -> str | None:
-    """One line for an error a collective raised because another process of the group stopped
-    (it said why itself), or None: under ``torchrun``, a user error that one rank finds ends
-    the others in gloo's or NCCL's error, which would read as a crash of their own."""
+    """One line for an error a collective raised because another process of the group went
+    away (the one that failed says why itself), or None: under ``torchrun``, a user error that
+    one rank finds ends the others in gloo's or NCCL's error, which would read as a crash of
+    their own. The collective's own words end the line, should the cause be elsewhere."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    if not (isinstance(exc, dist.DistError) or any(s in str(exc) for s in _PEER_LOST)):
+    if not any(s in str(exc) for s in _PEER_LOST):
         return None
-    return (f"rank {os.environ.get('RANK', '?')}: stopped because another process of the group "
-            f"did (its message is above)")
+    from .errors import one_line
 
+    return (f"rank {os.environ.get('RANK', '?')}: lost the other processes of the group (one "
+            f"that failed says why above): {one_line(exc, limit=200)}")

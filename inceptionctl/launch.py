@@ -24,16 +24,17 @@ def exit_code(code: int) -> int:
 
 
 def first_failure(failures: dict) -> tuple[int, object]:
-    """The rank to report. Once one process fails, the others stop too: their collectives
-    break (they exit 1, saying so) or torchrun's agent sends them SIGTERM, often within the same
-    second (torchrun's timestamps), so the one that says most is chosen: an exit code other
-    than 1 (2: a user error), then a signal other than SIGTERM (the OOM killer's SIGKILL), then
-    1 (a crash), then SIGTERM; the earliest and the lowest rank break ties."""
+    """The rank to report: the first that failed (torchrun's choice). Once one process fails
+    the others stop too, often within the same second (torchrun's timestamps are whole
+    seconds): their collectives break (they exit 1, saying so) or torchrun's agent sends them
+    SIGTERM. Within that second the one that says most is chosen: an exit code other than 1
+    (2: a user error), then a signal other than SIGTERM (the OOM killer's SIGKILL), then 1 (a
+    crash), then SIGTERM; then the lowest rank."""
     def said(code: int) -> int:
         return 0 if code > 1 else 1 if code != -signal.SIGTERM and code < 0 else \
             2 if code == 1 else 3
 
-    rank = min(failures, key=lambda r: (said(failures[r].exitcode), failures[r].timestamp, r))
+    rank = min(failures, key=lambda r: (failures[r].timestamp, said(failures[r].exitcode), r))
     return rank, failures[rank]
 
 

@@ -732,6 +732,12 @@ def _check_heads(m: ModelSpec, module_names: list[str], ctx: _Context) -> None:
             raise ctx.error(path, f"expected a probability in [0, 1), got {p}")
 
 
+# the model keys that decide the feature maps' sizes (geometry.trace_shapes, geometry_problem)
+_GEOMETRY_KEYS: tuple[Path_, ...] = (("model", "stem"), ("model", "stages"), ("model", "ceil_mode"),
+                                     ("model", "aux", "after"), ("model", "aux", "pool"),
+                                     ("model", "head", "pool"))
+
+
 def _check_data(d: DataSpec, m: ModelSpec, ctx: _Context) -> None:
     """Check the data section against the model it feeds (channels, classes, smallest input)."""
     D: Path_ = ("data",)
@@ -757,7 +763,7 @@ def _check_data(d: DataSpec, m: ModelSpec, ctx: _Context) -> None:
         smallest = smallest_input_size(m)
         hint = f"; the smallest valid input is {smallest}" if smallest else ""
         raise ctx.error(D + ("input_size",), f"{d.input_size} is too small for this model: "
-                                             f"{problem}{hint}", depends=(("model",),))
+                                             f"{problem}{hint}", depends=_GEOMETRY_KEYS)
 
 
 def _check_train(t: TrainSpec, ctx: _Context) -> None:

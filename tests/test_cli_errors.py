@@ -224,6 +224,7 @@ def test_choice_typos_are_caught_by_the_parser(cli, args, text):
     (["--calib-method", "entropy"], "--calib-method: only an INT8 export calibrates (add "
                                     "--precision int8)"),
     (["--calib-samples", "64", "--precision", "fp16"], "--calib-samples: only an INT8 export"),
+    (["--calib-samples", "0"], "--calib-samples: only an INT8 export"),  # 0 is given too
     (["--int8-flavour", "tensorrt"], "--int8-flavour: only an INT8 export calibrates"),
     (["--to", "tensorrt", "--precision", "int8", "--calib-data", "digits", "--int8-flavour",
       "cpu"], "--int8-flavour: the INT8 ONNX's flavour (--to onnx); the tensorrt builder "

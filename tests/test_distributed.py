@@ -308,8 +308,8 @@ def test_a_user_error_on_one_rank_ends_the_others_in_one_line_not_a_traceback(tm
     # the other rank says why it stopped, unless torchrun's SIGTERM reached it first
     assert len(errors) in (2, 3), done.stderr[-3000:]
     if len(errors) == 3:
-        assert errors[1].startswith("error: rank ") and errors[1].endswith(
-            ": stopped because another process of the group did (its message is above)")
+        assert errors[1].startswith("error: rank ") and ": lost the other processes of the " \
+            "group (one that failed says why above): " in errors[1] and "Connection" in errors[1]
         assert f"rank {errors[1].split()[2].rstrip(':')} " not in errors[-1]  # the other one
 
 
@@ -319,23 +319,32 @@ def test_the_launcher_names_the_rank_that_failed_first_and_said_why():
     from inceptionctl.distributed import peer_lost
     from inceptionctl.launch import first_failure
 
-    # a rank that stopped because another did exits 1 at the same second: not the one named
-    assert first_failure({0: F(exitcode=1, timestamp=5), 1: F(exitcode=2, timestamp=5)})[0] == 1
+    # the first to fail, to the second
     assert first_failure({0: F(exitcode=1, timestamp=5), 1: F(exitcode=1, timestamp=4)})[0] == 1
-    assert first_failure({0: F(exitcode=-9, timestamp=6), 1: F(exitcode=1, timestamp=5)})[0] == 0
-    # the others, sent SIGTERM by torchrun's agent once one failed
-    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=2, timestamp=6)})[0] == 1
-    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=1, timestamp=6)})[0] == 1
-    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=-9, timestamp=6)})[0] == 1
+    assert first_failure({0: F(exitcode=-9, timestamp=6), 1: F(exitcode=1, timestamp=5)})[0] == 1
+    # within one second: a user error, then a signal but SIGTERM (torchrun's agent sends that to
+    # the others once one failed), then a crash or a rank that stopped because another did
+    assert first_failure({0: F(exitcode=1, timestamp=5), 1: F(exitcode=2, timestamp=5)})[0] == 1
+    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=2, timestamp=5)})[0] == 1
+    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=1, timestamp=5)})[0] == 1
+    assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=-9, timestamp=5)})[0] == 1
+    assert first_failure({0: F(exitcode=1, timestamp=5), 1: F(exitcode=-9, timestamp=5)})[0] == 1
     assert first_failure({3: F(exitcode=2, timestamp=5), 1: F(exitcode=2, timestamp=5)})[0] == 1
     lost = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:1")
     env = {"WORLD_SIZE": "2", "RANK": "1"}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        assert peer_lost(lost) == ("rank 1: stopped because another process of the group did "
-                                   "(its message is above)")
+        assert peer_lost(lost) == ("rank 1: lost the other processes of the group (one that "
+                                   "failed says why above): [gloo/transport/tcp/pair.cc:561] "
+                                   "Connection closed by peer [::1]:1")
         assert peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+        # this rank's own NCCL or rendezvous trouble is its own error, with its traceback
+        assert peer_lost(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1, invalid usage")) \
+            is None
+        assert peer_lost(torch.distributed.DistStoreError("Timed out after 901 seconds waiting "
+                                                          "for clients. 1/2 clients joined.")) \
+            is None
         mp.setenv("WORLD_SIZE", "1")
         assert peer_lost(lost) is None  # alone, a broken connection is this process's own
 

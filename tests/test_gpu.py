@@ -154,8 +154,11 @@ def test_cuda_graphs_replay_the_eager_forward(default_run, precision):
             want = eager(session._forward_device, floats[i])
             assert torch.allclose(kept[i], want, atol=tol * float(want.abs().max()), rtol=0), i
         assert not torch.equal(kept[0], kept[1])
+    # another batch size may take other cuDNN kernels (TF32 in fp32): a looser bound
+    cross = max(tol, 5e-3)
     last = session.run(floats[0][:5].cpu())
-    assert torch.allclose(last, kept[0][:5].cpu(), atol=tol * float(kept[0].abs().max()), rtol=0)
+    assert torch.allclose(last, kept[0][:5].cpu(), atol=cross * float(kept[0].abs().max()),
+                          rtol=0)
     got = session.submit_crops(crops[1], pre["mean"], pre["std"])()
     want = eager(lambda: session.submit_crops(crops[1], pre["mean"], pre["std"])())
     assert torch.allclose(got, want, atol=tol * float(want.abs().max()), rtol=0)
@@ -164,5 +167,5 @@ def test_cuda_graphs_replay_the_eager_forward(default_run, precision):
     for n in (1, 2, 3):  # past a limit of 4: eager, and still right
         out = session.run(floats[2][:n].cpu())
         want = kept[2][:n].cpu()
-        assert torch.allclose(out, want, atol=tol * float(want.abs().max()), rtol=0)
+        assert torch.allclose(out, want, atol=cross * float(want.abs().max()), rtol=0)
     assert len(graphs.captured) == graphs.limit

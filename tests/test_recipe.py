@@ -264,6 +264,22 @@ def test_a_check_that_a_set_broke_names_the_set_and_the_key_it_failed(name, over
     assert re.fullmatch(pattern + ".*", str(info.value)), str(info.value)
 
 
+def test_a_set_that_does_not_bear_on_a_failed_check_is_not_blamed(tmp_path):
+    """The file's own conv1 makes 224 too small; --set model.head.dropout changes nothing the
+    check reads, so the error names the file's line, as it would without the --set."""
+    from importlib.resources import files
+
+    text = files("inceptionctl.recipes").joinpath("googlenet-bn.yaml").read_text()
+    text = text.replace("kernel: 7, stride: 2, padding: 3}", "kernel: 7, stride: 32, padding: 3}")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    for overrides in ([], ["model.head.dropout=0.3", "train.lr=0.1"]):
+        with pytest.raises(RecipeError) as info:
+            load_recipe(path, overrides)
+        assert re.fullmatch(rf"{re.escape(str(path))}:\d+: data.input_size: 224 is too small "
+                            rf".*", str(info.value)), str(info.value)
+
+
 def test_unknown_recipe_name_and_missing_file(cli, tmp_path):
     with pytest.raises(RecipeError, match="unknown recipe 'googlenet-nb' .did you mean"):
         load_recipe("googlenet-nb")
