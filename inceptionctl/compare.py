@@ -273,6 +273,11 @@ def _batch(session: Session, n: int) -> tuple[int, int, int]:
     return lo, opt, hi
 
 
+def _plan(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
+    """``n`` rows in batches of ``hi`` (within ``lo..hi``): (size, padding) per batch."""
+    return [(min(hi, n - i), max(0, lo - min(hi, n - i))) for i in range(0, n, hi)]
+
+
 def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike = "random",
             samples: int = 64, atol: float = 1e-4, rtol: float = 1e-3,
             backend_a: str | None = None, backend_b: str | None = None,
@@ -297,15 +302,15 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, data: str | os.PathLike 
                                   sa.info.preprocessing, sa.info.classes, samples)
             log(f"compare: {inputs.description} through {_backend(sa)} and {_backend(sb)}")
             la, lb = _batch(sa, samples), _batch(sb, samples)
-            # One batch size both accept: the largest, within both ranges (a short tail padded).
+            # One batch size both accept where there is one: the largest, within both ranges;
+            # else each side's own (files fixed at different sizes). A short tail is padded.
             lo, hi = max(la[0], lb[0]), min(la[2], lb[2])
-            if lo > hi:
-                raise InceptionError(f"compare: the batch ranges {la[0]}..{la[2]} ({a}) and "
-                                     f"{lb[0]}..{lb[2]} ({b}) have no size in common")
             n = len(inputs.images)
-            plan = [(min(hi, n - i), max(0, lo - min(hi, n - i))) for i in range(0, n, hi)]
-            out_a = run_batches(sa, inputs.images, plan)
-            out_b = run_batches(sb, inputs.images, plan)
+            plan_a = plan_b = _plan(lo, hi, n) if lo <= hi else None
+            if plan_a is None:
+                plan_a, plan_b = _plan(la[0], la[2], n), _plan(lb[0], lb[2], n)
+            out_a = run_batches(sa, inputs.images, plan_a)
+            out_b = run_batches(sb, inputs.images, plan_b)
             stats = diff_stats(out_a, out_b, atol, rtol)
             passed, criterion = judge(out_a, out_b, verdict_precision(
                 sa.info.precision, sb.info.precision), stats, atol, rtol)

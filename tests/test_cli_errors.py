@@ -178,6 +178,14 @@ def test_a_file_exported_for_one_batch_size_runs_every_eval_and_predict(cli, run
     pixels = torch.Generator().manual_seed(0)  # crops that differ, so their mean tells
     Image.fromarray(torch.randint(0, 256, (40, 56, 3), generator=pixels, dtype=torch.uint8)
                     .numpy()).save(image)
+    # compare: with the checkpoint, and with a file fixed at another size (no size in common:
+    # each side runs its own batches, padded)
+    four = tmp_path / "fixed4.onnx"
+    assert cli("export", run, "--out", four, "--batch", "4:4:4").exit_code == 0
+    for a, b in ((run, onnx), (onnx, four)):
+        done = cli("compare", a, b, "--samples", "5", "--json")
+        assert done.exit_code == 0, done.stderr
+        assert json.loads(done.stdout)["passed"] and json.loads(done.stdout)["samples"] == 5
     for crops in ("1", "10"):
         got = [json.loads(cli("predict", image, "--weights", a, "--crops", crops, "--precision",
                               "fp32", "--json").stdout) for a in (run, onnx)]
