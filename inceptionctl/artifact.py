@@ -297,17 +297,39 @@ def read_metadata(props: Mapping[str, str], path: str | os.PathLike) -> dict[str
             "int8": load("int8", dict) if KEY + "int8" in props else None}
 
 
-def read_props(path: str | os.PathLike) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (weights not loaded); a clear error if unreadable."""
+def _load_onnx(path: str | os.PathLike) -> Any:
+    """The ONNX model at ``path`` (external weights not loaded); a clear error if unreadable."""
     import onnx
 
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise InceptionError(f"{path}: empty file, not an ONNX model")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise InceptionError(f"{path}: not a readable ONNX model ({one_line(exc, 200)})") from None
-    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_props(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (weights not loaded); a clear error if unreadable."""
+    return {p.key: p.value for p in _load_onnx(path).metadata_props}
+
+
+# Ops that compute in (or convert to) 8-bit integers: the QDQ form and the QOperator form.
+_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+             "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearConcat"}
+
+
+def graph_precision(model: Any) -> str:
+    """What an ONNX graph computes in, from the graph alone: ``int8`` where it quantizes,
+    ``fp16`` where its weights are float16 (or bfloat16), else ``fp32``."""
+    from onnx import TensorProto
+
+    if any(node.op_type in _INT8_OPS for node in model.graph.node):
+        return "int8"
+    halves = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+    if any(t.data_type in halves for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
 
 
 def read_onnx_metadata(path: str | os.PathLike, recipe: Recipe | None = None
@@ -315,19 +337,22 @@ def read_onnx_metadata(path: str | os.PathLike, recipe: Recipe | None = None
     """:func:`read_metadata` of an ONNX file: our facts, or one line saying why not.
 
     A foreign ONNX (no metadata of ours) takes its facts from ``recipe`` when one is given
-    (:func:`foreign_onnx_metadata`); our own exports always speak for themselves.
+    (:func:`foreign_onnx_metadata`), and its precision from its graph; our own exports always
+    speak for themselves.
     """
-    props = read_props(path)
+    model = _load_onnx(path)
+    props = {p.key: p.value for p in model.metadata_props}
     if recipe is not None and not any(k.startswith(KEY) for k in props):
-        return foreign_onnx_metadata(recipe)
+        return foreign_onnx_metadata(recipe, graph_precision(model))
     return read_metadata(props, path)
 
 
-def foreign_onnx_metadata(recipe: Recipe) -> dict[str, Any]:
+def foreign_onnx_metadata(recipe: Recipe, precision: str = "fp32") -> dict[str, Any]:
     """The facts of an ONNX classifier from elsewhere, as :func:`read_metadata` gives ours:
-    preprocessing and classes from ``recipe``; fp32, any batch (the graph says the rest)."""
+    preprocessing and classes from ``recipe``; ``precision`` (what its graph computes in), any
+    batch (the graph says the rest)."""
     return {"recipe": recipe.to_dict(), "classes": class_names(recipe),
-            "preprocessing": preprocessing(recipe), "precision": "fp32",
+            "preprocessing": preprocessing(recipe), "precision": precision,
             "batch": (1, recipe.eval.batch_size, FOREIGN_MAX_BATCH), "version": None,
             "source": {"kind": "foreign", "recipe": recipe.source}, "int8": None,
             "recipe_used": True}

@@ -191,6 +191,33 @@ def test_quantize_int8_rejects_unknown_options(backend, tiny_onnx, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # nothing left behind
 
 
+def test_a_foreign_onnx_takes_its_precision_from_its_graph(backend, tiny_onnx, tmp_path, cli):
+    """Our fp32, fp16 and INT8 exports with their metadata removed: the graph says fp32, fp16
+    (float16 weights) and int8 (QDQ nodes), so compare judges an INT8 file from elsewhere by
+    top-1 agreement, as ours, not by fp32's element tolerances."""
+    recipe = tiny(tmp_path)
+    ckpt = tiny_onnx.parent / "tiny.pt"
+    made = {"fp32": tiny_onnx,
+            "fp16": Path(export_onnx(ckpt, out=tmp_path / "h.onnx", precision="fp16",
+                                     batch="1:2:5", **QUIET).file)}
+    backend.quantize_int8(tiny_onnx, tmp_path / "q.onnx", [torch.randn(4, 3, 16, 16)])
+    made["int8"] = tmp_path / "q.onnx"
+    for precision, path in made.items():
+        model = onnx.load(str(path))
+        del model.metadata_props[:]
+        foreign = tmp_path / f"foreign-{precision}.onnx"
+        onnx.save(model, str(foreign))
+        with open_artifact(foreign, "onnxruntime", recipe=recipe) as session:
+            assert session.info.precision == precision, path
+            assert session.info.extra.get("recipe_used", True)
+    done = cli("compare", ckpt, tmp_path / "foreign-int8.onnx", "--recipe", str(recipe.source),
+               "--samples", "16", "--json")
+    import json
+
+    report = json.loads(done.stdout)
+    assert report["precision_b"] == "int8" and "top-1 agreement" in report["criterion"], report
+
+
 def test_a_foreign_onnx_with_a_recipe_is_evaluated_like_ours(tmp_path, cli):
     """torchvision's googlenet exported by torch.onnx.export alone (no metadata of ours) gives,
     with --recipe naming its preprocessing and classes, the same predictions as our export of
