@@ -16,6 +16,13 @@ from inceptionctl.errors import InceptionError, one_line
 from inceptionctl.runtime import resolve_device
 
 
+def _check_device_precision(precision: str, device: torch.device) -> None:
+    """fp16 autocast is a CUDA precision: on a CPU, PyTorch runs it as a slow emulation that
+    no deployment would choose (and ``predict`` / ``eval`` refuse)."""
+    if precision == "fp16" and device.type == "cpu":
+        raise InceptionError("torch backend: fp16 needs a CUDA device; on CPU use bf16 or fp32")
+
+
 class TorchSession(Session):
     switchable = ("fp32", "bf16", "fp16")
 
@@ -26,6 +33,7 @@ class TorchSession(Session):
         if precision not in ("fp32", "bf16", "fp16"):
             raise InceptionError(f"torch backend: precision {precision} (expected fp32, bf16 "
                                  f"or fp16)")
+        _check_device_precision(precision, self.device_obj)
         model, resolved, info = load_model(path, recipe=recipe)
         self.model = model.to(self.device_obj)
         self.channels_last = channels_last
@@ -139,6 +147,7 @@ class TorchSession(Session):
 
     def set_precision(self, precision: str) -> None:
         super().set_precision(precision)
+        _check_device_precision(precision, self.device_obj)
         self.precision = precision
 
     def close(self) -> None:

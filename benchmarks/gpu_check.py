@@ -63,7 +63,8 @@ def infer(device: torch.device, recipe: str, batches: list[int], iters: int) -> 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_checkpoint(Path(tmp) / "m.pt", build_model(r), r)
-        for precision in ("fp32", "bf16", "fp16"):
+        # fp16 autocast is CUDA's (the torch backend refuses it on a CPU: the dry run)
+        for precision in ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"):
             session = get_backend("torch").open(ckpt, device=str(device), precision=precision,
                                                 channels_last=True)
             model = session.model.eval()

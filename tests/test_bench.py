@@ -108,7 +108,7 @@ def test_gpu_check_dry_run_prints_its_table(tmp_path):
     out = result.stdout
     assert "infer      ok" in out and "train      ok" in out and "decode     ok" in out
     assert "decode jpeg b8 gpu/cpu loader" in out and "cpu path: uint8 crops/all" in out
-    assert "eval fp16 b2" in out and re.search(r"train googlenet-small b2 ours-bf16/fp32", out)
+    assert "eval bf16 b2" in out and re.search(r"train googlenet-small b2 ours-bf16/fp32", out)
     # the train row's "ours" is the product's training step; the plain loops are beside it
     (train,) = [json.loads(line) for line in (tmp_path / "train.out").read_text().splitlines()]
     assert train["amp"] == "ours-bf16" and train["amp_img_s"] == train["ours-bf16_img_s"]

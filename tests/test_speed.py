@@ -66,6 +66,19 @@ def test_profile_time_cli(cli, tiny_recipe, tmp_path):
     assert noplot.exit_code == 2 and "add --time" in noplot.stderr
 
 
+def test_torch_fp16_on_a_cpu_is_a_row_that_says_why_not_a_timing(cli, tiny_recipe):
+    """fp16 autocast on a CPU is an emulation no one deploys (its 'of peak' came out above
+    100% against the fp16 GEMM limit): the row is unavailable, as predict refuses it."""
+    out = cli("profile", "--recipe", tiny_recipe, "--time", "--backend", "torch", "--precision",
+              "fp16,fp32", "--batch", "2", "--iters", "1", "--warmup", "0", "--device", "cpu",
+              "--json")
+    assert out.exit_code == 0, out.stderr
+    rows = {r["precision"]: r for r in json.loads(out.stdout)["speed"]["rows"]}
+    assert rows["fp32"]["available"] and not rows["fp16"]["available"]
+    assert rows["fp16"]["reason"] == ("torch backend: fp16 needs a CUDA device; on CPU use bf16 "
+                                      "or fp32")
+
+
 def _row_line(stdout, backend, precision):
     (line,) = [ln for ln in stdout.splitlines()
                if ln.startswith("│") and f" {backend} " in ln and f" {precision} " in ln]
