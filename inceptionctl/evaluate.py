@@ -342,7 +342,11 @@ def _run(opts: EvalOptions, sessions: list[Session], loader: DataLoader, counts:
 
     def collect(pending: list[tuple[int, Callable[[], torch.Tensor], torch.Tensor]]) -> None:
         for m, logits, tags in pending:
-            probs = torch.softmax(logits().float(), dim=1)
+            out = logits().float()
+            if not bool(torch.isfinite(out).all()):  # NaN would score as a wrong answer
+                raise InceptionError(f"{sessions[m].info.path}: its output is not finite (NaN or "
+                                     f"inf): damaged weights, or a precision too narrow for them")
+            probs = torch.softmax(out, dim=1)
             if m == 0:
                 sums.first.index_add_(0, tags, probs)
             sums.all.index_add_(0, tags, probs)
@@ -461,7 +465,11 @@ def predict(inputs: list[str], weights: str, crops: int = 1, topk: int = 5,
                 bad.append((str(path), reason))
                 continue
             x = normalize(take_crops(image, crops, size, scales, interpolation), mean, std)
-            probs = torch.softmax(run_in_range(session, x), 1).mean(0)
+            logits = run_in_range(session, x)
+            if not bool(torch.isfinite(logits).all()):
+                raise InceptionError(f"{weights}: its output for {path} is not finite (NaN or "
+                                     f"inf): damaged weights, or a precision too narrow for them")
+            probs = torch.softmax(logits, 1).mean(0)
             p, idx = probs.topk(k)
             results.append(Prediction(str(path), [(session.info.classes[i], int(i), float(v))
                                                   for v, i in zip(p.tolist(), idx.tolist())]))

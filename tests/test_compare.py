@@ -195,6 +195,20 @@ def test_a_model_that_outputs_nan_fails_and_its_json_stays_json(artifacts, cli):
     data = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert data["passed"] is False and data["failing"] == data["elements"]
     assert data["max_abs_diff"] is None  # NaN, written as null
+    # predict with such weights: one line naming them and the image, not "nan%" and exit 0
+    from PIL import Image
+
+    image = artifacts["dir"] / "one.png"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(image)
+    told = cli("predict", image, "--weights", path, "--precision", "fp32")
+    lines = told.stderr.strip().splitlines()
+    assert told.exit_code == 2 and len(lines) == 1, told.output
+    assert lines[0] == (f"error: {path}: its output for {image} is not finite (NaN or inf): "
+                        f"damaged weights, or a precision too narrow for them")
+    told = cli("eval", path, "--limit", "4", "--precision", "fp32", "--workers", "0")
+    assert told.exit_code == 2 and told.stderr.strip().splitlines()[-1] == (
+        f"error: {path}: its output is not finite (NaN or inf): damaged weights, or a precision "
+        f"too narrow for them"), told.output
 
 
 # ------------------------------------------------------------------- through the command line
