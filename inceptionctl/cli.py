@@ -826,8 +826,10 @@ def _speed_options(recipe: str, resolved: Any, backend: str, precision: str, bat
         raise InceptionError(f"--iters: expected at least 1, got {iters}")
     if warmup < 0:
         raise InceptionError(f"--warmup: expected 0 or more, got {warmup}")
-    names = backend_names() if backend == "all" else [b.strip() for b in backend.split(",")]
-    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    # a backend or precision named twice is timed once, as a batch is
+    names = backend_names() if backend == "all" else \
+        list(dict.fromkeys(b.strip() for b in backend.split(",")))
+    precisions = list(dict.fromkeys(p.strip() for p in precision.split(",") if p.strip()))
     try:  # every item a number (1,,2 is a typo, not 1,2); a batch named twice is timed once
         batches = list(dict.fromkeys(int(b) for b in batch.split(",")))
     except ValueError:

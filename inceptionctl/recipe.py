@@ -928,9 +928,11 @@ def _set_path(data: Any, key: str, raw: str, ctx: _Context) -> Path_:
 
 
 def parse_overrides(overrides: Any) -> list[tuple[str, str]]:
-    """['a.b=1', ...] or {'a.b': 1} -> [(key, raw value text)]."""
+    """['a.b=1', ...], 'a.b=1' (one) or {'a.b': 1} -> [(key, raw value text)]."""
     if overrides is None:
         return []
+    if isinstance(overrides, str):  # one override, not a sequence of one-letter ones
+        overrides = [overrides]
     if isinstance(overrides, dict):
         return [(k, v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True)
                  .strip().removesuffix("...").strip()) for k, v in overrides.items()]

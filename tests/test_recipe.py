@@ -280,6 +280,11 @@ def test_a_set_that_does_not_bear_on_a_failed_check_is_not_blamed(tmp_path):
                             rf".*", str(info.value)), str(info.value)
 
 
+def test_overrides_as_a_list_a_string_or_a_dict():
+    for overrides in (["train.epochs=3"], "train.epochs=3", {"train.epochs": 3}):
+        assert load_recipe("googlenet-small", overrides).train.epochs == 3, overrides
+
+
 def test_unknown_recipe_name_and_missing_file(cli, tmp_path):
     with pytest.raises(RecipeError, match="unknown recipe 'googlenet-nb' .did you mean"):
         load_recipe("googlenet-nb")

@@ -79,6 +79,14 @@ def test_torch_fp16_on_a_cpu_is_a_row_that_says_why_not_a_timing(cli, tiny_recip
                                       "or fp32")
 
 
+def test_a_backend_or_precision_named_twice_is_timed_once(cli, tiny_recipe):
+    twice = cli("profile", "--recipe", tiny_recipe, "--time", "--backend", "torch,torch",
+                "--precision", "fp32,fp32", "--batch", "2,2", "--iters", "1", "--warmup", "0",
+                "--device", "cpu", "--json")
+    assert twice.exit_code == 0, twice.stderr
+    assert len(json.loads(twice.stdout)["speed"]["rows"]) == 1
+
+
 def _row_line(stdout, backend, precision):
     (line,) = [ln for ln in stdout.splitlines()
                if ln.startswith("│") and f" {backend} " in ln and f" {precision} " in ln]
