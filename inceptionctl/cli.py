@@ -292,10 +292,20 @@ def recipes_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def recipes_show(ctx: typer.Context,
                  name: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")],
                  set_: SetOpt = None, as_json: JsonOpt = False) -> None:
-    """Print a recipe resolved: defaults filled in and overrides applied."""
+    """Print a recipe resolved: defaults filled in and overrides applied (a checkpoint's or an
+    exported ONNX's: the recipe it carries)."""
     from .recipe import load_recipe
 
-    recipe = load_recipe(name, set_)
+    if Path(name).suffix in (".pt", ".pth", ".ckpt") and Path(name).is_file():
+        recipe = _recipe_or_artifact(name, set_)
+    elif Path(name).suffix == ".onnx" and Path(name).is_file():
+        from .artifact import read_onnx_metadata
+        from .recipe import recipe_from_data
+
+        recipe = recipe_from_data(read_onnx_metadata(name)["recipe"],
+                                  f"{name} (embedded recipe)", set_)
+    else:
+        recipe = load_recipe(name, set_)
     # `recipes --json show NAME` asks for JSON as much as `recipes show NAME --json` does
     if as_json or (ctx.parent is not None and ctx.parent.params.get("as_json")):
         emit_json(recipe.to_dict())

@@ -195,6 +195,19 @@ def test_a_file_exported_for_one_batch_size_runs_every_eval_and_predict(cli, run
             assert abs(x["probability"] - y["probability"]) < 2e-5, (a, b)
 
 
+def test_recipes_show_reads_the_recipe_a_checkpoint_or_an_export_carries(cli, run, tmp_path):
+    onnx = tmp_path / "m.onnx"
+    assert cli("export", run, "--out", onnx).exit_code == 0
+    want = (run / "recipe.yaml").read_text()
+    for artifact in (run / "best.pt", onnx):
+        shown = cli("recipes", "show", artifact)
+        assert shown.exit_code == 0, shown.stderr
+        head, body = shown.stdout.split("\n", 1)
+        assert head.endswith(f"(from {artifact} (embedded recipe))") and body == want
+    changed = cli("recipes", "show", onnx, "--set", "train.epochs=7", "--json")
+    assert json.loads(changed.stdout)["train"]["epochs"] == 7
+
+
 def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
     for c in ("3", "7"):
         (tmp_path / "d" / c).mkdir(parents=True)
