@@ -130,14 +130,27 @@ def to_uint8(img: Tensor) -> Tensor:
 
 
 def _decode_with_pil(data: bytearray, first: Exception) -> Tensor:
-    try:
-        from PIL import Image
+    """PIL's decoding, for what torchvision's cannot. The reason given when PIL fails too is
+    PIL's once it knew the format (a truncated BMP), else torchvision's (not an image). Images
+    up to :data:`MAX_PIXELS` are ours to decode, so PIL's DecompressionBombWarning (from half
+    that) is not printed; above it the image is refused as too large."""
+    import warnings
 
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return _pil_rgb(im)
-    except Exception:
-        raise ValueError(_short_reason(first)) from None
+    from PIL import Image
+
+    opened = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                opened = True
+                im.load()
+                return _pil_rgb(im)
+    except Image.DecompressionBombError:
+        raise ValueError(f"image too large: over the limit of {MAX_PIXELS:,} pixels") from None
+    except Exception as exc:
+        raise ValueError(one_line(exc, default="cannot decode") if opened
+                         else _short_reason(first)) from None
 
 
 def _pil_rgb(im) -> Tensor:

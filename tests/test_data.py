@@ -217,3 +217,36 @@ def test_digits_split():
     assert (len(train), len(val)) == (1437, 360)
     assert train.images.shape[1:] == (3, 36, 36) and train.images.dtype == torch.uint8
     assert torch.bincount(val.targets).min() >= 35  # stratified
+
+
+def _bmp(path, w, h, pixels=True):
+    """A 24-bit BMP header declaring w x h, with its pixels or with 100 bytes of them."""
+    import struct
+
+    row = (w * 3 + 3) // 4 * 4
+    header = b"BM" + struct.pack("<IHHI", 54 + row * h, 0, 0, 54) + struct.pack(
+        "<IiiHHIIiiII", 40, w, h, 1, 24, 0, row * h, 2835, 2835, 0, 0)
+    path.write_bytes(header + bytes(row * h if pixels else 100))
+    return path
+
+
+def test_what_pil_decodes_gives_pils_reason_and_no_python_warning(tmp_path):
+    """BMP goes through PIL: a truncated one says so (not torchvision's 'unsupported'), one
+    declaring 100M pixels (PIL's DecompressionBombWarning, under our limit) fails as truncated
+    with no warning printed, and one over the limit is too large."""
+    import warnings
+
+    assert decode_rgb(_bmp(tmp_path / "ok.bmp", 8, 6)).shape == (3, 6, 8)
+    cases = {_bmp(tmp_path / "trunc.bmp", 8, 8, False): "image file is truncated",
+             _bmp(tmp_path / "big.bmp", 10_000, 10_000, False): "image file is truncated",
+             _bmp(tmp_path / "huge.bmp", 20_000, 20_000, False):
+                 "image too large: over the limit of 178,956,970 pixels"}
+    for path, reason in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # fails here
+            with pytest.raises(ValueError) as info:
+                decode_rgb(path)
+        assert str(info.value).startswith(reason), (path, str(info.value))
+    (tmp_path / "text.bmp").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="^Unsupported image file"):
+        decode_rgb(tmp_path / "text.bmp")
