@@ -1087,17 +1087,25 @@ def eval_source(spec: str, classes: list[str], resize: int) -> ImageSource:
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); missing paths are an error."""
+    """Files as given, folders expanded to their images (sorted; linked folders followed, each
+    folder once); missing paths are an error. An image name that is not a readable file (a
+    broken link, a FIFO) is kept, so that reading it reports it as skipped, not lost."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file()
-                           and f.name.lower().endswith(IMG_EXTENSIONS))
+            found, seen = [], set()
+            for top, dirs, files in os.walk(p, followlinks=True):
+                real = os.path.realpath(top)
+                if real in seen:  # a link back up the tree
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                found += [Path(top) / f for f in files if f.lower().endswith(IMG_EXTENSIONS)]
             if not found:
                 raise DataError(f"{p}: no images in this folder")
-            out += found
-        elif p.is_file():
+            out += sorted(found)
+        elif os.path.lexists(p):
             out.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")

@@ -43,7 +43,12 @@ class JpegHeader:
 
 
 def read_bytes(path: str | os.PathLike) -> bytearray:
-    """A file's bytes (writable, so ``torch.frombuffer`` shares them without a copy)."""
+    """A file's bytes (writable, so ``torch.frombuffer`` shares them without a copy). Only a
+    regular file: a FIFO would block the read, a device would never end it."""
+    import stat
+
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file")
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
         data = bytearray(size)

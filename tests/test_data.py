@@ -1,6 +1,7 @@
 """Data: decoding every image mode, bad files, folder layouts, keyed augmentation."""
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,40 @@ def test_what_pil_decodes_gives_pils_reason_and_no_python_warning(tmp_path):
     (tmp_path / "text.bmp").write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="^Unsupported image file"):
         decode_rgb(tmp_path / "text.bmp")
+
+
+def test_predict_inputs_follow_linked_folders_and_keep_what_cannot_be_read(tmp_path):
+    """A linked folder is followed (a link back up the tree is not a loop), and a broken link,
+    a FIFO or a device named as an image is kept, for the read to report as skipped; reading a
+    FIFO is refused at once instead of blocking."""
+    import os
+    import signal
+
+    from inceptionctl.data import collect_images
+    from inceptionctl.jpeg import read_bytes
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(elsewhere / name)
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "linked").symlink_to(elsewhere)
+    (root / "sub" / "up").symlink_to(root)
+    (root / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(root / "fifo.png")
+    found = collect_images([str(root)])
+    assert sorted(p.relative_to(root).as_posix() for p in found) == \
+        ["broken.png", "fifo.png", "linked/a.png", "linked/b.png"]
+    assert collect_images(["/dev/null"]) == [Path("/dev/null")]
+    with pytest.raises(DataError, match="nope.png: no such file or folder"):
+        collect_images([str(tmp_path / "nope.png")])
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("reading a FIFO blocked"))
+    signal.alarm(10)
+    try:
+        for path in (root / "fifo.png", Path("/dev/null")):
+            with pytest.raises(ValueError, match="not a regular file"):
+                read_bytes(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
