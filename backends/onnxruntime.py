@@ -143,6 +143,11 @@ class OnnxRuntimeSession(Session):
                                  f"'{self.input_name}' is {inputs[0].type} {shape}")
         h, w = shape[2], shape[3]
         self.spatial = h if isinstance(h, int) and h == w else None
+        size = int(meta["preprocessing"]["eval_size"])
+        if meta.get("recipe_used") and isinstance(h, int) and isinstance(w, int) \
+                and (h, w) != (size, size):
+            raise InceptionError(f"{path}: the graph takes {h}x{w} inputs, the recipe given "
+                                 f"(--recipe) makes {size}x{size} crops (its eval.size)")
         n_out = outputs[0].shape[-1] if outputs[0].shape else None
         if isinstance(n_out, int) and n_out != len(meta["classes"]):
             named = "the recipe given (--recipe) has" if meta.get("recipe_used") else \

@@ -248,6 +248,10 @@ def _backend(session: Session) -> str:
                or type(session).__name__.removesuffix("Session").lower())
 
 
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _check_compatible(sa: Session, sb: Session) -> list[str]:
     a, b = sa.info, sb.info
     pa, pb = a.preprocessing, b.preprocessing
@@ -260,8 +264,8 @@ def _check_compatible(sa: Session, sb: Session) -> list[str]:
                              f"({', '.join(b.classes[:3])}...), {a.path} has {a.num_classes} "
                              f"({', '.join(a.classes[:3])}...): the logits do not correspond")
     notes = []
-    for key in ("mean", "std", "eval_scales"):
-        if list(pa.get(key, [])) != list(pb.get(key, [])):
+    for key in ("mean", "std", "eval_scales", "interpolation"):
+        if _listed(pa.get(key)) != _listed(pb.get(key)):
             notes.append(f"{key} differs ({pa.get(key)} vs {pb.get(key)}); both ran on "
                          f"{a.path}'s preprocessing")
     return notes

@@ -1,6 +1,7 @@
 """The onnxruntime backend: registry, availability, sessions and their input checks, metadata."""
 
 import ast
+import json
 import subprocess
 import sys
 import warnings
@@ -210,10 +211,19 @@ def test_a_foreign_onnx_takes_its_precision_from_its_graph(backend, tiny_onnx, t
         with open_artifact(foreign, "onnxruntime", recipe=recipe) as session:
             assert session.info.precision == precision, path
             assert session.info.extra.get("recipe_used", True)
+    # a recipe whose crops the graph cannot take: named at open, the graph's size and the recipe's
+    wide = tiny(tmp_path, ["data.input_size=20", "eval.size=20", "data.resize=22",
+                           "eval.scales=[22]"])
+    with pytest.raises(InceptionError, match=r"foreign-fp32.onnx: the graph takes 16x16 inputs, "
+                                             r"the recipe given \(--recipe\) makes 20x20 crops"):
+        open_artifact(tmp_path / "foreign-fp32.onnx", "onnxruntime", recipe=wide)
+    # another interpolation in the recipe: compare runs and says so
+    note = cli("compare", ckpt, tmp_path / "foreign-fp32.onnx", "--recipe", str(recipe.source),
+               "--set", "data.interpolation=bicubic", "--samples", "4", "--json")
+    assert any(n.startswith("interpolation differs (bilinear vs bicubic)")
+               for n in json.loads(note.stdout)["notes"]), note.stdout
     done = cli("compare", ckpt, tmp_path / "foreign-int8.onnx", "--recipe", str(recipe.source),
                "--samples", "16", "--json")
-    import json
-
     report = json.loads(done.stdout)
     assert report["precision_b"] == "int8" and "top-1 agreement" in report["criterion"], report
 
