@@ -719,6 +719,12 @@ class _Interval:
         self.bad: list[torch.Tensor] = []
         self.steps: list[tuple[int, int, int, int, float]] = []  # global, epoch, in epoch, n, lr
         self.consecutive_bad = 0
+        self.trainer: Any = None
+        self.snapshot: list[torch.Tensor] = []
+
+    def begin(self, trainer: Any) -> None:
+        """The interval's first step is next: keep the buffers a skipped step could spoil."""
+        self.trainer, self.snapshot = trainer, trainer.buffer_snapshot()
 
     def add(self, loss: torch.Tensor, bad: torch.Tensor, state: TrainState, images: int,
             lr: float) -> None:
@@ -769,6 +775,11 @@ class _Interval:
             if run.writer is not None:
                 run.writer.add_scalar("train/loss", loss, step)
                 run.writer.add_scalar("train/lr", lr, step)
+        if any(bad) and self.trainer is not None:
+            restored = self.trainer.repair_buffers(self.snapshot)
+            if restored:
+                run.log(f"restored {restored} batch-norm running statistics that the skipped "
+                        f"step(s) left not finite (as they were {len(self.steps)} steps before)")
         if last_loss is not None:
             progress.update(state.step_in_epoch, last_loss, self.steps[-1][4],
                             epoch.images_per_s())
@@ -818,6 +829,8 @@ def _train_epoch(run: _Run, trainer: Trainer, state: TrainState, loaders: _Loade
             state.step_in_epoch += 1
             continue
         epoch.lr = trainer.lr  # the rate this step runs at (the scheduler moves on after it)
+        if not interval.steps:  # what a skipped step of this interval would have to undo
+            interval.begin(trainer)
         loss, bad = trainer.step(batch)
         state.step_in_epoch += 1
         state.global_step += 1

@@ -248,6 +248,31 @@ class Trainer:
             self.ema.update(self.model, ok)
         return loss.detach(), bad
 
+    def _float_buffers(self) -> list[Tensor]:
+        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        return [b for m in modules for b in m.buffers() if torch.is_floating_point(b)]
+
+    @torch.no_grad()
+    def buffer_snapshot(self) -> list[Tensor]:
+        """Copies of the model's and the Polyak copy's float buffers (batch norm's running
+        statistics), for :meth:`repair_buffers` after steps that may not have been finite."""
+        return [b.detach().clone() for b in self._float_buffers()]
+
+    @torch.no_grad()
+    def repair_buffers(self, snapshot: list[Tensor]) -> int:
+        """Put back, from ``snapshot``, every float buffer that is no longer finite; return how
+        many. A skipped step changes no parameter, but its forward pass has already run batch
+        norm, whose running statistics then hold its inf or NaN (and the Polyak copy takes them
+        in): the running statistics are the one thing :meth:`step` cannot undo on the device
+        alone. ``train`` takes a snapshot at the start of each log interval and repairs when
+        the interval had a skipped step."""
+        restored = 0
+        for buf, saved in zip(self._float_buffers(), snapshot):
+            if not bool(torch.isfinite(buf).all()):
+                buf.copy_(saved)
+                restored += 1
+        return restored
+
     def _nonfinite_grads(self) -> Tensor:
         """True (a 0-d tensor on the device) when any gradient holds an inf or a NaN.
 

@@ -113,4 +113,5 @@ def test_gpu_check_dry_run_prints_its_table(tmp_path):
     (train,) = [json.loads(line) for line in (tmp_path / "train.out").read_text().splitlines()]
     assert train["amp"] == "ours-bf16" and train["amp_img_s"] == train["ours-bf16_img_s"]
     assert train["fp32_img_s"] > 0 and train["bf16_img_s"] > 0
-    assert len((tmp_path / "infer.out").read_text().splitlines()) == 3  # one per precision
+    # one per precision: fp32 and bf16 (fp16 autocast is CUDA's, not run on a CPU)
+    assert len((tmp_path / "infer.out").read_text().splitlines()) == 2

@@ -274,6 +274,36 @@ def test_run_folder_records(tmp_path, tiny_recipe):
     assert result.best_top1 == max(r["val_top1"] for r in lines)
 
 
+def test_a_skipped_step_leaves_no_nan_in_batch_norm_statistics(tmp_path, tiny_recipe,
+                                                               monkeypatch):
+    """A step whose loss is not finite changes no weight, but its forward pass has run batch
+    norm: its running statistics (and the Polyak copy's) are put back at the log interval, so
+    validation and the saved checkpoints hold no NaN."""
+    recipe = load_recipe(tiny_recipe, ["train.epochs=1"])
+    assert recipe.model.norm == "batchnorm" and recipe.train.ema_decay is not None
+
+    from inceptionctl import model as model_mod
+
+    real, calls = model_mod.GoogLeNet.forward_train, []
+
+    def poisoned(self, x):  # the second step's forward pass overflows
+        calls.append(1)
+        return real(self, x * float("inf") if len(calls) == 2 else x)
+
+    monkeypatch.setattr(model_mod.GoogLeNet, "forward_train", poisoned)
+    logs = []
+    result = train(_opts(recipe, tmp_path, logs=logs, max_steps=4, log_every=3))
+    assert sum("step skipped" in m for m in logs) == 1
+    assert any(m.startswith("restored ") and "batch-norm running statistics that the skipped "
+               "step(s) left not finite (as they were 3 steps before)" in m for m in logs), logs
+    saved = read_checkpoint(tmp_path / "run" / "last.pt")
+    for key in ("state_dict", "ema_state_dict"):
+        bad = [k for k, v in saved[key].items() if v.is_floating_point()
+               and not torch.isfinite(v).all()]
+        assert bad == [], (key, bad[:3])
+    assert result.new_steps == 4
+
+
 def test_nonfinite_guard_stops_and_keeps_last_good(tmp_path, tiny_recipe, monkeypatch):
     recipe = load_recipe(tiny_recipe, ["train.epochs=3"])
     train(_opts(recipe, tmp_path, max_steps=44))  # one good epoch: last.pt at step 44
