@@ -795,7 +795,8 @@ def _check_optimizer(t: TrainSpec, ctx: _Context) -> None:
     T: Path_ = ("train",)
     if t.nesterov and t.optimizer != "sgd":
         raise ctx.error(T + ("nesterov",), f"only sgd has Nesterov momentum, the optimizer is "
-                                           f"{t.optimizer}", depends=(T + ("optimizer",),))
+                                           f"{t.optimizer} (add --set train.nesterov=false)",
+                        depends=(T + ("optimizer",),))
     if t.nesterov and t.momentum <= 0:
         raise ctx.error(T + ("nesterov",), "Nesterov momentum needs train.momentum > 0",
                         depends=(T + ("momentum",),))

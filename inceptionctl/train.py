@@ -516,10 +516,21 @@ def _open_resume(opts: TrainOptions, log: Callable[[str], None]
         # --resume auto found the run (a restarted or requeued command line): it continues
         log(f"resume auto: continuing {resume_path.parent}; --weights is for a new run and is "
             f"not used")
-    saved_data = ckpt.get("meta", {}).get("data")
-    if saved_data is not None and opts.data != saved_data:
+    meta = ckpt.get("meta", {})
+    saved_data = meta.get("data")
+    # the same folder however it is written (./cd/, an absolute path, from another folder)
+    saved_folder = meta.get("data_folder") or _data_folder(saved_data)
+    if saved_data is not None and opts.data != saved_data and \
+            (saved_folder is None or _data_folder(opts.data) != saved_folder):
+        shown = saved_folder or saved_data
         raise InceptionError(f"--resume {resume_path.parent}: the run trains on "
-                             f"'{saved_data}', not '{opts.data}' (pass --data {saved_data})")
+                             f"'{shown}', not '{opts.data}' (pass --data {shown})")
+    saved_split = meta.get("val_split")
+    if saved_split is not None and float(opts.val_split) != float(saved_split):
+        # another split would put validation images into training (and change the epoch)
+        raise InceptionError(f"--resume {resume_path.parent}: the run splits its data with "
+                             f"--val-split {saved_split:g}, not {opts.val_split:g} (pass "
+                             f"--val-split {saved_split:g})")
     if opts.out is not None and Path(opts.out).resolve() != resume_path.parent.resolve():
         raise InceptionError(f"--resume {resume_path.parent}: the run continues in its own "
                              f"folder, not --out {opts.out}")
@@ -921,6 +932,7 @@ def _save(run: _Run, kind: str, trainer: Trainer, state: TrainState) -> Path:
     if not run.ctx.is_main:
         return path
     meta = {"epoch": state.epoch, "global_step": state.global_step, "data": run.opts.data,
+            "data_folder": _data_folder(run.opts.data), "val_split": run.opts.val_split,
             "precision": run.precision, "precision_choice": run.precision_choice,
             "history": state.history[-1:] if state.history else []}
     train_state = None
@@ -933,12 +945,21 @@ def _save(run: _Run, kind: str, trainer: Trainer, state: TrainState) -> Path:
     return path
 
 
-def resume_command(out: Path, data: str, world: int) -> str:
-    """The command that resumes the run in ``out``: the same data, and mid-epoch the same number
-    of processes (a resume checks both)."""
+def _data_folder(data: str | None) -> str | None:
+    """``--data`` as the absolute folder it names (None for ``digits``, ``synthetic``, or a
+    path that is not a folder here)."""
+    if data is None or data in ("digits", "synthetic") or not Path(data).is_dir():
+        return None
+    return str(Path(data).resolve())
+
+
+def resume_command(out: Path, data: str, world: int, val_split: float = 0.0) -> str:
+    """The command that resumes the run in ``out``: the same data and split, and mid-epoch the
+    same number of processes (a resume checks them)."""
     import shlex
 
     extra = [*(["--data", data] if data != TrainOptions.data else []),
+             *(["--val-split", f"{val_split:g}"] if val_split else []),
              *(["--nproc", str(world)] if world > 1 else [])]
     return f"inceptionctl train --resume {shlex.join([str(out), *extra])}"
 
@@ -949,9 +970,9 @@ def _summary(run: _Run, state: TrainState, stop_reason: str | None, signum: int 
     out, history = run.out, state.history
     if stop_reason == "signal":
         code = 130 if signum == signal.SIGINT else 143
+        again = resume_command(out, run.opts.data, run.ctx.world, run.opts.val_split)
         raise Interrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step_in_epoch}: "
-                          f"saved {out / 'last.pt'}; resume with: "
-                          f"{resume_command(out, run.opts.data, run.ctx.world)}", code)
+                          f"saved {out / 'last.pt'}; resume with: {again}", code)
     last = history[-1] if history else {"val_top1": None, "val_top5": None}
     result = TrainResult(run=str(out), epochs=state.epoch,
                          best_top1=state.best_top1 if history else None,

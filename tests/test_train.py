@@ -754,3 +754,37 @@ def test_a_resume_cannot_end_the_run_before_where_it_is(tiny_recipe, tmp_path):
     again = train(_opts(recipe, tmp_path, data="synthetic", synthetic_count=16,
                         resume=str(tmp_path / "run"), overrides=["train.epochs=3"]))
     assert again.epochs == 3
+
+
+def test_a_resume_keeps_the_split_and_knows_its_folder_however_written(tmp_path, tiny_recipe,
+                                                                        monkeypatch):
+    """A run on one folder split by --val-split: resuming with another split is refused (it
+    would train on validation images), the same folder written another way (./x/, absolute,
+    from another working folder) is the same data, and the resume hint names the split."""
+    from PIL import Image
+
+    from inceptionctl.train import resume_command
+
+    data = tmp_path / "pics"
+    for c in ("cat", "dog"):
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (20, 20), (20 * i, 100 if c == "cat" else 0, 50)).save(
+                data / c / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(tiny_recipe, ["train.epochs=3", "train.batch_size=4"])
+    train(_opts(recipe, tmp_path, data="pics", val_split=0.25, max_steps=2))
+    with pytest.raises(InceptionError, match=r"the run splits its data with --val-split 0.25, "
+                                             r"not 0.5 \(pass --val-split 0.25\)"):
+        train(_opts(recipe, tmp_path, data="pics", val_split=0.5, resume="auto", max_steps=3))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = train(_opts(recipe, tmp_path, data=str(data) + "/", val_split=0.25, resume="auto",
+                         max_steps=3))
+    assert result.steps == 3
+    with pytest.raises(InceptionError, match=rf"the run trains on '{data}', not 'pics' \(pass "
+                                             rf"--data {data}\)"):
+        train(_opts(recipe, tmp_path, data="pics", val_split=0.25, resume="auto", max_steps=4))
+    assert resume_command(tmp_path / "run", "pics", 1, 0.25) == \
+        f"inceptionctl train --resume {tmp_path / 'run'} --data pics --val-split 0.25"
