@@ -33,6 +33,7 @@ import difflib
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from .backend import (Backend, EngineBuilder, Quantizer, backend_for_suffix, eng
 from .checkpoint import load_with_facts
 from .compare import Parity, prove_parity
 from .data import calibration_batches, load_samples
-from .errors import CheckFailed, InceptionError, say
+from .errors import CheckFailed, InceptionError, one_line, say
 from .recipe import Recipe, load_recipe, parse_batch_range
 from .runtime import resolve_device
 
@@ -317,17 +318,40 @@ def _prepare(src: Path, out: Any, to: str, precision: str, batch: str | None,
                 notes)
 
 
-def _quantize(fp32: Path, out: Path, flavour: str, calib: list[Any], method: str, log: Log
-              ) -> dict[str, Any]:
+def _quantize(fp32: Path, out: Path, flavour: str, calib: list[Any], method: str, log: Log,
+              src: Path) -> dict[str, Any]:
     """Write ``out``, the INT8 QDQ ONNX of ``fp32`` in ``flavour`` (by the registry's quantizer
     for it); returns the INT8 facts (flavour, calibration, and the quantizer's settings)."""
     quant = quantizer(flavour)
     quant.require()
     meta = {"flavour": flavour, "calibration_method": method,
             "calibration_samples": sum(len(b) for b in calib)}
-    settings = cast(Quantizer, quant).quantize_int8(fp32, out, calib, flavour, method,
-                                                    metadata=int8_props(meta), log=log)
+    try:
+        with warnings.catch_warnings():  # numpy's, from a calibrator meeting NaN ("All-NaN ...")
+            warnings.simplefilter("ignore", RuntimeWarning)
+            settings = cast(Quantizer, quant).quantize_int8(fp32, out, calib, flavour, method,
+                                                            metadata=int8_props(meta), log=log)
+    except InceptionError as exc:
+        # the fp32 file is ours (often a temporary one): the user's artifact is what to name
+        why = one_line(exc).removeprefix(f"{fp32}: ")
+        if not _finite_on(fp32, calib):
+            why = ("its output on the calibration images is not finite (NaN or inf): damaged "
+                   "weights; nothing to calibrate")
+        raise InceptionError(f"{src}: {why}") from None
     return {**meta, **settings}
+
+
+def _finite_on(onnx_path: Path, calib: list[Any]) -> bool:
+    """Whether the fp32 ONNX's logits on the first calibration batch are finite."""
+    import torch
+
+    from .backend import open_artifact
+
+    try:
+        with open_artifact(onnx_path) as session:
+            return bool(torch.isfinite(session.run(calib[0])).all())
+    except InceptionError:
+        return True  # cannot tell: the quantizer's own reason stands
 
 
 def _report(job: _Job, file: Path, to: str, precision: str, parity: Parity, started: float,
@@ -396,7 +420,7 @@ def export_onnx(artifact: str | os.PathLike, out: str | os.PathLike | None = Non
         with tempfile.TemporaryDirectory(prefix="inceptionctl-export-") as tmp:
             fp32 = write_onnx(job.model, job.pre, job.bounds, job.opset, job.props,
                               Path(tmp) / "fp32.onnx", job.doc)
-            int8 = _quantize(fp32, job.path, int8_flavour, calib, calib_method, log)
+            int8 = _quantize(fp32, job.path, int8_flavour, calib, calib_method, log, src)
     with runner.open(job.path) as session:
         parity = prove_parity(job.model, session, job.check, job.bounds, precision, log)
     return _finish(_report(job, job.path, ONNX, precision, parity, started, int8), log)
@@ -465,7 +489,7 @@ def _build(builder: Backend, to: str, onnx_path: Path, out: Path, precision: str
         flavour = cast(EngineBuilder, builder).int8_flavour
         if flavour:
             qdq = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-            int8 = _quantize(onnx_path, qdq, flavour, calib, calib_method, log)
+            int8 = _quantize(onnx_path, qdq, flavour, calib, calib_method, log, src)
             onnx_path = qdq
         else:
             int8 = {"flavour": None, "calibration_method": calib_method,

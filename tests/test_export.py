@@ -565,3 +565,20 @@ def test_float16_graph_keeps_lrn_and_softmax_in_fp32_with_casts_at_the_edges():
     a, b = run(fp32), run(half)
     assert b.dtype == np.float32 and np.isfinite(b).all()
     assert np.abs(a - b).max() < 1e-2
+
+
+def test_int8_of_weights_that_give_nan_names_the_source_and_why(tmp_path, recwarn):
+    """Weights whose output is NaN: the INT8 export fails in one line naming the user's file
+    (not our temporary fp32 ONNX) and the reason, with no numpy warning from the calibrator."""
+    recipe = tiny(tmp_path)
+    model = lively(build_model(recipe))
+    with torch.no_grad():
+        model.fc.weight.fill_(float("nan"))
+    ckpt = save_checkpoint(tmp_path / "nan.pt", model, recipe)
+    with pytest.raises(InceptionError) as info:
+        export_onnx(ckpt, out=tmp_path / "nan.int8.onnx", precision="int8", calib_data="digits",
+                    calib_samples=16, **QUIET)
+    assert str(info.value) == (f"{ckpt}: its output on the calibration images is not finite "
+                               f"(NaN or inf): damaged weights; nothing to calibrate")
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pt", "tiny.yaml"]
