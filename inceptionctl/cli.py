@@ -546,7 +546,7 @@ def eval_(
                                                         "several = an ensemble.")],
     data: Annotated[str, typer.Option(metavar="PATH|digits",
                                       help="Image folder (class folders, or ILSVRC val + "
-                                           "ground truth) or 'digits'.")] = "digits",
+                                           "ground truth) or 'digits' (the default).")] = "",
     crops: Annotated[Optional[str], typer.Option(
         metavar="1|10|144[,...]", help="1, 10, 144 or a list like 1,10,144 (default: the "
                                        "recipe's eval.crops).")] = None,
@@ -568,12 +568,18 @@ def eval_(
     if plot is not None:
         check_output_file(plot)
         plot_format(plot)
-    report = evaluate(EvalOptions(artifacts=artifacts, data=data,
-                                  crops=_parse_crops(crops) if crops is not None else None,
-                                  backend=backend, device=device, batch_size=batch_size,
-                                  limit=limit, strict_data=strict_data, workers=workers,
-                                  recipe=_foreign_recipe(recipe, set_),
-                                  precision=precision.value))
+    try:
+        report = evaluate(EvalOptions(artifacts=artifacts, data=data or "digits",
+                                      crops=_parse_crops(crops) if crops is not None else None,
+                                      backend=backend, device=device, batch_size=batch_size,
+                                      limit=limit, strict_data=strict_data, workers=workers,
+                                      recipe=_foreign_recipe(recipe, set_),
+                                      precision=precision.value))
+    except InceptionError as exc:
+        if data or not one_line(exc).startswith("digits: "):
+            raise
+        raise InceptionError(f"{one_line(exc)}; without --data, eval reads the embedded digits: "
+                             f"give --data with the images to evaluate on") from None
     if report is None:  # not rank 0
         return
     if plot is not None:

@@ -208,6 +208,22 @@ def test_recipes_show_reads_the_recipe_a_checkpoint_or_an_export_carries(cli, ru
     assert json.loads(changed.stdout)["train"]["epochs"] == 7
 
 
+def test_eval_without_data_of_a_model_of_other_classes_says_to_give_data(cli, tmp_path):
+    """No --data: eval reads the embedded digits; a model of 2 classes cannot be scored on
+    them, and the line says --data is the way (given --data digits, just the mismatch)."""
+    from inceptionctl import build_model, load_recipe
+    from inceptionctl.checkpoint import save_checkpoint
+
+    recipe = load_recipe("googlenet-small", ["model.num_classes=2", "data.classes=null"])
+    ckpt = save_checkpoint(tmp_path / "two.pt", build_model(recipe), recipe)
+    plain = "digits: the embedded digits have classes 0..9, the model has 2 classes (0, 1...)"
+    _one_error_line(cli("eval", ckpt, "--limit", "4"), plain + "; without --data, eval reads "
+                    "the embedded digits: give --data with the images to evaluate on")
+    given = cli("eval", ckpt, "--limit", "4", "--data", "digits")
+    _one_error_line(given, plain)
+    assert "without --data" not in given.stderr
+
+
 def test_strict_data_in_a_worker_is_one_line(run, tmp_path):
     for c in ("3", "7"):
         (tmp_path / "d" / c).mkdir(parents=True)
