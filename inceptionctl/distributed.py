@@ -156,7 +156,13 @@ def peer_lost(exc: BaseException) -> str | None:
         return None
     if not any(s in str(exc) for s in _PEER_LOST):
         return None
+    import re
+
     from .errors import one_line
 
+    # gloo's "[.../pair.cc:561] Connection closed by peer [::1]:1. This is typically ...": the
+    # first sentence, without the source location
+    words = re.sub(r"^\[[^\]]*\.(?:cc|cpp|cu|h|hpp):\d+\]\s*", "", one_line(exc))
+    words = words.split(". ")[0].rstrip(".")[:200]
     return (f"rank {os.environ.get('RANK', '?')}: lost the other processes of the group (one "
-            f"that failed says why above): {one_line(exc, limit=200)}")
+            f"that failed says why above): {words}")

@@ -330,14 +330,16 @@ def test_the_launcher_names_the_rank_that_failed_first_and_said_why():
     assert first_failure({0: F(exitcode=-15, timestamp=5), 1: F(exitcode=-9, timestamp=5)})[0] == 1
     assert first_failure({0: F(exitcode=1, timestamp=5), 1: F(exitcode=-9, timestamp=5)})[0] == 1
     assert first_failure({3: F(exitcode=2, timestamp=5), 1: F(exitcode=2, timestamp=5)})[0] == 1
-    lost = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:1")
+    lost = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] "
+                        "Connection closed by peer [::1]:1. This is typically caused by a "
+                        "remote worker crashing. Check the logs of the remote worker.")
     env = {"WORLD_SIZE": "2", "RANK": "1"}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
         assert peer_lost(lost) == ("rank 1: lost the other processes of the group (one that "
-                                   "failed says why above): [gloo/transport/tcp/pair.cc:561] "
-                                   "Connection closed by peer [::1]:1")
+                                   "failed says why above): Connection closed by peer "
+                                   "[::1]:1")
         assert peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
         # this rank's own NCCL or rendezvous trouble is its own error, with its traceback
         assert peer_lost(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1, invalid usage")) \
