@@ -708,7 +708,14 @@ def open_data(spec: str, recipe: Recipe, val_split: float = 0.0,
         val = synthetic(recipe, max(8, synthetic_count // 8), seed=1)
         return Splits(train, val, train.classes, f"synthetic ({synthetic_count} random images)")
     root = data_root(spec)
-    if (root / "train").is_dir():
+    # train/ of class folders is the train/val layout; train/ of images is a class named "train"
+    # (one folder to split with --val-split)
+    if (root / "train").is_dir() and (class_folders(root / "train") or not val_split
+                                      or (root / "val").is_dir()):
+        if not class_folders(root / "train"):
+            raise DataError(f"{root / 'train'}: no class folders (expected train/<class>/<image>; "
+                            f"where 'train' is a class of one folder, pass --val-split to split "
+                            f"it)")
         train = image_folder(root / "train", lists=lists)
         val_dir = root / "val"
         if not val_dir.is_dir():

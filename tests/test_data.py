@@ -74,6 +74,20 @@ def test_val_split_is_stratified_and_fixed(tmp_path):
                 open_data(spec, recipe, val_split=bad)
 
 
+def test_a_class_named_train_is_a_class_when_one_folder_is_split(tmp_path):
+    """vehicles/{train,bus,car} with --val-split: train/ holds images, not class folders, so it
+    is the class 'train' of one folder to split; train/ of class folders stays the layout."""
+    make_folder(tmp_path / "vehicles", classes=("bus", "car", "train"), per_class=10)
+    recipe = load_recipe("googlenet-small")
+    splits = open_data(str(tmp_path / "vehicles"), recipe, val_split=0.2)
+    assert splits.classes == ["bus", "car", "train"] and len(splits.val) == 6
+    with pytest.raises(DataError, match="vehicles/train: no class folders .*where 'train' is a "
+                                        "class of one folder, pass --val-split to split it"):
+        open_data(str(tmp_path / "vehicles"), recipe)  # without --val-split: the layout
+    make_folder(tmp_path / "split" / "train", per_class=10)
+    assert open_data(str(tmp_path / "split"), recipe, val_split=0.2).classes == ["cat", "dog"]
+
+
 def test_ilsvrc_layout(tmp_path):
     make_folder(tmp_path / "train", classes=("n01440764", "n01443537"), per_class=3)
     for i, syn in enumerate(["n01443537", "n01440764", "n01443537"]):
