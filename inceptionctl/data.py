@@ -1170,14 +1170,15 @@ def _folder_images(root: Path, classes: list[str], resize: int, split: str
     if not root.is_dir():
         raise DataError(f"{root}: {'not a folder' if root.exists() else 'no such folder'} "
                         f"(give an image folder, 'digits' or 'random')")
-    source = None
+    source, why = None, ""
     if split == "train" and (root / "train").is_dir():
         root = root / "train"
     else:
         try:
             source = eval_source(str(root), classes, resize)
-        except DataError:
-            source = None  # folders that are not the model's classes: unlabelled inputs
+        except DataError as exc:  # folders that are not the model's classes: unlabelled inputs
+            if class_folders(root / "val" if (root / "val").is_dir() else root):
+                why = ": " + one_line(exc).split(": ", 1)[-1]  # class folders that do not match
         if (root / "val").is_dir():
             root = root / "val"  # where eval_source looks
     if source is not None:
@@ -1190,7 +1191,7 @@ def _folder_images(root: Path, classes: list[str], resize: int, split: str
         except Exception as exc:  # an unreadable file is skipped, as eval skips it
             return Sample(None, -1, str(files[i]), str(exc)[:120])
 
-    return False, f"{root} (unlabelled)", len(files), fetch
+    return False, f"{root} (unlabelled{why})", len(files), fetch
 
 
 def load_samples(data: str | os.PathLike | None, preprocessing: Mapping[str, Any],
@@ -1214,7 +1215,13 @@ def load_samples(data: str | os.PathLike | None, preprocessing: Mapping[str, Any
     if n == 0:
         raise DataError(f"{spec}: no images")
     xs, ys, skipped = [], [], 0
-    for i in _spread(n, count):
+    spread = _spread(n, count)
+    chosen = set(spread)
+    # an unreadable image's place is taken by the next readable one, so ``count`` are used
+    # whenever there are that many
+    for i in [*spread, *(j for j in range(n) if j not in chosen)]:
+        if len(xs) == count:
+            break
         sample = fetch(i)
         if sample.image is None:
             skipped += 1

@@ -302,3 +302,40 @@ def test_predict_inputs_follow_linked_folders_and_keep_what_cannot_be_read(tmp_p
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_samples_replace_an_unreadable_image_with_the_next_readable_one(tmp_path):
+    """--samples N images where N are readable: an unreadable one among the spread picks costs
+    a substitute, not a sample (compare and export's parity see N)."""
+    from inceptionctl.checkpoint import preprocessing
+    from inceptionctl.data import load_samples
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    (folder / "-broken.png").write_bytes(b"not a png")  # sorted first: a spread pick
+    pre = preprocessing(load_recipe("googlenet-small"))
+    samples = load_samples(tmp_path / "imgs", pre, ["x", "y"], 4)
+    assert len(samples.images) == 4 and samples.skipped == 1
+    assert "(4 images, 1 unreadable skipped)" in samples.description
+    every = load_samples(tmp_path / "imgs", pre, ["x", "y"], 100)
+    assert len(every.images) == 6 and every.skipped == 1
+
+
+def test_class_folders_that_are_not_the_models_say_why_they_are_unlabelled(tmp_path):
+    from inceptionctl.checkpoint import preprocessing
+    from inceptionctl.data import load_samples
+
+    for c in ("cat", "dog", "zebra"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / c / "a.png")
+    pre = preprocessing(load_recipe("googlenet-small"))
+    samples = load_samples(tmp_path / "imgs", pre, ["cat", "dog"], 3)
+    assert samples.labels is None
+    assert samples.description.startswith(f"{tmp_path / 'imgs'} (unlabelled: class folder(s) "
+                                           f"zebra are not among the model's 2 classes")
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "flat" / "a.png")  # no class folders: plain
+    assert load_samples(tmp_path / "flat", pre, ["cat", "dog"], 1).description == \
+        f"{tmp_path / 'flat'} (unlabelled) (1 images)"
