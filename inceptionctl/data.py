@@ -1177,7 +1177,9 @@ def _folder_images(root: Path, classes: list[str], resize: int, split: str
         try:
             source = eval_source(str(root), classes, resize)
         except DataError as exc:  # folders that are not the model's classes: unlabelled inputs
-            if class_folders(root / "val" if (root / "val").is_dir() else root):
+            # said where the labels count (compare, parity), not for calibration
+            if split != "train" and class_folders(root / "val" if (root / "val").is_dir()
+                                                  else root):
                 why = ": " + one_line(exc).split(": ", 1)[-1]  # class folders that do not match
         if (root / "val").is_dir():
             root = root / "val"  # where eval_source looks
