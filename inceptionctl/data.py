@@ -39,7 +39,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -1108,7 +1107,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
                     dirs[:] = []
                     continue
                 seen.add(real)
-                found += [Path(top) / f for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+                found += [Path(top) / f for f in files if is_image(f)]
             if not found:
                 raise DataError(f"{p}: no images in this folder")
             out += sorted(found)
