@@ -14,7 +14,7 @@ inside three containers (``stem``, ``blocks``, ``aux``), so foreign weights map 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -39,11 +39,19 @@ class LocalResponseNorm(nn.Module):
     """Cross-channel LRN with ``nn.LocalResponseNorm``'s (and Caffe's) exact semantics.
 
     ``x / (k + alpha / size * sum of x^2 over a window of size channels) ^ beta``, with the
-    window clipped at the channel edges. The windowed sum is a fixed banded 1x1 convolution
-    instead of torch's ``avg_pool3d`` over a padded copy: same numbers, but it runs on the fast
-    convolution path in channels_last and bf16, which makes LRN ~4x cheaper in training. The
-    convolution's weights carry ``alpha / size`` and its bias ``k``, so the denominator's base
-    comes out of one call instead of a convolution, a multiply and an add.
+    window clipped at the channel edges. Torch's own module sums the window with ``avg_pool3d``
+    over a padded copy; ours has its gradient written out and sums the window one of two ways,
+    both giving torch's numbers:
+
+    * in fp32 and fp64 on the CPU (eager), as a sliding-window sum (``unfold(...).sum``) along
+      the channels of a zero-padded copy, in the tensor's own layout (channels_last included).
+      Only ``size`` neighbours count, where a convolution multiplies by every channel: at
+      ``googlenet``'s 56x56x192 LRN (batch 16) a window sum takes ~2 ms instead of ~9, and an
+      fp32 training step runs ~3% faster;
+    * otherwise as a fixed banded 1x1 convolution (weights ``alpha / size`` on the band, bias
+      ``k``): on a GPU one cuDNN call; in bf16 on the CPU the convolution runs at the bf16 rate
+      while torch's bf16 sum over a window is not vectorised (the banded form trained ~5%
+      faster there); and traced, compiled or exported graphs get standard ops.
     """
 
     def __init__(self, channels: int, size: int, alpha: float, beta: float, k: float):
@@ -60,6 +68,9 @@ class LocalResponseNorm(nn.Module):
         # (fp16 overflows there). ONNX's window is centred like torch's only for odd sizes.
         if self.size % 2 == 1 and torch.onnx.is_in_onnx_export():
             return _OnnxLRN.apply(x, self.size, self.alpha, self.beta, self.k)
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4 \
+                and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            return _SlidingLRN.apply(x, self.size, self.alpha, self.beta, self.k)
         return lrn_banded(x, self.band, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self) -> str:
@@ -101,6 +112,72 @@ class _BandedLRN(torch.autograd.Function):
         t = (gp * x).div_(scale)  # g * y / s
         summed = nn.functional.conv2d(t, window.transpose(0, 1))
         return gp.addcmul_(x, summed, value=-ctx.c), None, None, None
+
+
+def _channel_last_view(x: Tensor) -> tuple[Tensor, int]:
+    """``x`` as a contiguous tensor and the axis of its channels: a channels_last ``x`` as its
+    NHWC view (axis 3), anything else as contiguous NCHW (axis 1)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1), 3
+    return x.contiguous(), 1
+
+
+def _window_sum(like: Tensor, axis: int, before: int, after: int, size: int,
+                fill: Callable[[Tensor], object]) -> Tensor:
+    """Sum over windows of ``size`` channels of what ``fill`` writes into a copy of ``like``'s
+    shape with ``before`` and ``after`` zero channels around it (the window clipped at the
+    edges, as a zero contributes nothing)."""
+    shape = list(like.shape)
+    channels = shape[axis]
+    shape[axis] = channels + before + after
+    padded = like.new_empty(shape)
+    padded.narrow(axis, 0, before).zero_()
+    padded.narrow(axis, before + channels, after).zero_()
+    fill(padded.narrow(axis, before, channels))
+    return padded.unfold(axis, size, 1).sum(-1)
+
+
+class _SlidingLRN(torch.autograd.Function):
+    """LRN on the CPU: the window summed by sliding along the channels, the gradient written out.
+
+    With ``s = k + alpha / size * window(x^2)`` and ``p = s^-beta``: ``y = x * p`` and
+    ``dx = g * p - 2 * beta * alpha / size * x * window'(g * x * p / s)``, where ``window'`` is
+    the window reflected (the same for odd sizes). Each pass runs over the tensor in its own
+    layout, and in-place where the formula allows: LRN sits on the stem's largest tensors, where
+    training is bound by memory traffic.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, size: int, alpha: float, beta: float,  # type: ignore[override]
+                k: float) -> Tensor:
+        v, axis = _channel_last_view(x)
+        zero = v.new_zeros(())
+        scale = _window_sum(v, axis, size // 2, (size - 1) // 2, size,
+                            lambda out: torch.addcmul(zero, v, v, value=alpha / size, out=out))
+        scale.add_(k)
+        if beta == 0.75:  # the paper's value: s^-3/4 = rsqrt(s * sqrt(s)), no pow
+            p = scale.sqrt()
+            p.mul_(scale).rsqrt_()
+        else:
+            p = scale.pow(-beta)
+        ctx.save_for_backward(v, scale, p)
+        ctx.axis, ctx.size, ctx.c = axis, size, 2.0 * beta * alpha / size
+        y = v * p
+        return y.permute(0, 3, 1, 2) if axis == 3 else y
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        v, scale, p = ctx.saved_tensors
+        axis, size = ctx.axis, ctx.size
+        gp = (g.permute(0, 2, 3, 1) if axis == 3 else g) * p
+
+        def g_y_over_s(out: Tensor) -> None:
+            torch.mul(gp, v, out=out)
+            out.div_(scale)
+
+        summed = _window_sum(v, axis, (size - 1) // 2, size // 2, size, g_y_over_s)
+        dx = gp.addcmul_(v, summed, value=-ctx.c)
+        return (dx.permute(0, 3, 1, 2) if axis == 3 else dx), None, None, None, None
 
 
 class _OnnxLRN(torch.autograd.Function):

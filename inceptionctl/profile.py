@@ -14,9 +14,9 @@ The model is built and run once (``forward_train``, batch 1) on the meta device,
 multiply-adds are the counter's FLOPs attributed to that submodule, divided by two; output sizes
 are the shapes a forward hook saw; params are the submodule's parameters; the Inception widths
 are the built convolutions' channel counts (so the width multiplier is applied). Nothing comes
-from a hand-written table. Pooling, ReLU, batch norm, dropout and LRN are not multiply-adds (our
-LRN runs its channel window as a banded 1x1 convolution, which the counter sees; LRN rows report
-0, and :func:`count_cost` subtracts it the same way). Every FLOP the counter sees must land in
+from a hand-written table. Pooling, ReLU, batch norm, dropout and LRN are not multiply-adds (on
+the meta device our LRN runs its channel window as a banded 1x1 convolution, which the counter
+sees; LRN rows report 0, and :func:`count_cost` subtracts it the same way). Every FLOP the counter sees must land in
 exactly one row (main, aux or LRN), or :func:`table1` raises -- so the row sums are the totals.
 
 Rows, in forward order: each stem layer (convolutions, max pools, ``lrnN``), each Inception
@@ -120,8 +120,9 @@ def count_cost(recipe: Recipe, input_size: int | None = None) -> Cost:
     """Parameters and multiply-adds of the model ``recipe`` builds, counted on the meta device.
 
     Multiply-adds are torch's FLOP counter (convolutions and matmuls) divided by two; pooling,
-    LRN, ReLU and batch norm are not multiply-adds and are not counted, as in the paper (our LRN
-    runs its channel window as a 1x1 convolution, which the counter sees and we subtract).
+    LRN, ReLU and batch norm are not multiply-adds and are not counted, as in the paper (on the
+    meta device our LRN runs its channel window as a 1x1 convolution, which the counter sees and
+    we subtract).
     """
     from .model import LocalResponseNorm, build_model
 

@@ -251,16 +251,21 @@ def test_transform_input_is_preprocessing(tmp_path):
 @pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (192, 5, 0.75), (7, 4, 0.5),
                                                 (3, 5, 0.75)])
 def test_lrn_equals_torch(channels, size, beta):
-    """Our banded-conv LRN computes exactly what nn.LocalResponseNorm computes, and its gradient."""
-    from inceptionctl.model import LocalResponseNorm
+    """Both of our LRN kernels (the CPU's sliding window sum and the banded convolution) compute
+    exactly what nn.LocalResponseNorm computes, and its gradient."""
+    from inceptionctl.model import LocalResponseNorm, lrn_banded
 
     ref = nn.LocalResponseNorm(size, alpha=0.1, beta=beta, k=1.0)
     ours = LocalResponseNorm(channels, size, alpha=0.1, beta=beta, k=1.0).double()
     x = torch.randn(2, channels, 9, 9, dtype=torch.float64, requires_grad=True) * 3
     a, b = ref(x), ours(x)
+    banded = lrn_banded(x, ours.band, size, 0.1, beta, 1.0)
     (ga,) = torch.autograd.grad(a.square().sum(), x)
     (gb,) = torch.autograd.grad(b.square().sum(), x)
+    (gd,) = torch.autograd.grad(banded.square().sum(), x)
     assert (a - b).abs().max() < 1e-12 and (ga - gb).abs().max() < 1e-12
+    assert (a - banded).abs().max() < 1e-12 and (ga - gd).abs().max() < 1e-12
+    assert b.grad_fn.name() == "_SlidingLRNBackward" and banded.grad_fn.name() == "_BandedLRNBackward"
     assert not any(k.endswith("band") for k in ours.state_dict())  # not a weight
     # channels_last, as training runs it: the same numbers, and the layout kept
     xl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
