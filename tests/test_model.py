@@ -248,6 +248,30 @@ def test_transform_input_is_preprocessing(tmp_path):
     assert (a - b).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_inception_runs_its_three_1x1_convolutions_as_one(layout):
+    """Without batch norm the three 1x1 convolutions over a module's input run as one (the
+    branch layers are not called), with the outputs and gradients of three, in either layout."""
+    block = build_model(_small("googlenet")).double().blocks["inception3a"]
+    x = torch.randn(2, block.branch1.conv.in_channels, 9, 9, dtype=torch.float64)
+    x = x.contiguous(memory_format=layout).requires_grad_(True)
+    params = [x, *block.parameters()]
+    called = []
+    for conv in (block.branch1.conv, block.branch2[0].conv, block.branch3[0].conv):
+        conv.register_forward_hook(lambda *args: called.append(1))
+    fused = block(x)
+    fused_grads = torch.autograd.grad(fused.square().sum(), params)
+    assert called == [] and fused.is_contiguous(memory_format=layout)
+    block.fuse_1x1 = False
+    plain = block(x)
+    plain_grads = torch.autograd.grad(plain.square().sum(), params)
+    assert len(called) == 3
+    assert (fused - plain).abs().max() < 1e-12
+    assert max((a - b).abs().max() for a, b in zip(fused_grads, plain_grads)) < 1e-10
+    # with batch norm every convolution keeps its own statistics
+    assert not build_model(_small("googlenet-bn")).blocks["inception3a"].fuse_1x1
+
+
 @pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (192, 5, 0.75), (7, 4, 0.5),
                                                 (3, 5, 0.75)])
 def test_lrn_equals_torch(channels, size, beta):
