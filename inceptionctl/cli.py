@@ -513,10 +513,13 @@ def _launch_torchrun(nproc: int, max_restarts: Optional[int] = None) -> int:
         except ValueError:  # not the main thread (a test runner's): the default stays
             pass
     try:
-        return child.wait()
+        code = child.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    from .launch import exit_code
+
+    return exit_code(code) if code < 0 else code  # killed by signal N: 128 + N, as a shell says
 
 
 def _parse_crops(text: str) -> list[int]:

@@ -12,6 +12,7 @@ SIGINT / SIGTERM that stops the processes (they save, rank 0 says how to resume)
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -68,4 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Leave without the interpreter's teardown: after a stop, destroying torchrun's store (a C++
+    # thread still running) could abort the process ("terminate called without an active
+    # exception"), turning an orderly 143 into SIGABRT. Everything is said and saved by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

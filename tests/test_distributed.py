@@ -227,6 +227,19 @@ def test_train_nproc_passes_max_restarts_to_torchrun(cli, monkeypatch, tmp_path,
                       "30m"]]
 
 
+@pytest.mark.parametrize("status,code", [(-6, 134), (-9, 137), (143, 143), (2, 2)])
+def test_train_nproc_exits_as_a_shell_reports_its_launcher(cli, monkeypatch, tmp_path,
+                                                            launched, status, code):
+    """A launcher killed by a signal (SIGABRT in a C++ teardown, the OOM killer's SIGKILL) made
+    the command exit with the signal's negative number (-6 read as 250); it is 128 + N now."""
+    import subprocess as sp
+
+    monkeypatch.setattr(sp.Popen, "wait", lambda self: status)
+    argv = ["train", "--nproc", "2", "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["inceptionctl", *argv])
+    assert cli(*argv).exit_code == code
+
+
 def test_restarts_across_machines_get_a_note(monkeypatch):
     """One agent (one machine) restarts every process alike: its attempt count names the store
     prefix; across machines the counts can differ, so the user is told what to set instead."""
