@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .geometry import apply_pool, stage_pool_name, trace_shapes
 from .recipe import InceptionWidths, ModelSpec, PoolSpec, Recipe, recipe_from_data
@@ -166,6 +167,7 @@ class _SlidingLRN(torch.autograd.Function):
         return y.permute(0, 3, 1, 2) if axis == 3 else y
 
     @staticmethod
+    @once_differentiable  # its passes write into buffers: no graph of the gradient
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         v, scale, p = ctx.saved_tensors
         axis, size = ctx.axis, ctx.size
