@@ -15,7 +15,7 @@ The naive loop is timed in two ways, interleaved with ours (the best of three ro
   (``host.keep_freed_memory``), so the ratio against it is what the rest of ours (channels_last,
   the fused step, the precision) is worth alone. Both ratios are printed.
 
-Where the probe chose a lower precision, ours is also timed in fp32, in the same rounds, and its
+Where the probe chose a lower precision on the CPU, ours is also timed in fp32, in the same rounds, and its
 ratio printed beside (``fp32 vs naive``): what a CPU without fast bf16 runs, where auto picks fp32
 and the target is 1.6x.
 """

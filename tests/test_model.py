@@ -258,7 +258,7 @@ def test_inception_runs_its_three_1x1_convolutions_as_one(layout):
     params = [x, *block.parameters()]
     called = []
     for conv in (block.branch1.conv, block.branch2[0].conv, block.branch3[0].conv):
-        conv.register_forward_hook(lambda *args: called.append(1))
+        conv.forward = (lambda f: lambda t: called.append(1) or f(t))(conv.forward)  # no hook
     fused = block(x)
     fused_grads = torch.autograd.grad(fused.square().sum(), params)
     assert called == [] and fused.is_contiguous(memory_format=layout)
@@ -270,6 +270,27 @@ def test_inception_runs_its_three_1x1_convolutions_as_one(layout):
     assert max((a - b).abs().max() for a, b in zip(fused_grads, plain_grads)) < 1e-10
     # with batch norm every convolution keeps its own statistics
     assert not build_model(_small("googlenet-bn")).blocks["inception3a"].fuse_1x1
+
+
+def test_a_hook_on_a_branch_layer_is_honoured():
+    """Pruning (a pre-hook that recomputes the weight) and a forward hook on a branch layer
+    work as on any model: the module then runs its layers one by one."""
+    import torch.nn.utils.prune as prune
+
+    block = build_model(_small("googlenet")).double().blocks["inception3a"]
+    x = torch.randn(1, block.branch1.conv.in_channels, 7, 7, dtype=torch.float64)
+    prune.l1_unstructured(block.branch2[0].conv, "weight", amount=0.5)
+    seen = []
+    block.branch1.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    pruned = block(x)
+    assert seen == [block.branch1.conv.out_channels]
+    block.fuse_1x1 = False
+    assert (pruned - block(x)).abs().max() < 1e-12
+    prune.remove(block.branch2[0].conv, "weight")
+    block.branch1._forward_hooks.clear()
+    block.fuse_1x1 = True
+    assert (block(x) - pruned).abs().max() < 1e-12  # fused again, with the pruned weights
+    assert len(seen) == 2
 
 
 @pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (192, 5, 0.75), (7, 4, 0.5),
