@@ -27,6 +27,7 @@ parity and ``compare``) and :func:`calibration_batches` (INT8 calibration).
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import random
@@ -546,6 +547,20 @@ class FileSource(ImageSource):
 
     def labels(self) -> list[int]:
         return [label for _, label in self.items]
+
+
+def listing_digest(source: ImageSource) -> dict[str, Any] | None:
+    """What a resumed run compares to know its images are those it started with: their count
+    and a digest of the (label, path under the data folder) list, in order. None for images
+    held in memory (digits, synthetic), which do not change."""
+    if not isinstance(source, FileSource):
+        return None
+    digest = hashlib.sha256()
+    root = str(source.root)
+    for path, label in source.items:
+        under = (path[len(root):] if path.startswith(root) else path).lstrip("/\\")
+        digest.update(f"{label}\t{under}\n".encode("utf-8", "surrogateescape"))
+    return {"images": len(source.items), "sha256": digest.hexdigest()}
 
 
 def digits(resize: int, split: str) -> TensorSource:

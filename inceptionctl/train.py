@@ -36,8 +36,8 @@ from . import distributed as dist_utils
 from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
     save_checkpoint
 from .data import (Batch, DataError, KeyedSampler, Transformed, default_workers,
-                   eval_transform, finish_on_device, finish_photometric, loader, open_data,
-                   steps_per_epoch, train_transform)
+                   eval_transform, finish_on_device, finish_photometric, listing_digest, loader,
+                   open_data, steps_per_epoch, train_transform)
 from .errors import CheckFailed, InceptionError, OutputError, say
 from .filelist import FileLists
 from .files import strict_json, write_text_atomic
@@ -442,6 +442,7 @@ class _Run:
     log: Callable[[str], None]
     writer: Any = None  # a tensorboard SummaryWriter on rank 0 with --tensorboard
     precision_choice: dict[str, Any] = field(default_factory=dict)  # how --precision was decided
+    listing: dict[str, Any] = field(default_factory=dict)  # which images: see listing_digest
 
 
 @dataclass
@@ -934,7 +935,7 @@ def _save(run: _Run, kind: str, trainer: Trainer, state: TrainState) -> Path:
     meta = {"epoch": state.epoch, "global_step": state.global_step, "data": run.opts.data,
             "data_folder": _data_folder(run.opts.data), "val_split": run.opts.val_split,
             "precision": run.precision, "precision_choice": run.precision_choice,
-            "history": state.history[-1:] if state.history else []}
+            "data_listing": run.listing, "history": state.history[-1:] if state.history else []}
     train_state = None
     if kind == "last":
         train_state = dataclasses.replace(state, **trainer.state_dict(), rng=rng_state(),
@@ -1009,6 +1010,9 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
         raise InceptionError(f"--resume {out}: cannot write in the run folder (read-only)")
     lists = FileLists(out)  # the data folders' listings, kept in the run folder
     splits = open_data(opts.data, recipe, opts.val_split, opts.synthetic_count, lists)
+    listing = {"train": listing_digest(splits.train), "val": listing_digest(splits.val)}
+    if ckpt is not None and resume_path is not None:
+        _check_same_images(resume_path.parent, opts.data, ckpt.get("meta", {}), listing)
     recipe = _follow_classes(recipe, splits.classes, opts.data, fixed=ckpt is not None,
                              log=log)
     if resume_path is None:
@@ -1036,11 +1040,32 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
              if ckpt is not None and resume_path is not None else TrainState(world_size=ctx.world))
     _same_start(ctx, state)
     run = _Run(opts, ctx, recipe, out, device, precision, loaders.per_epoch, log,
-               writer=_tensorboard(opts, ctx, out), precision_choice=choice.to_json())
+               writer=_tensorboard(opts, ctx, out), precision_choice=choice.to_json(),
+               listing=listing)
     _announce(run, model, splits, loaders, resumed=ckpt is not None)
     if ctx.is_main:
         lists.save()
     return run, trainer, state, loaders
+
+
+def _check_same_images(run: Path, data: str, meta: dict[str, Any],
+                       listing: dict[str, Any]) -> None:
+    """A resumed run trains and validates on the images it started with: its --val-split and
+    its place in the epoch follow from the list. Added, removed or renamed files (the listing is
+    read again when a class folder changed) are one line, not a quietly different run."""
+    saved = meta.get("data_listing")
+    if not saved or saved == listing:  # runs saved before the listing was kept: not checked
+        return
+    def count(side: str, digest: dict[str, Any] | None) -> str:
+        return "-" if not digest else f"{digest['images']:,}"
+    pairs = [(count(side, saved.get(side)), count(side, listing.get(side)))
+             for side in ("train", "val")]
+    sides = ", ".join(f"{side} {a} -> {b}" for side, (a, b) in zip(("train", "val"), pairs))
+    same = "; as many, so files renamed or replaced" if all(a == b for a, b in pairs) else ""
+    raise InceptionError(f"--resume {run}: the images in {data} changed since the run started "
+                         f"({sides} images{same}): a resumed run needs the images it started "
+                         f"with, as its validation split and its place in the epoch follow from "
+                         f"them; put them back, or start a new run")
 
 
 def _check_decode(decode: str, device: torch.device) -> None:

@@ -756,6 +756,39 @@ def test_a_resume_cannot_end_the_run_before_where_it_is(tiny_recipe, tmp_path):
     assert again.epochs == 3
 
 
+def test_a_resume_needs_the_images_it_started_with(tmp_path, tiny_recipe):
+    """Images added, removed or renamed in the data folder would change a resumed run's split
+    (validation images into training) and its place in the epoch: the resume says so instead."""
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "pics"
+    for c in ("cat", "dog"):
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (20, 20), (20 * i, 100 if c == "cat" else 0, 50)).save(
+                data / c / f"{i}.png")
+    recipe = load_recipe(tiny_recipe, ["train.epochs=3", "train.batch_size=4"])
+    run = tmp_path / "run"
+    train(_opts(recipe, tmp_path, data=str(data), val_split=0.25, max_steps=2))
+    shutil.copy(data / "cat" / "0.png", data / "cat" / "new.png")
+    with pytest.raises(InceptionError, match=rf"--resume {run}: the images in {data} changed "
+                                             rf"since the run started \(train 18 -> 18, val 6 -> "
+                                             rf"7 images\): .*put them back, or start a new run"):
+        train(_opts(recipe, tmp_path, data=str(data), val_split=0.25, resume=str(run),
+                    max_steps=3))
+    (data / "cat" / "new.png").rename(data / "cat" / "0b.png")  # back to 24, one renamed
+    (data / "cat" / "0.png").unlink()
+    with pytest.raises(InceptionError, match=r"\(train 18 -> 18, val 6 -> 6 images; as many, "
+                                             r"so files renamed or replaced\)"):
+        train(_opts(recipe, tmp_path, data=str(data), val_split=0.25, resume=str(run),
+                    max_steps=3))
+    (data / "cat" / "0b.png").rename(data / "cat" / "0.png")
+    assert train(_opts(recipe, tmp_path, data=str(data), val_split=0.25, resume=str(run),
+                       max_steps=3)).steps == 3
+
+
 def test_a_resume_keeps_the_split_and_knows_its_folder_however_written(tmp_path, tiny_recipe,
                                                                         monkeypatch):
     """A run on one folder split by --val-split: resuming with another split is refused (it
