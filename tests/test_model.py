@@ -291,6 +291,18 @@ def test_a_hook_on_a_branch_layer_is_honoured():
     block.fuse_1x1 = True
     assert (block(x) - pruned).abs().max() < 1e-12  # fused again, with the pruned weights
     assert len(seen) == 2
+    # a layer swapped for another type (quantization-aware training does) runs as itself
+
+    class Doubled(nn.Conv2d):
+        def forward(self, t):
+            return 2 * super().forward(t)
+
+    conv = block.branch3[0].conv
+    swapped = Doubled(conv.in_channels, conv.out_channels, 1).double()
+    swapped.load_state_dict(conv.state_dict())
+    before = block(x)
+    block.branch3[0].conv = swapped
+    assert not torch.equal(block(x), before)
 
 
 @pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (192, 5, 0.75), (7, 4, 0.5),
