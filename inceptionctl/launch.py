@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from typing import Any, Callable
 
 from .errors import say
 
@@ -40,13 +43,28 @@ def first_failure(failures: dict) -> tuple[int, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
     # the agent logs each failed process at ERROR level; the line below says it once
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # torchrun's default is a fresh torchelastic_* folder in the temporary folder, never
+    # removed (one per run); without --tee / --redirects it only passes the failed processes'
+    # error files to the agent, read before run() returns: ours goes when the run ends
+    own_logs = None
+    if args.log_dir is None:
+        own_logs = args.log_dir = tempfile.mkdtemp(prefix="inceptionctl-torchrun-")
+    try:
+        return _run(args, run)
+    finally:
+        if own_logs is not None:
+            shutil.rmtree(own_logs, ignore_errors=True)
+
+
+def _run(args: Any, run: Callable[[Any], object]) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     try:
         run(args)
     except ChildFailedError as failed:

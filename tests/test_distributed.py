@@ -280,10 +280,13 @@ def test_a_failed_process_under_torchrun_is_one_line_with_its_exit_code(tmp_path
     one line, then the launcher one line naming the rank and code; exit 2, as without --nproc."""
     text = tmp_path / "weights.pt"
     text.write_text("not weights")
+    tmp = tmp_path / "tmp"  # the temporary folder: torchrun's log folder goes when it ends
+    tmp.mkdir()
     done = subprocess.run([sys.executable, "-m", "inceptionctl", "train", "--nproc", "2",
                            "--weights", str(text), "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=300, env=_env())
+                          capture_output=True, text=True, timeout=300, env=_env(TMPDIR=str(tmp)))
     assert done.returncode == 2, done.stderr[-3000:]
+    assert list(tmp.iterdir()) == []
     assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
     assert errors[:2] == [f"error: {text}: not a PyTorch weights file (it looks like a text "
