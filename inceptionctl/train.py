@@ -1056,10 +1056,9 @@ def _check_same_images(run: Path, data: str, meta: dict[str, Any],
     saved = meta.get("data_listing")
     if not saved or saved == listing:  # runs saved before the listing was kept: not checked
         return
-    def count(side: str, digest: dict[str, Any] | None) -> str:
+    def count(digest: dict[str, Any] | None) -> str:
         return "-" if not digest else f"{digest['images']:,}"
-    pairs = [(count(side, saved.get(side)), count(side, listing.get(side)))
-             for side in ("train", "val")]
+    pairs = [(count(saved.get(side)), count(listing.get(side))) for side in ("train", "val")]
     sides = ", ".join(f"{side} {a} -> {b}" for side, (a, b) in zip(("train", "val"), pairs))
     same = "; as many, so files renamed or replaced" if all(a == b for a, b in pairs) else ""
     raise InceptionError(f"--resume {run}: the images in {data} changed since the run started "

@@ -756,19 +756,24 @@ def test_a_resume_cannot_end_the_run_before_where_it_is(tiny_recipe, tmp_path):
     assert again.epochs == 3
 
 
-def test_a_resume_needs_the_images_it_started_with(tmp_path, tiny_recipe):
-    """Images added, removed or renamed in the data folder would change a resumed run's split
-    (validation images into training) and its place in the epoch: the resume says so instead."""
-    import shutil
-
+def _two_class_folder(data):
+    """``data/cat`` and ``data/dog``, 12 small distinct PNGs each."""
     from PIL import Image
 
-    data = tmp_path / "pics"
     for c in ("cat", "dog"):
         (data / c).mkdir(parents=True)
         for i in range(12):
             Image.new("RGB", (20, 20), (20 * i, 100 if c == "cat" else 0, 50)).save(
                 data / c / f"{i}.png")
+    return data
+
+
+def test_a_resume_needs_the_images_it_started_with(tmp_path, tiny_recipe):
+    """Images added, removed or renamed in the data folder would change a resumed run's split
+    (validation images into training) and its place in the epoch: the resume says so instead."""
+    import shutil
+
+    data = _two_class_folder(tmp_path / "pics")
     recipe = load_recipe(tiny_recipe, ["train.epochs=3", "train.batch_size=4"])
     run = tmp_path / "run"
     train(_opts(recipe, tmp_path, data=str(data), val_split=0.25, max_steps=2))
@@ -794,16 +799,9 @@ def test_a_resume_keeps_the_split_and_knows_its_folder_however_written(tmp_path,
     """A run on one folder split by --val-split: resuming with another split is refused (it
     would train on validation images), the same folder written another way (./x/, absolute,
     from another working folder) is the same data, and the resume hint names the split."""
-    from PIL import Image
-
     from inceptionctl.train import resume_command
 
-    data = tmp_path / "pics"
-    for c in ("cat", "dog"):
-        (data / c).mkdir(parents=True)
-        for i in range(12):
-            Image.new("RGB", (20, 20), (20 * i, 100 if c == "cat" else 0, 50)).save(
-                data / c / f"{i}.png")
+    data = _two_class_folder(tmp_path / "pics")
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe(tiny_recipe, ["train.epochs=3", "train.batch_size=4"])
     train(_opts(recipe, tmp_path, data="pics", val_split=0.25, max_steps=2))
