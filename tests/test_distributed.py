@@ -33,10 +33,13 @@ def _env(**extra: str) -> dict:
 @contextmanager
 def _started(*cmds: list, env: dict):
     """Start the commands side by side, each in its own process group and writing to files
-    (so none blocks on a full pipe); kill every group still alive at the end."""
+    (so none blocks on a full pipe); kill every group still alive at the end. Their temporary
+    folder is one of their own, removed at the end (torchrun leaves its log folders there)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as logs:
+        os.mkdir(f"{logs}/tmp")
+        env = dict(env, TMPDIR=f"{logs}/tmp")
         procs = []
         try:
             for i, cmd in enumerate(cmds):
