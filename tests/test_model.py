@@ -352,6 +352,96 @@ def test_lrn_trains_under_bf16_autocast():
     assert (gx.double() - gx64).abs().max() <= 0.02 * gx64.abs().max()
 
 
+def _cxx_compiler() -> str | None:
+    import os
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+@pytest.fixture
+def compiled_lrn(monkeypatch):
+    """The compiled LRN kernel for tensors of any size, made afresh for the test."""
+    import inceptionctl.model as model
+
+    monkeypatch.setattr(model, "COMPILED_LRN_MIN_NUMEL", 0)
+    monkeypatch.setattr(model, "_lrn_kernels", None)
+    monkeypatch.delenv("INCEPTIONCTL_COMPILED_LRN", raising=False)
+    return model
+
+
+def _lrn_and_grad(lrn: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    x = x.detach().requires_grad_(True)
+    y = lrn(x)
+    (gx,) = torch.autograd.grad(y, x, g.to(y.dtype))
+    return y, gx
+
+
+@pytest.mark.skipif(_cxx_compiler() is None, reason="no C++ compiler for torch.compile")
+@pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (7, 4, 0.5)])
+def test_compiled_lrn_equals_torch(compiled_lrn, channels, size, beta):
+    """fp32 training on channels_last tensors runs LRN through the compiled kernel: torch's
+    numbers and gradient to float32 rounding, the layout kept, for any batch size (one compile
+    with dynamic shapes)."""
+    ref = nn.LocalResponseNorm(size, alpha=0.1, beta=beta, k=2.0)
+    ours = compiled_lrn.LocalResponseNorm(channels, size, alpha=0.1, beta=beta, k=2.0)
+    for batch in (3, 2):
+        x = (torch.randn(batch, channels, 9, 7) * 3).contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(x)
+        y, gx = _lrn_and_grad(ours, x, g)
+        assert y.grad_fn.name() == "_CompiledLRNBackward"
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert gx.is_contiguous(memory_format=torch.channels_last)
+        y64, gx64 = _lrn_and_grad(ref, x.double(), g.double())
+        assert (y.double() - y64).abs().max() <= 1e-6 * y64.abs().max()
+        assert (gx.double() - gx64).abs().max() <= 1e-6 * gx64.abs().max()
+    assert isinstance(compiled_lrn._lrn_kernels, tuple)  # compiled, not fallen back
+
+
+def test_compiled_lrn_is_only_for_fp32_channels_last_training(compiled_lrn, monkeypatch):
+    """Anything else keeps its kernel: fp64 (exact tests), contiguous tensors, no gradient,
+    tensors under the size floor, and INCEPTIONCTL_COMPILED_LRN=0."""
+    lrn = compiled_lrn.LocalResponseNorm(16, 5, 1e-4, 0.75, 1.0)
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    assert compiled_lrn._use_compiled_lrn(x.requires_grad_(True))
+    for other in (x.detach().double().requires_grad_(True), x.detach().contiguous().requires_grad_(True)):
+        assert lrn(other).grad_fn.name() == "_SlidingLRNBackward"
+    with torch.no_grad():
+        assert not compiled_lrn._use_compiled_lrn(x)
+    monkeypatch.setattr(compiled_lrn, "COMPILED_LRN_MIN_NUMEL", x.numel() + 1)
+    assert lrn(x).grad_fn.name() == "_SlidingLRNBackward"
+    monkeypatch.setattr(compiled_lrn, "COMPILED_LRN_MIN_NUMEL", 0)
+    monkeypatch.setenv("INCEPTIONCTL_COMPILED_LRN", "0")
+    monkeypatch.setattr(compiled_lrn, "_lrn_kernels", None)
+    assert lrn(x).grad_fn.name() == "_SlidingLRNBackward"
+    assert compiled_lrn._lrn_kernels == "INCEPTIONCTL_COMPILED_LRN=0"
+
+
+@pytest.mark.parametrize("fails", ["forward", "backward"])
+def test_lrn_where_it_cannot_compile_takes_the_sliding_sum(compiled_lrn, monkeypatch, fails):
+    """A machine where Inductor cannot compile (no C++ compiler): the first pass that fails
+    says why once, and that step and every later one get the sliding sum's numbers."""
+    ref = nn.LocalResponseNorm(5, alpha=0.1, beta=0.75, k=1.0)
+    ours = compiled_lrn.LocalResponseNorm(12, 5, alpha=0.1, beta=0.75, k=1.0)
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            if fn.__name__.startswith("_lrn_" + fails):
+                raise RuntimeError("Compiler: g++ not found")
+            return fn(*args)  # the other pass, uncompiled
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x = (torch.randn(2, 12, 5, 5) * 3).contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    for _ in range(2):
+        y, gx = _lrn_and_grad(ours, x, g)
+        y64, gx64 = _lrn_and_grad(ref, x.double(), g.double())
+        assert (y.double() - y64).abs().max() <= 1e-6 * y64.abs().max()
+        assert (gx.double() - gx64).abs().max() <= 1e-6 * gx64.abs().max()
+        assert compiled_lrn._lrn_kernels == "cannot compile: RuntimeError"
+
+
 def _export_ops(module: nn.Module, x: torch.Tensor, path) -> list[str]:
     import warnings
 
