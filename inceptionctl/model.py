@@ -41,20 +41,21 @@ class LocalResponseNorm(nn.Module):
 
     ``x / (k + alpha / size * sum of x^2 over a window of size channels) ^ beta``, with the
     window clipped at the channel edges. Torch's own module sums the window with ``avg_pool3d``
-    over a padded copy; ours has its gradient written out and sums the window one of two ways,
-    both giving torch's numbers:
+    over a padded copy; ours has its gradient written out and runs one of three kernels, all
+    giving torch's numbers:
 
+    * in fp32 training on the CPU, on channels_last activations of at least
+      :data:`COMPILED_LRN_MIN_NUMEL` elements, the formulas of the next kernel as fused loops,
+      compiled by ``torch.compile`` (Inductor's C++ backend, every size symbolic) the first time
+      a process needs them: the window sum, the power and the product in one pass over memory
+      where the eager kernel makes eight. The ``googlenet`` training step at batch 16 ran ~4%
+      faster (2-core AMD EPYC). Where it cannot compile (no C++ compiler; one line says so),
+      with torch.compile disabled, or with ``INCEPTIONCTL_COMPILED_LRN=0``, the next one runs;
     * in fp32 and fp64 on the CPU (eager), as a sliding-window sum (``unfold(...).sum``) along
       the channels of a zero-padded copy, in the tensor's own layout (channels_last included).
       Only ``size`` neighbours count, where a convolution multiplies by every channel: at
       ``googlenet``'s 56x56x192 LRN (batch 16) a window sum takes ~2 ms instead of ~9, and an
       fp32 training step runs ~3% faster;
-    * in fp32 training on the CPU, on channels_last tensors of at least
-      :data:`COMPILED_LRN_MIN_NUMEL` elements, the same formulas as one fused loop per pass,
-      compiled once per process by ``torch.compile`` (Inductor's C++ backend, shapes dynamic):
-      the window sum, the power and the product in one pass over memory instead of eight. The
-      ``googlenet`` training step at batch 16 ran ~4% faster. Where it cannot compile (no C++
-      compiler), or with ``INCEPTIONCTL_COMPILED_LRN=0``, the sliding sum runs instead;
     * otherwise as a fixed banded 1x1 convolution (weights ``alpha / size`` on the band, bias
       ``k``): on a GPU one cuDNN call; in bf16 on the CPU the convolution runs at the bf16 rate
       while torch's bf16 sum over a window is not vectorised (the banded form trained ~5%
@@ -230,8 +231,8 @@ def _lrn_backward_nhwc(g: Tensor, v: Tensor, scale: Tensor, p: Tensor, size: int
 
 
 def _compiled_lrn_kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | str:
-    """The compiled LRN passes, made once per process (compiled at their first call), or why
-    they are not used."""
+    """The compiled LRN passes, made once per process (Inductor compiles them at their first
+    call, and again only for another window size or layout), or why they are not used."""
     global _lrn_kernels
     if _lrn_kernels is None:
         import os
@@ -239,34 +240,61 @@ def _compiled_lrn_kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | s
         if os.environ.get("INCEPTIONCTL_COMPILED_LRN", "1") == "0":
             _lrn_kernels = "INCEPTIONCTL_COMPILED_LRN=0"
         else:
-            _lrn_kernels = (torch.compile(_lrn_forward_nhwc, dynamic=True, fullgraph=True),
-                            torch.compile(_lrn_backward_nhwc, dynamic=True, fullgraph=True))
+            import logging
+
+            # its import logs "No CUDA runtime is found" where a CUDA build of torch runs on a CPU
+            quiet = logging.getLogger("torch.utils.cpp_extension")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                import torch.utils.cpp_extension  # noqa: F401
+
+                kernels = (torch.compile(_lrn_forward_nhwc, dynamic=True, fullgraph=True),
+                           torch.compile(_lrn_backward_nhwc, dynamic=True, fullgraph=True))
+                # with torch.compile disabled (TORCHDYNAMO_DISABLE=1, TORCH_COMPILE_DISABLE=1)
+                # these are the functions themselves, whose passes are slower than the sliding sum
+                disabled = kernels[0] is _lrn_forward_nhwc or torch._dynamo.config.disable
+                _lrn_kernels = "torch.compile is disabled" if disabled else kernels
+            except Exception as exc:  # a Python or platform torch.compile does not support
+                _give_up_compiled_lrn(exc)
+            finally:
+                quiet.setLevel(level)
+    assert _lrn_kernels is not None
     return _lrn_kernels
+
+
+def _give_up_compiled_lrn(exc: Exception) -> None:
+    """Use the sliding sum from now on, and say why once (to stderr, through ``logging``)."""
+    import logging
+
+    global _lrn_kernels
+    _lrn_kernels = f"cannot compile: {type(exc).__name__}"
+    logging.getLogger(__name__).warning(
+        "note: LRN runs on its eager kernel (%s: %s); INCEPTIONCTL_COMPILED_LRN=0 skips the "
+        "attempt", type(exc).__name__, str(exc).strip().splitlines()[0][:200] if str(exc) else "")
 
 
 def _run_compiled(which: int, *args: Any) -> Tensor | tuple[Tensor, ...] | None:
     """Pass ``which`` (0 forward, 1 backward) of the compiled kernels, or None where they
-    cannot run here (the reason is kept, and the process uses the sliding sum from then on)."""
-    global _lrn_kernels
+    cannot run here (said once; the process uses the sliding sum from then on)."""
     kernels = _compiled_lrn_kernels()
     if isinstance(kernels, str):
         return None
-    import logging
-
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
+    import torch.fx.experimental._config as fx_config
 
-    quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on CPU
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     try:
-        # compiled in this process, not in a pool of workers that later forks would inherit
-        with inductor_config.patch(compile_threads=1):
+        # compiled in this process, not by a pool of workers that later forks would inherit;
+        # a failure raised, not run eagerly (slower than the sliding sum); every size symbolic
+        # (sizes equal at the first call, as batch 64 and 64 channels, are not assumed equal)
+        with inductor_config.patch(compile_threads=1), \
+                dynamo_config.patch(suppress_errors=False), \
+                fx_config.patch(use_duck_shape=False):
             return kernels[which](*args)
     except Exception as exc:  # no C++ compiler, or one Inductor cannot use
-        _lrn_kernels = f"cannot compile: {type(exc).__name__}"
+        _give_up_compiled_lrn(exc)
         return None
-    finally:
-        quiet.setLevel(level)
 
 
 class _CompiledLRN(torch.autograd.Function):
@@ -291,7 +319,9 @@ class _CompiledLRN(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         v, scale, p = ctx.saved_tensors
         if ctx.axis == 3:
-            dx = _run_compiled(1, g.permute(0, 2, 3, 1), v, scale, p, ctx.size, ctx.c)
+            # a dense NHWC view whatever the gradient's layout (one graph: a sum's is expanded)
+            gv = g.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+            dx = _run_compiled(1, gv, v, scale, p, ctx.size, ctx.c)
             if dx is not None:
                 return dx.permute(0, 3, 1, 2), None, None, None, None
         return _SlidingLRN.backward(ctx, g)

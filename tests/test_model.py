@@ -370,6 +370,20 @@ def compiled_lrn(monkeypatch):
     return model
 
 
+@pytest.fixture
+def lrn_notes():
+    """What inceptionctl.model logs during the test (pytest's log capture is off here)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("inceptionctl.model")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
 def _lrn_and_grad(lrn: nn.Module, x: torch.Tensor, g: torch.Tensor):
     x = x.detach().requires_grad_(True)
     y = lrn(x)
@@ -378,24 +392,27 @@ def _lrn_and_grad(lrn: nn.Module, x: torch.Tensor, g: torch.Tensor):
 
 
 @pytest.mark.skipif(_cxx_compiler() is None, reason="no C++ compiler for torch.compile")
-@pytest.mark.parametrize("channels,size,beta", [(64, 5, 0.75), (7, 4, 0.5)])
+@pytest.mark.parametrize("channels,size,beta", [(8, 5, 0.75), (7, 4, 0.5)])
 def test_compiled_lrn_equals_torch(compiled_lrn, channels, size, beta):
     """fp32 training on channels_last tensors runs LRN through the compiled kernel: torch's
     numbers and gradient to float32 rounding, the layout kept, for any batch size (one compile
     with dynamic shapes)."""
-    ref = nn.LocalResponseNorm(size, alpha=0.1, beta=beta, k=2.0)
+    from torch._dynamo.utils import counters
+
     ours = compiled_lrn.LocalResponseNorm(channels, size, alpha=0.1, beta=beta, k=2.0)
-    for batch in (3, 2):
-        x = (torch.randn(batch, channels, 9, 7) * 3).contiguous(memory_format=torch.channels_last)
-        g = torch.randn_like(x)
-        y, gx = _lrn_and_grad(ours, x, g)
-        assert y.grad_fn.name() == "_CompiledLRNBackward"
+    graphs = counters["stats"]["unique_graphs"]
+    # batch 8 with 8 channels, then others: no size is assumed equal to another
+    for batch, width in ((8, 8), (3, 7), (2, 8)):
+        x = (torch.randn(batch, channels, 9, width) * 3).contiguous(
+            memory_format=torch.channels_last)
+        y, gx = _check_lrn(ours, x, "_CompiledLRNBackward")
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert gx.is_contiguous(memory_format=torch.channels_last)
-        y64, gx64 = _lrn_and_grad(ref, x.double(), g.double())
-        assert (y.double() - y64).abs().max() <= 1e-6 * y64.abs().max()
-        assert (gx.double() - gx64).abs().max() <= 1e-6 * gx64.abs().max()
+        # a sum's gradient (expanded, no layout) takes the same graph
+        (gs,) = torch.autograd.grad(ours(x.requires_grad_(True)).sum(), x)
+        assert gs.grad_fn is None and gs.is_contiguous(memory_format=torch.channels_last)
     assert isinstance(compiled_lrn._lrn_kernels, tuple)  # compiled, not fallen back
+    assert counters["stats"]["unique_graphs"] - graphs == 2  # one per pass, for every shape
 
 
 def test_compiled_lrn_is_only_for_fp32_channels_last_training(compiled_lrn, monkeypatch):
@@ -417,14 +434,42 @@ def test_compiled_lrn_is_only_for_fp32_channels_last_training(compiled_lrn, monk
     assert compiled_lrn._lrn_kernels == "INCEPTIONCTL_COMPILED_LRN=0"
 
 
-@pytest.mark.parametrize("fails", ["forward", "backward"])
-def test_lrn_where_it_cannot_compile_takes_the_sliding_sum(compiled_lrn, monkeypatch, fails):
-    """A machine where Inductor cannot compile (no C++ compiler): the first pass that fails
-    says why once, and that step and every later one get the sliding sum's numbers."""
-    ref = nn.LocalResponseNorm(5, alpha=0.1, beta=0.75, k=1.0)
+def _check_lrn(ours: nn.Module, x: torch.Tensor, expect: str):
+    """``ours`` on ``x`` takes the ``expect`` kernel and gives torch's LRN and gradient to
+    float32 rounding."""
+    ref = nn.LocalResponseNorm(ours.size, alpha=ours.alpha, beta=ours.beta, k=ours.k)
+    g = torch.randn_like(x)
+    y, gx = _lrn_and_grad(ours, x, g)
+    y64, gx64 = _lrn_and_grad(ref, x.double(), g.double())
+    assert y.grad_fn.name() == expect
+    assert (y.double() - y64).abs().max() <= 1e-6 * y64.abs().max()
+    assert (gx.double() - gx64).abs().max() <= 1e-6 * gx64.abs().max()
+    return y, gx
+
+
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.5), (2, 1.3)])
+def test_compiled_lrn_formulas_equal_torch(compiled_lrn, monkeypatch, size, beta):
+    """The compiled kernel's two passes, run as plain torch (no compiler needed): torch's LRN
+    and gradient, the window reflected in the gradient for even sizes."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: lambda *args: fn(*args))
+    ours = compiled_lrn.LocalResponseNorm(9, size, alpha=0.1, beta=beta, k=2.0)
+    x = (torch.randn(2, 9, 5, 4) * 3).contiguous(memory_format=torch.channels_last)
+    _check_lrn(ours, x, "_CompiledLRNBackward")
+    assert isinstance(compiled_lrn._lrn_kernels, tuple)
+
+
+@pytest.mark.parametrize("fails", ["create", "forward", "backward"])
+def test_lrn_where_it_cannot_compile_takes_the_sliding_sum(compiled_lrn, monkeypatch, lrn_notes,
+                                                          fails):
+    """A machine where torch.compile cannot work (no C++ compiler, a Python it does not
+    support): one line says why, and that step and every later one get torch's numbers from the
+    sliding sum."""
     ours = compiled_lrn.LocalResponseNorm(12, 5, alpha=0.1, beta=0.75, k=1.0)
 
     def broken(fn, **kwargs):
+        if fails == "create":
+            raise RuntimeError("Python 3.99+ not yet supported for torch.compile")
+
         def run(*args):
             if fn.__name__.startswith("_lrn_" + fails):
                 raise RuntimeError("Compiler: g++ not found")
@@ -433,13 +478,24 @@ def test_lrn_where_it_cannot_compile_takes_the_sliding_sum(compiled_lrn, monkeyp
 
     monkeypatch.setattr(torch, "compile", broken)
     x = (torch.randn(2, 12, 5, 5) * 3).contiguous(memory_format=torch.channels_last)
-    g = torch.randn_like(x)
-    for _ in range(2):
-        y, gx = _lrn_and_grad(ours, x, g)
-        y64, gx64 = _lrn_and_grad(ref, x.double(), g.double())
-        assert (y.double() - y64).abs().max() <= 1e-6 * y64.abs().max()
-        assert (gx.double() - gx64).abs().max() <= 1e-6 * gx64.abs().max()
-        assert compiled_lrn._lrn_kernels == "cannot compile: RuntimeError"
+    for step in range(2):
+        _check_lrn(ours, x, "_SlidingLRNBackward" if fails == "create" or step
+                   else "_CompiledLRNBackward")
+    assert compiled_lrn._lrn_kernels == "cannot compile: RuntimeError"
+    (note,) = [r.getMessage() for r in lrn_notes]  # said once
+    assert note.startswith("note: LRN runs on its eager kernel (RuntimeError: ")
+    assert ("not yet supported" if fails == "create" else "g++ not found") in note
+
+
+def test_lrn_with_torch_compile_disabled_keeps_the_sliding_sum(compiled_lrn, monkeypatch,
+                                                              lrn_notes):
+    """With torch.compile disabled (TORCHDYNAMO_DISABLE=1) its functions would run eagerly,
+    slower than the sliding sum: the sliding sum runs, and nothing is said."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # what it returns then
+    ours = compiled_lrn.LocalResponseNorm(12, 5, alpha=0.1, beta=0.75, k=1.0)
+    x = (torch.randn(2, 12, 5, 5) * 3).contiguous(memory_format=torch.channels_last)
+    _check_lrn(ours, x, "_SlidingLRNBackward")
+    assert compiled_lrn._lrn_kernels == "torch.compile is disabled" and not lrn_notes
 
 
 def _export_ops(module: nn.Module, x: torch.Tensor, path) -> list[str]:
