@@ -232,7 +232,8 @@ def _lrn_backward_nhwc(g: Tensor, v: Tensor, scale: Tensor, p: Tensor, size: int
 
 def _compiled_lrn_kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | str:
     """The compiled LRN passes, made once per process (Inductor compiles them at their first
-    call, and again only for another window size or layout), or why they are not used."""
+    call, and again only for another window or where sizes equal at the first call, as batch 64
+    and 64 channels, differ later), or why they are not used."""
     global _lrn_kernels
     if _lrn_kernels is None:
         import os
@@ -271,7 +272,7 @@ def _give_up_compiled_lrn(exc: Exception) -> None:
     _lrn_kernels = f"cannot compile: {type(exc).__name__}"
     logging.getLogger(__name__).warning(
         "note: LRN runs on its eager kernel (%s: %s); INCEPTIONCTL_COMPILED_LRN=0 skips the "
-        "attempt", type(exc).__name__, str(exc).strip().splitlines()[0][:200] if str(exc) else "")
+        "attempt", type(exc).__name__, (str(exc).strip().splitlines() or [""])[0][:200])
 
 
 def _run_compiled(which: int, *args: Any) -> Tensor | tuple[Tensor, ...] | None:
