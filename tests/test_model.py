@@ -361,9 +361,13 @@ def _cxx_compiler() -> str | None:
 
 @pytest.fixture
 def compiled_lrn(monkeypatch):
-    """The compiled LRN kernel for tensors of any size, made afresh for the test."""
+    """The compiled LRN kernel for tensors of any size, made afresh for the test (no graph
+    compiled before it is reused)."""
+    import torch._dynamo
+
     import inceptionctl.model as model
 
+    torch._dynamo.reset()
     monkeypatch.setattr(model, "COMPILED_LRN_MIN_NUMEL", 0)
     monkeypatch.setattr(model, "_lrn_kernels", None)
     monkeypatch.delenv("INCEPTIONCTL_COMPILED_LRN", raising=False)
