@@ -13,6 +13,8 @@ inside three containers (``stem``, ``blocks``, ``aux``), so foreign weights map 
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
@@ -236,13 +238,9 @@ def _compiled_lrn_kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | s
     and 64 channels, differ later), or why they are not used."""
     global _lrn_kernels
     if _lrn_kernels is None:
-        import os
-
         if os.environ.get("INCEPTIONCTL_COMPILED_LRN", "1") == "0":
             _lrn_kernels = "INCEPTIONCTL_COMPILED_LRN=0"
         else:
-            import logging
-
             # its import logs "No CUDA runtime is found" where a CUDA build of torch runs on a CPU
             quiet = logging.getLogger("torch.utils.cpp_extension")
             level = quiet.level
@@ -266,8 +264,6 @@ def _compiled_lrn_kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | s
 
 def _give_up_compiled_lrn(exc: Exception) -> None:
     """Use the sliding sum from now on, and say why once (to stderr, through ``logging``)."""
-    import logging
-
     global _lrn_kernels
     _lrn_kernels = f"cannot compile: {type(exc).__name__}"
     logging.getLogger(__name__).warning(
