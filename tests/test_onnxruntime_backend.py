@@ -298,7 +298,9 @@ def _qdq_conv(c_in: int, c_out: int, kernel: tuple[int, int], pads: list[int],
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    w = rng.integers(-127, 128, (c_out, c_in, *kernel), dtype=np.int8)
+    # 7-bit weights, as quantize_int8 writes them: 8-bit ones saturate on a CPU without VNNI,
+    # differently for each order of the products
+    w = rng.integers(-64, 65, (c_out, c_in, *kernel), dtype=np.int8)
     inits = [numpy_helper.from_array(a, n) for n, a in (
         ("sx", np.array(0.02, np.float32)), ("zx", np.array(131, np.uint8)),
         ("w", w), ("sw", rng.uniform(1e-3, 4e-3, c_out).astype(np.float32)),
@@ -531,3 +533,36 @@ def test_eval_says_a_batch_size_outside_the_files_range_and_records_the_one_run(
     assert json.loads(out.stdout)["batch_size"] == 5
     fits = cli("eval", tiny_onnx, "--batch-size", "4", "--limit", "3", "--workers", "0", "--json")
     assert "running batches" not in fits.stderr and json.loads(fits.stdout)["batch_size"] == 4
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "tensorrt"])
+def test_int8_weights_stay_in_7_bits_so_no_cpu_saturates(backend, tmp_path, flavour):
+    """A CPU without VNNI multiplies u8 x s8 with VPMADDUBSW, which saturates an int16 sum of
+    two products above 32,767: every weight is at most 64 in magnitude (255 x 64 x 2 fits, 255 x
+    127 x 2 does not), and each output channel's largest weight uses that range."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    fp32 = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 40, 40),), str(fp32), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=17,
+                          dynamo=False)
+    said: list[str] = []
+    settings = backend.quantize_int8(fp32, tmp_path / "q.onnx", [torch.randn(8, 3, 40, 40)],
+                                     flavour=flavour, log=said.append)
+    assert settings["reduce_range"] is True
+    assert any("per-channel weights in 7 bits" in line for line in said)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = [inits[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim >= 2]
+    assert len(weights) == 3  # the two convolutions and the classifier
+    for w in weights:
+        per_channel = np.abs(w.astype(np.int32)).reshape(w.shape[0], -1).max(axis=1)
+        assert per_channel.max() <= 64 and per_channel.min() >= 63

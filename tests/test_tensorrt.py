@@ -726,6 +726,8 @@ def quantize_qdq(src: Path, dst: Path, recipe, calib: torch.Tensor, symmetric: b
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
+                    # 7-bit weights, as the product's flavours (a CPU without VNNI saturates)
+                    reduce_range=True,
                     # TensorRT's DequantizeLinear takes no int32: biases stay float.
                     extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                                    "QuantizeBias": not symmetric if quantize_bias is None
