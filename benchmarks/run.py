@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         goals.append(bench_eval.measure("googlenet-small", images=2, batch=16, iters=1,
                                         image_size=(48, 40), workers=0))
         goals += bench_infer.measure(batch=2, warmup=0, iters=1, recipe_name="googlenet-small",
-                                     processes=1, plain_iters=1)
+                                     processes=1, plain_iters=1, rounds=1, gemm_n=128)
         goals.append(bench_loader.measure(count=48, images=16, batch=8, rounds=1))
     else:
         goals.append(bench_train.measure(cpu))
