@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -514,6 +515,55 @@ class OnnxRuntimeBackend(Backend):
     precisions = ("fp32", "int8")
     builds = ("int8",)               # as a Quantizer: INT8 QDQ from an fp32 ONNX
     flavours = tuple(FLAVOURS)
+
+    def matmul_rates(self, device: str, n: int = 1024, rounds: int = 2,
+                     iters: int = 10) -> dict[str, float]:
+        """ONNX Runtime's own multiply on the CPU (MLAS, not torch's MKL or oneDNN): GFLOP/s of
+        an n-cube fp32 ``MatMul`` and GOP/s of a uint8 x int8 ``MatMulInteger`` (what its INT8
+        convolutions multiply), each with a constant right-hand side as a layer's weights, in
+        plain sessions, one alive at a time; the best of ``rounds`` interleaved medians of
+        ``iters`` calls. ``{}`` on other devices or where onnxruntime is missing."""
+        if device != "cpu" or not self.availability().available:
+            return {}
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        ort = _import_ort()
+        rng = np.random.default_rng(0)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+
+        def session(op: str, a_type: int, out_type: int, b: np.ndarray) -> Any:
+            graph = helper.make_graph(
+                [helper.make_node(op, ["A", "B"], ["Y"])], "matmul",
+                [helper.make_tensor_value_info("A", a_type, [n, n])],
+                [helper.make_tensor_value_info("Y", out_type, [n, n])],
+                [numpy_helper.from_array(b, "B")])
+            model = helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+            return ort.InferenceSession(model.SerializeToString(), so,
+                                        providers=["CPUExecutionProvider"])
+
+        feeds = {"fp32": rng.standard_normal((n, n)).astype(np.float32),
+                 "int8": rng.integers(0, 256, (n, n)).astype(np.uint8)}
+        weights = {"fp32": rng.standard_normal((n, n)).astype(np.float32),
+                   "int8": rng.integers(-64, 65, (n, n)).astype(np.int8)}
+        ops = {"fp32": ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT),
+               "int8": ("MatMulInteger", TensorProto.UINT8, TensorProto.INT32)}
+        best = {kind: 0.0 for kind in ops}
+        for _ in range(max(1, rounds)):
+            for kind, (op, a_type, out_type) in ops.items():
+                sess, feed = session(op, a_type, out_type, weights[kind]), {"A": feeds[kind]}
+                for _ in range(2):
+                    sess.run(None, feed)
+                times = []
+                for _ in range(max(1, iters)):
+                    start = time.perf_counter()
+                    sess.run(None, feed)
+                    times.append(time.perf_counter() - start)
+                best[kind] = max(best[kind], 2.0 * n ** 3 / sorted(times)[len(times) // 2] / 1e9)
+                del sess
+        return best
 
     def availability(self) -> Availability:
         try:

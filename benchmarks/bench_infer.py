@@ -3,7 +3,7 @@
 * P1  best fp32 CPU inference (torch eager channels_last, ONNX Runtime) >= 0.90 x the machine's
       fp32 limit = measured GEMM GFLOP/s / 3.0 GFLOP per image (2 x 1.5 G multiply-adds), the
       GEMM being the fastest of MKL's ``torch.mm``, oneDNN's (``speed.matmul_peak``) and ONNX
-      Runtime's own ``MatMul`` (``ort_gemm_rates``): on a 2-core AMD EPYC with AVX2 only, ONNX
+      Runtime's own ``MatMul`` (``Backend.matmul_rates``): on a 2-core AMD EPYC with AVX2 only, ONNX
       Runtime's multiply ran at 167 GFLOP/s where torch's reached 154, so a limit from torch's
       alone would let P1 read above what the machine's fastest library does.
       P1's and P5's rates are each the best of three interleaved rounds (the median of 8 calls
@@ -119,7 +119,7 @@ def measure(batch: int = 8, warmup: int = 2, iters: int = 8, recipe_name: str = 
             ranked = sorted(runs, key=lambda r: r["int8"] / r["fp32"])
             plain = ranked[(len(ranked) - 1) // 2]  # the median process (the lower of two)
             # ONNX Runtime's own int8 / fp32 multiply rates, measured just after: P2's ceiling
-            gemm = ort_gemm_rates(gemm_n)
+            gemm = get_backend("onnxruntime").matmul_rates("cpu", n=gemm_n, rounds=3)
     tv_ips = best.pop("torchvision")
     int8_ips = best.pop("our session int8", None)
     rates = best
@@ -173,43 +173,6 @@ def _ceiling_note(ceiling: float | None, target: float, vnni: bool) -> str:
 def _has_vnni() -> bool:
     flags = cpu_features()
     return flags["avx512_vnni"] or flags["avx_vnni"]
-
-
-def ort_gemm_rates(n: int = 1024, rounds: int = 3, iters: int = 10) -> dict[str, float]:
-    """ONNX Runtime's own n-cube matrix-multiply rates on this CPU, plain sessions with default
-    options, a constant right-hand side as a layer's weights: ``{"fp32": GFLOP/s of MatMul,
-    "int8": GOP/s of MatMulInteger of uint8 by int8}`` (the pair its INT8 convolutions
-    multiply), each the best of ``rounds`` interleaved medians of ``iters`` calls."""
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-
-    def session(op: str, a_type: int, out_type: int, b: np.ndarray):
-        graph = helper.make_graph(
-            [helper.make_node(op, ["A", "B"], ["Y"])], "gemm",
-            [helper.make_tensor_value_info("A", a_type, [n, n])],
-            [helper.make_tensor_value_info("Y", out_type, [n, n])],
-            [numpy_helper.from_array(b, "B")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        return ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"])
-
-    feeds = {"fp32": rng.standard_normal((n, n)).astype(np.float32),
-             "int8": rng.integers(0, 256, (n, n)).astype(np.uint8)}
-    builds = {"fp32": lambda: session("MatMul", TensorProto.FLOAT, TensorProto.FLOAT,
-                                      rng.standard_normal((n, n)).astype(np.float32)),
-              "int8": lambda: session("MatMulInteger", TensorProto.UINT8, TensorProto.INT32,
-                                      rng.integers(-128, 128, (n, n)).astype(np.int8))}
-    best = {k: 0.0 for k in builds}
-    for _ in range(max(1, rounds)):
-        for kind, build in builds.items():  # one session alive at a time
-            sess, feed = build(), {"A": feeds[kind]}
-            seconds = seconds_per_call(lambda: sess.run(None, feed), 2, iters)
-            best[kind] = max(best[kind], 2.0 * n ** 3 / seconds / 1e9)
-            del sess
-    return best
 
 
 def _plain_ort_ips(path: Path, x: torch.Tensor, warmup: int, iters: int) -> float:

@@ -256,6 +256,13 @@ class Backend(ABC):
                              f"opens {', '.join(self.suffixes) or 'nothing'}); give it a "
                              f"make_artifact or an EngineBuilder's build_engine")
 
+    def matmul_rates(self, device: str) -> dict[str, float]:
+        """This backend's own square matrix-multiply rates on ``device`` (``"cpu"`` or
+        ``"cuda"``), G(FL)OP/s per precision (2 per multiply-add), where it multiplies with a
+        library of its own rather than torch's: ``profile --time`` reads every row against the
+        fastest multiply measured. ``{}`` by default."""
+        return {}
+
     def require(self) -> Availability:
         """Availability, or a BackendUnavailable error with the reason and the install hint."""
         av = self.availability()

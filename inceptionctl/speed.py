@@ -5,9 +5,12 @@ artifact it times (``Backend.make_artifact``: the checkpoint itself, an ONNX fil
 temporary folder, handing it the fp32 ONNX, calibration images and INT8 QDQ ONNX on request (a
 :class:`~inceptionctl.backend.BuildContext`), opens it through the backend registry and times
 ``session.run`` on a preloaded batch. A backend is timed in the precisions it declares
-(``Backend.precisions``). The machine's limit is a matrix multiply measured in the same run, on the same device and
-precision; each row reports its achieved GFLOP/s (2 x counted multiply-adds per image) as a
-fraction of that limit.
+(``Backend.precisions``). The machine's limit is the fastest square matrix multiply measured in
+the same run, on the same device and precision: torch's (MKL's and oneDNN's) and each profiled
+backend's own (``Backend.matmul_rates``: ONNX Runtime's MLAS on the CPU), and on the CPU, for
+bf16 and int8, fp32's where that is faster (their products are exact in fp32, and a CPU without
+bf16 or VNNI kernels widens them). Each row reports its achieved GFLOP/s (2 x counted
+multiply-adds per image) as a fraction of that limit.
 
 JSON schema (``SpeedReport.to_json()``, version 1)::
 
@@ -18,7 +21,7 @@ JSON schema (``SpeedReport.to_json()``, version 1)::
                   "cpu_flags": {str: bool}, "cpu_bf16": bool,
                   "busy_before": float | null,     # others' share of the CPUs before timing
                   "versions": {"inceptionctl": str, "torch": str, "<backend>": str, ...}},
-      "peaks": {"<device>/<precision>": G(FL)OP/s of a square matmul, ...},  # int8: int8 GEMM
+      "peaks": {"<device>/<precision>": G(FL)OP/s, ...},  # the limit (see above); int8: GOP/s
       "rows": [{
         "backend": str, "precision": str, "batch": int, "mode": "inference" | "train",
         "available": bool, "reason": str,           # why not, when unavailable / failed
@@ -342,10 +345,32 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
     rows: list[SpeedRow] = []
     peaks: dict[str, float] = {}
 
+    own: dict[str, float] | None = None  # the profiled backends' own multiply rates
+
+    def backends_rate(prec: str) -> float:
+        from .backend import get_backend
+
+        nonlocal own
+        if own is None:  # asked once, on the first row's limit
+            own = {}
+            for name in dict.fromkeys(opts.backends):
+                try:
+                    backend = get_backend(name)
+                    rates = backend.matmul_rates(device.type) \
+                        if backend.availability().available else {}
+                except InceptionError:  # an unknown or broken backend: its row says why
+                    rates = {}
+                for p, rate in rates.items():
+                    own[p] = max(own.get(p, 0.0), rate)
+        return own.get(prec, 0.0)
+
     def peak(prec: str) -> float:
         key = f"{device.type}/{prec}"
         if key not in peaks:
-            peaks[key] = matmul_peak(device, prec)
+            rate = max(matmul_peak(device, prec), backends_rate(prec))
+            if device.type == "cpu" and prec != "fp32":
+                rate = max(rate, peak("fp32"))  # widened to fp32, where that is faster
+            peaks[key] = rate
         return peaks[key]
 
     busy = busy_fraction()  # others' share of the CPUs, sampled while this process sleeps

@@ -21,6 +21,41 @@ def test_percentile_matches_numpy():
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
+def test_the_limit_is_the_fastest_multiply_measured(tiny_recipe, monkeypatch):
+    """Torch's multiply, a profiled backend's own (ONNX Runtime's), and on the CPU fp32's for
+    bf16 and int8 where faster: a row never reads against a slower library's rate."""
+    import inceptionctl.speed as speed
+    from inceptionctl.backends.onnxruntime import OnnxRuntimeBackend
+
+    torch_rates = {"fp32": 100.0, "bf16": 2.0, "int8": 0.0}  # bf16, int8: no fast path
+    monkeypatch.setattr(speed, "matmul_peak", lambda device, p, **kw: torch_rates[p])
+    monkeypatch.setattr(OnnxRuntimeBackend, "matmul_rates",
+                        lambda self, device: {"fp32": 150.0, "int8": 400.0})
+    recipe = load_recipe(tiny_recipe)
+
+    def profile(backends, precisions):
+        report = timed_profile(SpeedOptions(recipe=recipe, backends=backends,
+                                            precisions=precisions, batches=[2], warmup=0,
+                                            iters=1)).to_json()
+        for r in report["rows"]:
+            assert r["peak_fraction"] == pytest.approx(
+                r["gflops"] / report["peaks"][f"cpu/{r['precision']}"])
+        return report["peaks"]
+
+    assert profile(["torch"], ["fp32", "bf16"]) == {"cpu/fp32": 100.0, "cpu/bf16": 100.0}
+    assert profile(["torch", "onnxruntime"], ["fp32", "bf16", "int8"]) == {
+        "cpu/fp32": 150.0, "cpu/bf16": 150.0, "cpu/int8": 400.0}
+
+
+def test_onnxruntime_multiplies_with_its_own_library_on_the_cpu():
+    from inceptionctl.backend import get_backend
+
+    ort = get_backend("onnxruntime")
+    rates = ort.matmul_rates("cpu", n=256, rounds=1, iters=2)
+    assert set(rates) == {"fp32", "int8"} and min(rates.values()) > 0
+    assert ort.matmul_rates("cuda") == {} and get_backend("torch").matmul_rates("cpu") == {}
+
+
 def test_timed_profile_tiny(tiny_recipe):
     recipe = load_recipe(tiny_recipe)
     report = timed_profile(SpeedOptions(recipe=recipe, backends=["torch", "tensorrt"],
@@ -111,8 +146,9 @@ def test_profile_time_int8_row_has_a_number(cli):
     speed = json.loads(given.stdout)["speed"]
     (row,) = speed["rows"]
     assert row["available"] and row["precision"] == "int8" and row["latency_ms"]["p50"] > 0
-    # read against an int8 multiply, not the float limit
-    assert set(speed["peaks"]) == {"cpu/int8"}
+    # read against an int8 multiply (ONNX Runtime's own or torch's), or fp32's where faster
+    assert set(speed["peaks"]) == {"cpu/int8", "cpu/fp32"}
+    assert speed["peaks"]["cpu/int8"] >= speed["peaks"]["cpu/fp32"] > 0
     assert row["peak_fraction"] == pytest.approx(row["gflops"] / speed["peaks"]["cpu/int8"])
 
 
