@@ -61,7 +61,8 @@ _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
 # AVX-512 (AVX2 only, ORT 1.32), the demo model on digits: 8-bit weights 96.4% top-1 agreement
 # with fp32 (-2.8 points of accuracy; the tensorrt flavour's s8 activations 95.0%), 7-bit 100%
 # and within float rounding of the exact QDQ arithmetic (mean |diff| of the logits 0.027; 8-bit
-# weights computed exactly, as VNNI does, 0.024); the same speed either way (VNNI and AVX2).
+# weights computed exactly, as VNNI does, 0.024). Speed: 0.98x of 8-bit weights' on that CPU
+# (googlenet-bn, batch 8, plain sessions, one interleaved run: within its noise), alike on VNNI.
 # The 7x7/2 stem over 4-column cells with both output phases as channels (space_to_depth_stem)
 # gave another 1.03-1.12x in the same plain sessions (ORT 1.32; the earlier form, a one-hot
 # 2x2/2 space-to-depth step and a 4x4/1 convolution, gave 1.02-1.04x).
