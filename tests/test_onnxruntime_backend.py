@@ -444,6 +444,19 @@ def test_space_to_depth_stem_declines_what_it_could_not_copy_exactly():
         assert not space_to_depth_stem(model) and model.SerializeToString() == before
 
 
+def _stem_net_onnx(path: Path) -> Path:
+    """A small fp32 ONNX with a 7x7/2 stem, another convolution and a classifier: ``path``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 40, 40),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=17,
+                          dynamo=False)
+    return path
+
+
 def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
     """quantize_int8's cpu flavour splits a 7x7/2 stem (the same output as without), the
     tensorrt flavour keeps it."""
@@ -452,15 +465,7 @@ def test_int8_cpu_flavour_folds_a_stride_2_stem(backend, tmp_path, monkeypatch):
 
     import inceptionctl.backends.onnxruntime as ort_backend
 
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-    fp32 = tmp_path / "net.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, 40, 40),), str(fp32), input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=17,
-                          dynamo=False)
+    fp32 = _stem_net_onnx(tmp_path / "net.onnx")
     calib = [torch.randn(8, 3, 40, 40)]
     x = np.random.default_rng(2).standard_normal((4, 3, 40, 40)).astype(np.float32)
 
@@ -543,15 +548,7 @@ def test_int8_weights_stay_in_7_bits_so_no_cpu_saturates(backend, tmp_path, flav
     import numpy as np
     from onnx import numpy_helper
 
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-    fp32 = tmp_path / "net.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, 40, 40),), str(fp32), input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=17,
-                          dynamo=False)
+    fp32 = _stem_net_onnx(tmp_path / "net.onnx")
     said: list[str] = []
     settings = backend.quantize_int8(fp32, tmp_path / "q.onnx", [torch.randn(8, 3, 40, 40)],
                                      flavour=flavour, log=said.append)
