@@ -8,9 +8,9 @@ temporary folder, handing it the fp32 ONNX, calibration images and INT8 QDQ ONNX
 (``Backend.precisions``). The machine's limit is the fastest square matrix multiply measured in
 the same run, on the same device and precision: torch's (MKL's and oneDNN's) and each profiled
 backend's own (``Backend.matmul_rates``: ONNX Runtime's MLAS on the CPU), and on the CPU, for
-bf16 and int8, fp32's where that is faster (their products are exact in fp32, and a CPU without
-bf16 or VNNI kernels widens them). Each row reports its achieved GFLOP/s (2 x counted
-multiply-adds per image) as a fraction of that limit.
+bf16 and int8, fp32's where that is faster (their products are exact in fp32, so widening them
+is one way to multiply them; on a CPU without bf16 kernels, the faster one). Each row reports
+its achieved GFLOP/s (2 x counted multiply-adds per image) as a fraction of that limit.
 
 JSON schema (``SpeedReport.to_json()``, version 1)::
 
