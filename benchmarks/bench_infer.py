@@ -3,8 +3,8 @@
 * P1  best fp32 CPU inference (torch eager channels_last, ONNX Runtime) >= 0.90 x the machine's
       fp32 limit = measured GEMM GFLOP/s / 3.0 GFLOP per image (2 x 1.5 G multiply-adds), the
       GEMM being the fastest of MKL's ``torch.mm``, oneDNN's (``speed.matmul_peak``) and ONNX
-      Runtime's own ``MatMul`` (``Backend.matmul_rates``): on a 2-core AMD EPYC with AVX2 only, ONNX
-      Runtime's multiply ran at 167 GFLOP/s where torch's reached 154, so a limit from torch's
+      Runtime's own ``MatMul`` (``Backend.matmul_rates``): on a 2-core AMD EPYC with AVX2 only,
+      ONNX Runtime's multiply ran at 167 GFLOP/s where torch's reached 154, so a limit from torch's
       alone would let P1 read above what the machine's fastest library does.
       P1's and P5's rates are each the best of three interleaved rounds (the median of 8 calls
       each): a shared 2-core machine's rate drifts by a few percent from one minute to the next.
@@ -17,9 +17,9 @@
       10% from one minute to the next and the fp32 rate by less, so the printed ratios show how
       far one run's P2 can be trusted. Beside them, ONNX Runtime's own int8 (uint8 x int8, as
       its INT8 convolutions multiply) and fp32 matrix-multiply rates, measured just after the
-      processes: the ceiling of P2 on this CPU. With VNNI (2-core AMD EPYC, AVX-512) the int8
-      multiply ran at about 4x the fp32 one; without it (AVX2 only) at 1.75-2.0x, and there a
-      note says that 3.0x over a whole network is beyond what the CPU's int8 instructions give.
+      processes: the ceiling of P2 on this CPU. With VNNI (the 2-core AMD EPYC with AVX-512),
+      torch's int8 multiply ran at 4.4x its fp32 one; without VNNI (AVX2 only) ONNX Runtime's ran
+      at 1.75-2.0x, and there a note says that 3.0x over a whole network is beyond it.
 * P5  ONNX Runtime fp32 >= 2.5 x torchvision's eager googlenet in its default NCHW fp32 form;
       where even the machine's limit (P1's) is under 2.5 x torchvision's rate, a note says so.
 * GPU (when CUDA is here): TensorRT fp16 vs torch eager fp32 at batch 32 (>= 5x).
