@@ -260,7 +260,7 @@ class Backend(ABC):
         """This backend's own square matrix-multiply rates on ``device`` (``"cpu"`` or
         ``"cuda"``), G(FL)OP/s per precision (2 per multiply-add), where it multiplies with a
         library of its own rather than torch's: ``profile --time`` reads every row against the
-        fastest multiply measured. ``{}`` by default."""
+        fastest multiply measured. ``{}`` by default, and where the backend cannot run here."""
         return {}
 
     def require(self) -> Availability:

@@ -354,11 +354,9 @@ def timed_profile(opts: SpeedOptions) -> SpeedReport:
         if own is None:  # asked once, on the first row's limit
             own = {}
             for name in dict.fromkeys(opts.backends):
-                try:
-                    backend = get_backend(name)
-                    rates = backend.matmul_rates(device.type) \
-                        if backend.availability().available else {}
-                except InceptionError:  # an unknown or broken backend: its row says why
+                try:  # {} where the backend cannot run here (Backend.matmul_rates)
+                    rates = get_backend(name).matmul_rates(device.type)
+                except InceptionError:  # an unknown backend: its row says why
                     rates = {}
                 for p, rate in rates.items():
                     own[p] = max(own.get(p, 0.0), rate)
