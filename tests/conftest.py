@@ -19,10 +19,26 @@ from inceptionctl.cli import app
 from inceptionctl.recipe import available_recipes
 
 
+_cache_homes: list[str | None] = []  # the user's XDG_CACHE_HOME, then the suite's own
+
+
 def pytest_configure(config):
     # measured defaults (--precision auto) cache their decision in the user's cache folder: the
     # suite neither reads a stale one nor leaves one behind (subprocesses inherit this)
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="inceptionctl-test-cache-")
+    _cache_homes[:] = [os.environ.get("XDG_CACHE_HOME"),
+                       tempfile.mkdtemp(prefix="inceptionctl-test-cache-")]
+    os.environ["XDG_CACHE_HOME"] = _cache_homes[1]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    user, ours = _cache_homes
+    shutil.rmtree(ours, ignore_errors=True)
+    if user is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = user
 
 
 @pytest.fixture(autouse=True)
