@@ -21,6 +21,9 @@ esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT" || exit 2
 OUT="${OUT:-$(mktemp -d)}"
+# a dry run on a development machine takes the environment `make` made (the machine's python
+# may have no torch); on the GPU machine, the machine's own python and torch
+if [ -n "$DRY" ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
 PY="${PYTHON:-python3}"
 STEPS=()
 RESULTS=()

@@ -16,6 +16,7 @@ without its aux-head keys, loads into a model built from the ``googlenet-bn`` re
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -109,6 +110,10 @@ def _load_reason(exc: Exception) -> str:
     text = one_line(exc)
     if "failed finding central directory" in text:
         return "the archive is incomplete (cut short while written or copied?)"
+    if text.startswith("Weights only load failed"):  # a pickled object: name it, not torch's advice
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        return (f"it holds a Python object ({found.group(1)})" if found
+                else "it holds Python objects besides tensors")
     kept = ""
     for sentence in text.split(". "):
         if kept and len(kept) + len(sentence) > 160:

@@ -13,6 +13,7 @@ changed from one version to the next.
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import math
 import os
@@ -56,6 +57,9 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
         except KeyboardInterrupt:
             _interrupted()
             raise typer.Exit(INTERRUPTED) from None
+        except OSError as exc:  # what no check caught: a folder we may not read, a link loop
+            say(f"error: {os_error(exc)}")
+            raise typer.Exit(2 if exc.errno in _USER_ERRNOS else 1) from None
         except (MemoryError, RuntimeError) as exc:
             from .distributed import peer_lost
 
@@ -67,6 +71,20 @@ class _Group(_NoFlagMetavars, typer.core.TyperGroup):
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+# an operating-system error about a path the user gave (exit 2); any other (a full disk, an I/O
+# error) is the machine's (exit 1)
+_USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+                          errno.ELOOP, errno.ENAMETOOLONG, errno.EROFS})
+
+
+def os_error(exc: OSError) -> str:
+    """``PATH: reason`` for an operating-system error (``Permission denied``, ``Too many levels
+    of symbolic links``), or its message where it names no path."""
+    name = exc.filename
+    if name is None or not exc.strerror:
+        return one_line(exc)
+    return f"{os.fsdecode(name) if isinstance(name, (str, bytes)) else name}: {exc.strerror}"
 
 
 def out_of_memory(exc: BaseException) -> str | None:

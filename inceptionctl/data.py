@@ -1078,6 +1078,26 @@ def default_workers() -> int:
     return max(1, min(8, usable_cpus() - 1))
 
 
+#: The most loader workers per usable CPU that ``--workers`` takes. Each worker is a process
+#: with its own interpreter and torch (hundreds of MB); a loader waiting on a slow file system
+#: may want a few per CPU, but thousands exhaust memory or the process table while the loader
+#: starts them, and the command hangs instead of failing.
+MAX_WORKERS_PER_CPU = 8
+
+
+def check_workers(workers: int | None) -> None:
+    """Refuse a ``--workers`` count below 0 or above :data:`MAX_WORKERS_PER_CPU` per usable CPU
+    (16 at least), in one line."""
+    if workers is None:
+        return
+    if workers < 0:
+        raise InceptionError(f"--workers: expected 0 or more, got {workers}")
+    cpus = usable_cpus()
+    limit = max(16, MAX_WORKERS_PER_CPU * cpus)
+    if workers > limit:
+        raise InceptionError(f"--workers {workers}: at most {limit} here ({MAX_WORKERS_PER_CPU} "
+                             f"per CPU, {cpus} CPU(s) usable); each worker is a process")
+
 
 # --------------------------------------------------------------- images for an artifact's checks
 

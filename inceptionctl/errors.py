@@ -47,6 +47,7 @@ def one_line(exc: BaseException, limit: int | None = None, default: str | None =
         text = rest if sep and "." in head and " " not in head else lines[-1]
     else:
         text = lines[0]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # a terminal's colours (torch bolds some words)
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
     text = re.sub(r"^\S+, \S+\.(?:cpp|cc|cu|h|hpp):\d+, ", "", text)  # "fn, file.cpp:79, "
     return text[:limit] if limit else text

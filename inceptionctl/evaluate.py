@@ -26,7 +26,7 @@ from .backend import (Session, check_recipe_used, open_artifact, run_in_range,
                       submit_in_range)
 from .crops import normalize, take_crops
 from .data import (Collate, DataError, ImageSource, KeyedSampler, collect_images, decode_rgb,
-                   default_workers, eval_source, usable_cpus)
+                   check_workers, default_workers, eval_source, usable_cpus)
 from .errors import InceptionError, one_line
 from .recipe import Recipe
 from .runtime import choose_session_precision
@@ -209,8 +209,7 @@ def evaluate(opts: EvalOptions) -> EvalReport | None:
         raise InceptionError(f"--batch-size: expected at least 1, got {opts.batch_size}")
     if opts.limit is not None and opts.limit < 1:
         raise InceptionError(f"--limit: expected at least 1, got {opts.limit}")
-    if opts.workers is not None and opts.workers < 0:
-        raise InceptionError(f"--workers: expected 0 or more, got {opts.workers}")
+    check_workers(opts.workers)
     ctx = dist_utils.init()
     try:
         sessions = _open_all(opts)

@@ -29,6 +29,15 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a file or a link to one; a link that leads nowhere (dangling, or
+    a loop of links) is not."""
+    try:
+        return entry.is_file()
+    except OSError:  # ELOOP: is_file() answers False for a dangling link, raises for a loop
+        return False
+
+
 def scan_class(folder: str) -> tuple[list[str], dict[str, int | None]]:
     """(the images of ``folder`` as paths relative to it, sorted; the modification times of
     the folder and of every sub-folder listed, keyed by relative path, "" for the folder)."""
@@ -46,7 +55,7 @@ def scan_class(folder: str) -> tuple[list[str], dict[str, int | None]]:
                 name = os.path.join(rel, e.name) if rel else e.name
                 if e.is_dir(follow_symlinks=False):
                     pending.append(name)
-                elif is_image(e.name) and e.is_file():
+                elif is_image(e.name) and _is_file(e):
                     files.append(name)
     files.sort()  # as the full paths sort: they share the folder's path
     return files, dirs

@@ -131,8 +131,14 @@ class PrecisionChoice:
 
     @property
     def measured(self) -> bool:
-        """Whether rates back the choice (measured now or before), so its line is worth a log."""
+        """Whether rates back the choice (measured now or before)."""
         return self.source in ("probe", "probe, busy", "cache")
+
+    @property
+    def automatic(self) -> bool:
+        """Whether ``auto`` made the choice (measured, or the one candidate), so its line is
+        worth a log: an explicit or resumed precision is the user's own."""
+        return self.measured or self.source == "only"
 
     def to_json(self) -> dict[str, Any]:
         return {"precision": self.precision, "source": self.source,
@@ -144,6 +150,9 @@ class PrecisionChoice:
         how = {"probe": "measured now", "cache": "measured earlier on this machine",
                "probe, busy": "measured now, while other processes kept the CPUs busy: not "
                               "cached"}.get(self.source)
+        if self.source == "only":  # a GPU always has fp16 to try: a CPU without bf16
+            return (f"precision auto -> {self.precision} (the only candidate: no bf16 on this "
+                    "CPU, nothing to measure)")
         if how is None:
             return f"precision {self.precision} ({self.source})"
         return f"precision auto -> {self.precision} ({how}: {rates})"
@@ -390,6 +399,6 @@ def choose_session_precision(session: Any, requested: str, batch: int,
     assert choice is not None
     session.set_precision(choice.precision)
     session.info.extra["precision_choice"] = choice.to_json()
-    if log is not None and choice.measured:
+    if log is not None and choice.automatic:
         log(choice.describe())
     return choice

@@ -35,7 +35,7 @@ from torch import nn
 from . import distributed as dist_utils
 from .checkpoint import checkpoint_recipe, load_weights, read_checkpoint, \
     save_checkpoint
-from .data import (Batch, DataError, KeyedSampler, Transformed, default_workers,
+from .data import (Batch, DataError, KeyedSampler, Transformed, check_workers, default_workers,
                    eval_transform, finish_on_device, finish_photometric, listing_digest, loader,
                    open_data, steps_per_epoch, train_transform)
 from .errors import CheckFailed, InceptionError, OutputError, say
@@ -556,8 +556,7 @@ def _loaders(opts: TrainOptions, recipe: Recipe, splits: Any, ctx: dist_utils.Co
              device: torch.device) -> _Loaders:
     """This rank's training and validation loaders; the workers are split between ranks."""
     t = recipe.train
-    if opts.workers is not None and opts.workers < 0:
-        raise InceptionError(f"--workers: expected 0 or more, got {opts.workers}")
+    check_workers(opts.workers)
     workers = default_workers() if opts.workers is None else opts.workers
     if ctx.world > 1 and opts.workers is None:
         workers = max(1, workers // ctx.world)
@@ -1031,7 +1030,7 @@ def _setup(opts: TrainOptions, ctx: dist_utils.Context
     model = _build_model(opts, recipe, ckpt, device, log)
     choice = _choose_precision(opts, recipe, model, device, ctx, ckpt)
     precision = choice.precision
-    if choice.measured:
+    if choice.automatic:
         log(choice.describe())
     trainer = Trainer(model, recipe, device, precision, steps_per_epoch=loaders.per_epoch,
                       world_size=ctx.world, compile=opts.compile,

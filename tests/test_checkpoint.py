@@ -223,9 +223,11 @@ def test_loading_never_runs_code(tmp_path, small, monkeypatch):
     monkeypatch.setattr(_Exploit, "marker", str(marker))
     path = tmp_path / "evil.pth"
     torch.save({"fc.weight": _Exploit()}, path, pickle_protocol=2)
-    with pytest.raises(InceptionError, match="never code"):
+    with pytest.raises(InceptionError, match="never code") as err:
         load_weights(small[1], path)
     assert not marker.exists()
+    # the object named in one line, not torch's advice to load it anyway
+    assert str(err.value).endswith("never code): it holds a Python object (io.open)")
     path2 = tmp_path / "evil2.pkl"
     path2.write_bytes(pickle.dumps(_Exploit()))
     with pytest.raises(InceptionError):

@@ -1,5 +1,6 @@
 """User mistakes found by trying the CLI as a user: each is one `error:` line, never a traceback."""
 
+import errno
 import json
 import os
 import stat
@@ -45,6 +46,21 @@ def _one_error_line(result, text):
 ])
 def test_one_line_errors(cli, args, text):
     _one_error_line(cli(*args), text)
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "synthetic", "--max-steps", "1",
+                                      "--out", "RUN"], ["eval", "digits", "--limit", "4"]])
+def test_more_workers_than_a_machine_can_start_are_refused(cli, tmp_path, command):
+    """Thousands of workers would hang the command while the loader starts them: one over the
+    limit is refused (where the check is missing, that one starts harmlessly and the test
+    fails), and the limit itself is taken."""
+    from inceptionctl.data import MAX_WORKERS_PER_CPU, check_workers, usable_cpus
+
+    limit = max(16, MAX_WORKERS_PER_CPU * usable_cpus())
+    command = [str(tmp_path / "r") if arg == "RUN" else arg for arg in command]
+    _one_error_line(cli(*command, "--workers", limit + 1),
+                    f"--workers {limit + 1}: at most {limit} here")
+    check_workers(limit)
 
 
 def test_output_paths(cli, run, tmp_path):
@@ -440,6 +456,48 @@ def test_one_line_drops_library_locations(raw, expected):
     from inceptionctl.errors import one_line
 
     assert one_line(RuntimeError(raw)) == expected
+
+
+def test_one_line_drops_a_terminals_colours():
+    from inceptionctl.errors import one_line
+
+    assert one_line(RuntimeError("you have \x1b[1mtwo options\x1b[0m. (1)")) == \
+        "you have two options. (1)"
+
+
+@pytest.mark.parametrize("code,exit_code", [(errno.EACCES, 2), (errno.ELOOP, 2),
+                                            (errno.ENOSPC, 1)])
+def test_an_os_error_no_check_caught_is_one_line(cli, run, tmp_path, monkeypatch, code,
+                                                 exit_code):
+    """A folder the user may not read (or a loop of links) is the user's to fix: one line
+    naming the path, exit 2; a full disk or an I/O error is the machine's: one line, exit 1.
+    Never a traceback."""
+    import inceptionctl.filelist as filelist
+
+    data = tmp_path / "data"
+    (data / "0").mkdir(parents=True)
+    scandir = os.scandir
+
+    def refused(path):
+        if os.fspath(path) == str(data / "0"):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(filelist.os, "scandir", refused)
+    out = cli("eval", run, "--data", data, "--limit", "4", "--workers", "0")
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.exit_code == exit_code, out.stderr
+    assert lines == [f"error: {data / '0'}: {os.strerror(code)}"]
+
+
+def test_a_loop_of_links_is_no_image(tmp_path):
+    from inceptionctl.filelist import scan_class
+
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "c.jpg").write_bytes(b"x")
+    assert scan_class(str(tmp_path))[0] == ["c.jpg"]
 
 
 def test_an_empty_onnx_file_says_so(cli, tmp_path):

@@ -107,6 +107,9 @@ def test_one_candidate_needs_no_measurement(monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
     choice = choose_precision("auto", CPU, _never, key="k", cache=tmp_path / "c.json")
     assert (choice.precision, choice.source) == ("fp32", "only")
+    assert choice.automatic and not choice.measured
+    assert choice.describe() == ("precision auto -> fp32 (the only candidate: no bf16 on this "
+                                 "CPU, nothing to measure)")
 
 
 @pytest.mark.parametrize("text", ["{not json", json.dumps({"format": 99, "entries": {}}),
@@ -324,6 +327,31 @@ def test_a_session_in_its_own_precision_takes_auto_or_that_precision_only():
     with pytest.raises(InceptionError, match=r"--precision bf16: m.pt runs in int8 \(the "
                                              r"precision it was exported in\)"):
         runtime.choose_session_precision(session, "bf16", 8, None)
+
+
+def test_auto_with_one_candidate_says_so_where_an_explicit_precision_says_nothing(
+        monkeypatch, tiny_run, cli, tmp_path):
+    """A CPU without bf16: train and eval still name auto's choice in one line, as they do
+    where it is measured; an explicit --precision prints no such line."""
+    from inceptionctl.train import TrainOptions, train
+
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
+    monkeypatch.setattr(runtime, "time_rate", _never)
+    line = "precision auto -> fp32 (the only candidate: no bf16 on this CPU, nothing to measure)"
+    run, _ = tiny_run
+    out = cli("eval", run, "--limit", "8", "--device", "cpu")
+    assert out.exit_code == 0, out.output
+    assert line in out.stderr.splitlines()
+    out = cli("eval", run, "--limit", "8", "--device", "cpu", "--precision", "fp32")
+    assert out.exit_code == 0 and "precision" not in out.stderr, out.stderr
+    logs: list[str] = []
+    recipe = load_recipe("googlenet-small", overrides=["train.batch_size=8"])
+    for precision, said in (("auto", [line]), ("fp32", [])):
+        logs.clear()
+        train(TrainOptions(device="cpu", recipe=recipe, data="synthetic", synthetic_count=16,
+                           out=tmp_path / precision, runs_dir=tmp_path / "runs", workers=0,
+                           precision=precision, log=logs.append, progress=False, max_steps=1))
+        assert [ln for ln in logs if ln.startswith("precision")] == said
 
 
 def test_eval_and_predict_record_the_measured_choice(two_candidates, monkeypatch, tiny_run, cli,
