@@ -440,7 +440,10 @@ def open_artifact(path: str | Path, backend: str | None = None, device: str = "c
     if recipe is not None:
         options["recipe"] = recipe
     chosen = backend_for(p, backend)
-    chosen.require()
+    try:
+        chosen.require()
+    except BackendUnavailable as exc:  # which of the files given needs it
+        raise BackendUnavailable(f"{p}: {exc}") from None
     return chosen.open(p, device=device, **options)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from .artifact import check_format_version, class_names, preprocessing
 from .errors import InceptionError, one_line
-from .files import atomic_path
+from .files import atomic_path, known_kind
 from .recipe import Recipe, recipe_from_data
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LoadReport", "checkpoint_recipe", "class_names",
@@ -122,16 +122,11 @@ def _load_reason(exc: Exception) -> str:
     return kept.rstrip(".")
 
 
-_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-               (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"RIFF", "a RIFF (WebP) file"),
-               (b"\x1f\x8b", "a gzip file"), (b"\x93NUMPY", "a NumPy array"))
-
-
 def _looks_like(head: bytes) -> str:
     """What the first bytes of a file that is not a weights file suggest it is."""
-    for magic, what in _SIGNATURES:
-        if head.startswith(magic):
-            return f"it looks like {what}"
+    what = known_kind(head)
+    if what is not None:
+        return f"it looks like {what}"
     if head[:1] == b"\x08":  # a protobuf's first field, as an ONNX model's ir_version
         return "it looks like an ONNX model, which needs the .onnx suffix"
     try:

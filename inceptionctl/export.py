@@ -48,7 +48,7 @@ from .checkpoint import load_with_facts
 from .compare import Parity, prove_parity
 from .data import calibration_batches, load_samples
 from .errors import CheckFailed, InceptionError, one_line, say
-from .recipe import Recipe, load_recipe, parse_batch_range
+from .recipe import OPSETS, Recipe, load_recipe, parse_batch_range
 from .runtime import resolve_device
 
 ONNX = "onnx"  # the built-in target: the core writes ONNX itself
@@ -253,9 +253,10 @@ def _batch_error(batch: str | None) -> Callable[[str], InceptionError] | None:
 def _check_opset(opset: int, given: str = "--opset") -> None:
     """The opsets torch's exporter writes and ONNX Runtime runs; checked before any work.
     ``given``: where the value came from (``--opset``, or the recipe's ``export.opset``)."""
-    if not 9 <= opset <= 20:
+    if opset not in OPSETS:
         name = f"--opset {opset}" if given == "--opset" else f"{given}={opset}"
-        raise InceptionError(f"{name}: expected an opset from 9 to 20 (default 17)")
+        raise InceptionError(f"{name}: expected an opset from {OPSETS[0]} to {OPSETS[-1]} "
+                             "(default 17)")
 
 
 def _check_count(samples: int | None, batch: tuple[int, int, int], data: Any) -> int:

@@ -113,3 +113,15 @@ def strict_json(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [strict_json(v) for v in value]
     return value
+
+
+#: First bytes of files a user may give by mistake, and what they are.
+SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+              (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"RIFF", "a RIFF (WebP) file"),
+              (b"\x1f\x8b", "a gzip file"), (b"\x93NUMPY", "a NumPy array"),
+              (b"PK\x03\x04", "a zip archive (as torch.save writes)"))
+
+
+def known_kind(head: bytes) -> str | None:
+    """What a file whose first bytes are ``head`` is (``"a JPEG image"``), where they say."""
+    return next((what for magic, what in SIGNATURES if head.startswith(magic)), None)

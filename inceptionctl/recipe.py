@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import InceptionError, one_line
+from .files import known_kind
 from .geometry import geometry_problem, smallest_input_size
 
 Path_ = tuple[Union[str, int], ...]
@@ -837,8 +838,15 @@ def _check_eval(e: EvalSpec, d: DataSpec, ctx: _Context) -> None:
                         depends=(("data", "resize"),))
 
 
+#: The ONNX opsets torch's exporter writes and ONNX Runtime runs (``export.opset``, ``--opset``).
+OPSETS = range(9, 21)
+
+
 def _check_export(x: ExportSpec, ctx: _Context) -> None:
     parse_batch_range(x.batch, lambda msg: ctx.error(("export", "batch"), msg))
+    if x.opset not in OPSETS:
+        raise ctx.error(("export", "opset"), f"expected an opset from {OPSETS[0]} to "
+                                             f"{OPSETS[-1]} (default 17), got {x.opset}")
 
 
 def parse_batch_range(text: str, fail: Any = None) -> tuple[int, int, int]:
@@ -884,7 +892,13 @@ def _read_source(name_or_path: str | Path) -> tuple[str, str]:
             raise RecipeError(f"{text_name}: recipe file not found")
         try:
             return path.read_text(encoding="utf-8"), text_name
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            with open(path, "rb") as fh:
+                what = known_kind(fh.read(16))
+            raise RecipeError(f"{text_name}: not a recipe: "
+                              + (f"it is {what}" if what else "not UTF-8 text")
+                              + "; a recipe is a YAML file") from None
+        except OSError as exc:
             raise RecipeError(f"{text_name}: cannot read recipe: {exc}") from None
     names = available_recipes()
     if text_name not in names:

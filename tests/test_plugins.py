@@ -245,8 +245,8 @@ def test_a_plugin_that_raises_is_unavailable_or_one_line(plugin, cli):
     out = cli("eval", plugin / "m.rz", "--data", "digits", "--limit", "2")
     assert out.exit_code == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
-        "error: backend 'raising' is not available: availability() failed in "
-        "constplug:RaisingBackend: boom in availability")
+        f"error: {plugin / 'm.rz'}: backend 'raising' is not available: availability() "
+        "failed in constplug:RaisingBackend: boom in availability")
     (plugin / "m.bo").write_text("x")
     out = cli("eval", plugin / "m.bo", "--data", "digits", "--limit", "2")
     assert out.exit_code == 2 and "Traceback" not in out.stderr

@@ -280,6 +280,35 @@ def test_a_set_that_does_not_bear_on_a_failed_check_is_not_blamed(tmp_path):
                             rf".*", str(info.value)), str(info.value)
 
 
+@pytest.mark.parametrize("opset", [0, 8, 21])
+def test_an_opset_no_exporter_writes_is_refused_where_the_recipe_says_it(tmp_path, opset):
+    """Checked with the recipe (file and line, or the --set), not first by ``export``."""
+    from importlib.resources import files
+
+    text = files("inceptionctl.recipes").joinpath("googlenet-small.yaml").read_text()
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace('export:\n', f'export:\n  opset: {opset}\n'))
+    line = path.read_text().splitlines().index(f"  opset: {opset}") + 1
+    message = f"export.opset: expected an opset from 9 to 20 (default 17), got {opset}"
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value) == f"{path}:{line}: {message}"
+    with pytest.raises(RecipeError) as info:
+        load_recipe("googlenet-small", [f"export.opset={opset}"])
+    assert str(info.value) == f"--set export.opset={opset}: {message}"
+    assert load_recipe("googlenet-small", ["export.opset=20"]).export.opset == 20
+
+
+@pytest.mark.parametrize("data,what", [(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "it is a JPEG image"),
+                                       (b"name: caf\xe9\n", "not UTF-8 text")])
+def test_a_file_that_is_not_text_is_named_for_what_it_is(tmp_path, data, what):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(data)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value) == f"{path}: not a recipe: {what}; a recipe is a YAML file"
+
+
 def test_overrides_as_a_list_a_string_or_a_dict():
     for overrides in (["train.epochs=3"], "train.epochs=3", {"train.epochs": 3}):
         assert load_recipe("googlenet-small", overrides).train.epochs == 3, overrides

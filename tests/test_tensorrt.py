@@ -404,8 +404,8 @@ def test_open_artifact_on_an_engine_here_says_unavailable(tmp_path, no_tensorrt)
     with pytest.raises(BackendUnavailable) as exc:
         open_artifact(engine)
     msg = str(exc.value)
-    assert msg == ("backend 'tensorrt' is not available: tensorrt not installed: "
-                   "pip install 'inceptionctl[tensorrt]'")
+    assert msg == (f"{engine}: backend 'tensorrt' is not available: tensorrt not installed: "
+                   "pip install 'inceptionctl[tensorrt]'")  # the file that needs it, named
 
 
 def test_open_artifact_without_cuda_says_so(tmp_path, fake_tensorrt):
