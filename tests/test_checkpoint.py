@@ -218,6 +218,7 @@ def test_a_checkpoint_damaged_after_it_was_written_is_refused(tmp_path, small):
                               f"changed after it was written; use another copy)")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # evil2.pkl's
 def test_loading_never_runs_code(tmp_path, small, monkeypatch):
     marker = tmp_path / "inceptionctl-pwned"
     monkeypatch.setattr(_Exploit, "marker", str(marker))
