@@ -844,12 +844,16 @@ def profile(
         if speed is not None:
             data["speed"] = speed.to_json()
         emit_json(data)
-        return
-    _show(render_table1(prof, paper=paper))
-    if speed is not None:
-        from .speed import render as render_speed
+    else:
+        _show(render_table1(prof, paper=paper))
+        if speed is not None:
+            from .speed import render as render_speed
 
-        _show(render_speed(speed))
+            _show(render_speed(speed))
+    if speed is not None and not any(r.available for r in speed.rows):
+        # the table (or JSON) says why for each backend; the exit status says nothing ran
+        raise InceptionError(f"--time: nothing could be timed here ({speed.rows[0].backend}: "
+                             f"{one_line(InceptionError(speed.rows[0].reason))})")
 
 
 def _speed_options(recipe: str, resolved: Any, backend: str, precision: str, batch: str,

@@ -63,6 +63,22 @@ def test_more_workers_than_a_machine_can_start_are_refused(cli, tmp_path, comman
     check_workers(limit)
 
 
+def test_a_timed_profile_that_timed_nothing_fails(cli):
+    """Each row says why its backend could not run; when none ran, that is an error (exit 2,
+    the first reason in one line after the table), not a table of reasons and exit 0."""
+    out = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "torch",
+              "--precision", "fp16", "--device", "cpu", "--batch", "1")
+    assert out.exit_code == 2, out.output
+    assert "unavailable (1)" in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: --time: nothing could be timed here (torch: torch backend: fp16 needs a CUDA "
+        "device; on CPU use bf16 or fp32)")
+    timed = cli("profile", "--recipe", "googlenet-small", "--time", "--backend", "torch",
+                "--precision", "fp32,fp16", "--device", "cpu", "--batch", "1", "--iters", "1",
+                "--warmup", "0")
+    assert timed.exit_code == 0, timed.output  # one row ran: the other's reason is a note
+
+
 def test_output_paths(cli, run, tmp_path):
     folder = tmp_path / "adir.png"
     folder.mkdir(parents=True)
