@@ -636,6 +636,9 @@ def predict(
                                         strict_data, _foreign_recipe(recipe, set_),
                                         precision=precision.value,
                                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not results and len(bad) == 1:  # the one image given: its reason is the error
+        path, reason = bad[0]
+        raise InceptionError(f"{path}: cannot read image ({reason})")
     for path, reason in bad:
         print(f"skipped {path}: cannot read image ({reason})", file=sys.stderr)
     if not results:

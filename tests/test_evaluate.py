@@ -295,7 +295,14 @@ def test_predict(tiny_run, cli, tmp_path):
     table = cli("predict", tmp_path / "d0.png", "--weights", run, "--crops", "10")
     assert table.exit_code == 0 and "d0.png" in table.stdout
     only_bad = cli("predict", tmp_path / "broken.jpg", "--weights", run)
-    assert only_bad.exit_code == 2 and "none of the 1 input image(s) could be read" in only_bad.stderr
+    said = [ln for ln in only_bad.stderr.splitlines() if not ln.startswith("precision auto")]
+    assert only_bad.exit_code == 2  # the one image given: one line with its path and reason
+    assert len(said) == 1, only_bad.stderr
+    assert said[0].startswith(f"error: {tmp_path / 'broken.jpg'}: cannot read image (")
+    two_bad = cli("predict", tmp_path / "broken.jpg", tmp_path / "broken.jpg", "--weights", run)
+    assert two_bad.exit_code == 2
+    assert two_bad.stderr.strip().splitlines()[-1] == \
+        "error: none of the 2 input image(s) could be read"
     missing = cli("predict", tmp_path / "nope.png", "--weights", run)
     assert missing.exit_code == 2 and "no such file or folder" in missing.stderr
 
